@@ -1,0 +1,27 @@
+//! The connection table: one entry per flow, so a connection stays on its real server.
+
+/// A flow's 5-tuple as the client sent it; either family, unused address bytes zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Ports in network byte order, as on the wire.
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// What the director remembers of a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    /// The stable id of the real server the flow was scheduled to.
+    pub real: u32,
+}
+
+// The layout is the contract: no implicit padding, the same size on both sides.
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<Conn>() == 4);

@@ -1,0 +1,47 @@
+//! The contract between the XDP data path (`lb-ebpf`) and the agent (`lb-agent`).
+//!
+//! Every map key and value is `#[repr(C)]` with its padding spelled out, so both sides
+//! agree on the bytes. Addresses are stored as 16 bytes in network order; an IPv4 address
+//! fills the first four and leaves the rest zero, and `family` tells which it is.
+#![no_std]
+
+pub mod conn;
+pub mod real;
+pub mod service;
+pub mod stats;
+
+#[cfg(feature = "user")]
+mod pod;
+
+/// `family` value of an IPv4 key or entry.
+pub const FAMILY_IPV4: u8 = 4;
+/// `family` value of an IPv6 key or entry.
+pub const FAMILY_IPV6: u8 = 6;
+
+/// IP protocol numbers of the transports a virtual service can carry.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Virtual services the data path can hold (also the size of the per-service tables).
+pub const MAX_SERVICES: u32 = 1024;
+/// Real servers the data path can hold, across all services.
+pub const MAX_REALS: u32 = 16384;
+/// Slots of the scheduler ring shared by all services' sequences (4 MiB).
+pub const SCHED_RING_SLOTS: u32 = 1 << 20;
+/// Longest scheduling sequence of one service; longer wrr cycles are scaled down.
+pub const MAX_SEQUENCE_LEN: u32 = 1 << 16;
+/// Default size of the connection table; the agent may resize it before loading.
+pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+
+/// Names of the maps and programs in the object, shared so neither side spells them twice.
+pub mod names {
+    pub const INGRESS_PROGRAM: &str = "lb_ingress";
+    pub const SERVICES: &str = "SERVICES";
+    pub const REALS: &str = "REALS";
+    pub const SCHED_RING: &str = "SCHED_RING";
+    pub const SCHED_CURSOR: &str = "SCHED_CURSOR";
+    pub const CONNS: &str = "CONNS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const REAL_STATS: &str = "REAL_STATS";
+    pub const VERDICT_STATS: &str = "VERDICT_STATS";
+}

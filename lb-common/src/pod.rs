@@ -1,0 +1,18 @@
+//! aya's `Pod` for every type that crosses the map boundary.
+//!
+//! SAFETY (for each impl): the type is `#[repr(C)]`, `Copy`, made only of integers and
+//! byte arrays, with its padding written out as fields, so any bit pattern is valid.
+
+use crate::{
+    conn::{Conn, FlowKey},
+    real::RealServer,
+    service::{Service, ServiceKey},
+    stats::Counters,
+};
+
+unsafe impl aya::Pod for ServiceKey {}
+unsafe impl aya::Pod for Service {}
+unsafe impl aya::Pod for RealServer {}
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for Conn {}
+unsafe impl aya::Pod for Counters {}

@@ -1,0 +1,55 @@
+//! Virtual services: what the data path matches a packet against.
+
+/// A virtual service's address: (VIP, port, protocol). Port 0 is the all-ports service
+/// of that VIP and protocol, which the data path falls back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub vip: [u8; 16],
+    /// Network byte order, as on the wire.
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub family: u8,
+}
+
+/// How a service chooses a real server for a new connection.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Round robin: the available real servers in turn.
+    Rr = 0,
+    /// Weighted round robin: IPVS's gcd-stepped sequence of weights.
+    Wrr = 1,
+}
+
+impl Scheduler {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Rr),
+            1 => Some(Self::Wrr),
+            _ => None,
+        }
+    }
+}
+
+/// The value of a service: where its statistics and scheduling state live.
+///
+/// The agent publishes a new value only after the sequence it points at is fully
+/// written, so a packet sees either the old sequence or the new one, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Stable index of the service: its slot in `SERVICE_STATS` and `SCHED_CURSOR`.
+    pub index: u32,
+    /// First slot of the service's sequence of real-server ids in `SCHED_RING`.
+    pub sequence_start: u32,
+    /// Length of that sequence; 0 when no real server can take new connections.
+    pub sequence_len: u32,
+    /// A [`Scheduler`].
+    pub scheduler: u8,
+    pub _pad: [u8; 3],
+}
+
+// The layout is the contract: no implicit padding, the same size on both sides.
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Service>() == 16);

@@ -1,0 +1,156 @@
+//! From the frame's bytes to a flow: Ethernet (one 802.1Q tag), IPv4 with any header
+//! length or IPv6, then the TCP or UDP ports.
+//!
+//! Malformed or truncated headers are refused here with a [`Reason`], so no later step
+//! ever reads past the frame or forwards something it did not understand.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, conn::FlowKey, stats::Reason};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+
+/// What the rest of the journey needs to know of a packet.
+pub struct Packet {
+    pub flow: FlowKey,
+    /// Length of the IP packet, as its header states (what IPVS counts as bytes).
+    pub ip_len: u32,
+}
+
+/// Where the transport header starts, and what the IP header said about it.
+struct Transport {
+    offset: usize,
+    /// Bytes from the transport header to the end of the IP packet.
+    len: usize,
+}
+
+const IPV4_MF_OR_OFFSET: u16 = 0x3fff;
+const IPV6_NEXT_FRAGMENT: u8 = 44;
+/// IPv6 extension headers we do not walk yet (hop-by-hop, routing, destination
+/// options, AH, mobility, HIP, shim6).
+const IPV6_EXTENSIONS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
+
+#[inline(always)]
+pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
+    let (ether_type, l3) = ethernet(ctx)?;
+    let mut flow = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: [0; 2],
+        dst_port: [0; 2],
+        protocol: 0,
+        family: 0,
+        _pad: [0; 2],
+    };
+    let (transport, ip_len) = if ether_type == EtherType::Ipv4 as u16 {
+        ipv4(ctx, l3, &mut flow)?
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        ipv6(ctx, l3, &mut flow)?
+    } else {
+        return Err(Reason::NotIp);
+    };
+    ports(ctx, &transport, &mut flow)?;
+    Ok(Packet { flow, ip_len })
+}
+
+/// The ether type of the payload and where it starts, past one optional VLAN tag.
+#[inline(always)]
+fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Reason> {
+    let eth: *const EthHdr = header(ctx, 0).ok_or(Reason::TruncatedEthernet)?;
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type != EtherType::Ieee8021q as u16 {
+        return Ok((ether_type, EthHdr::LEN));
+    }
+    let vlan: *const VlanHdr = header(ctx, EthHdr::LEN).ok_or(Reason::TruncatedEthernet)?;
+    Ok((unsafe { (*vlan).ether_type }, EthHdr::LEN + VlanHdr::LEN))
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u32), Reason> {
+    let ip: *const Ipv4Hdr = header(ctx, l3).ok_or(Reason::MalformedIp)?;
+    let ip = unsafe { &*ip };
+    let header_len = usize::from(ip.ihl());
+    let total_len = usize::from(ip.tot_len());
+    if ip.version() != 4 || header_len < Ipv4Hdr::LEN || total_len < header_len {
+        return Err(Reason::MalformedIp);
+    }
+    if l3 + total_len > frame_len(ctx) {
+        return Err(Reason::MalformedIp);
+    }
+    if u16::from_be_bytes(ip.frags) & IPV4_MF_OR_OFFSET != 0 {
+        return Err(Reason::Fragment);
+    }
+    flow.family = FAMILY_IPV4;
+    flow.protocol = ip.proto;
+    flow.src[..4].copy_from_slice(&ip.src_addr);
+    flow.dst[..4].copy_from_slice(&ip.dst_addr);
+    let transport = Transport { offset: l3 + header_len, len: total_len - header_len };
+    Ok((transport, total_len as u32))
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u32), Reason> {
+    let ip: *const Ipv6Hdr = header(ctx, l3).ok_or(Reason::MalformedIp)?;
+    let ip = unsafe { &*ip };
+    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame_len(ctx) {
+        return Err(Reason::MalformedIp);
+    }
+    if ip.next_hdr == IPV6_NEXT_FRAGMENT || IPV6_EXTENSIONS.contains(&ip.next_hdr) {
+        return Err(Reason::Fragment);
+    }
+    flow.family = FAMILY_IPV6;
+    flow.protocol = ip.next_hdr;
+    flow.src = ip.src_addr;
+    flow.dst = ip.dst_addr;
+    let transport = Transport { offset: l3 + Ipv6Hdr::LEN, len: payload_len };
+    Ok((transport, (Ipv6Hdr::LEN + payload_len) as u32))
+}
+
+#[inline(always)]
+fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<(), Reason> {
+    match flow.protocol {
+        IPPROTO_TCP => {
+            let tcp: *const TcpHdr = header(ctx, transport.offset).ok_or(Reason::TruncatedL4)?;
+            let tcp = unsafe { &*tcp };
+            let header_len = usize::from(tcp.doff()) * 4;
+            if header_len < TcpHdr::LEN || header_len > transport.len {
+                return Err(Reason::TruncatedL4);
+            }
+            flow.src_port = tcp.source;
+            flow.dst_port = tcp.dest;
+        }
+        IPPROTO_UDP => {
+            let udp: *const UdpHdr = header(ctx, transport.offset).ok_or(Reason::TruncatedL4)?;
+            if UdpHdr::LEN > transport.len {
+                return Err(Reason::TruncatedL4);
+            }
+            let udp = unsafe { &*udp };
+            flow.src_port = udp.src;
+            flow.dst_port = udp.dst;
+        }
+        _ => return Err(Reason::NotTcpUdp),
+    }
+    Ok(())
+}
+
+/// A header of type `T` at `offset`, if the frame holds all of it.
+#[inline(always)]
+pub fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data() + offset;
+    if start + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some(start as *const T)
+}
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
