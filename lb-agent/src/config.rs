@@ -1,0 +1,254 @@
+//! The agent's configuration: a YAML file in LVS's and keepalived's words.
+//!
+//! Loading is all-or-nothing: a file that does not parse or validate is refused with its
+//! path, the line and the field at fault, and the caller keeps the configuration it runs.
+
+mod locate;
+mod validate;
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/lb/lb.yaml";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The director's client-facing interfaces, where `lb_ingress` is attached.
+    pub interfaces: Vec<Interface>,
+    /// Where Prometheus scrapes `/metrics`.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+    /// The control socket `lbctl` talks to.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// Connections the director remembers; the least recently used give way beyond.
+    /// Read at start only.
+    #[serde(default = "default_connection_table_size")]
+    pub connection_table_size: u32,
+    #[serde(default)]
+    pub services: Vec<VirtualService>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+}
+
+/// How the XDP program is attached: in the driver, in the generic (skb) path, or the
+/// driver's when it can and the generic one when not.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    Native,
+    Generic,
+    #[default]
+    Auto,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualService {
+    /// Unique; names the service in metrics and for `lbctl`.
+    pub name: String,
+    pub vip: IpAddr,
+    /// 0 serves every port of the VIP (a port-0 service).
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    /// The forwarding method of the real servers that do not name their own.
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    #[serde(default)]
+    pub reals: Vec<Real>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Real {
+    pub address: IpAddr,
+    /// ipvsadm's default weight is 1; 0 quiesces the real server (no new connections).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    pub forwarding: Option<Forwarding>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// IPVS's schedulers, by their ipvsadm names. Which of them the data path runs is
+/// checked in validation, so a known but unsupported one gets a clear answer.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
+    Sed,
+    Nq,
+    Lblc,
+    Lblcr,
+    Dh,
+    Sh,
+    Mh,
+    Fo,
+    Ovf,
+}
+
+/// IPVS's forwarding methods, with ipvsadm's words as aliases.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    #[default]
+    #[serde(alias = "route", alias = "gatewaying")]
+    Dr,
+    #[serde(alias = "ipip", alias = "tunnel")]
+    Tun,
+    #[serde(alias = "masq", alias = "masquerading")]
+    Nat,
+    Fnat,
+}
+
+/// A configuration refused, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; `None` when the file could not be read at all.
+    pub line: Option<usize>,
+    /// The field at fault, as a path (`services[1].reals[0].weight`); empty for the
+    /// whole file.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            field: String::new(),
+            message: format!("cannot read: {err}"),
+        })?;
+        Self::parse(&source, path)
+    }
+
+    pub fn parse(source: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = serde_yaml::from_str(source).map_err(|err| syntax_error(&err, path))?;
+        validate::check(&config).map_err(|invalid| ConfigError {
+            file: path.to_owned(),
+            line: locate::line_of(source, &invalid.field),
+            field: invalid.field,
+            message: invalid.message,
+        })?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// The fields that differ from `new` and that a reload cannot change.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        if self.metrics_listen != new.metrics_listen {
+            fields.push("metrics_listen");
+        }
+        if self.api_socket != new.api_socket {
+            fields.push("api_socket");
+        }
+        if self.connection_table_size != new.connection_table_size {
+            fields.push("connection_table_size");
+        }
+        fields
+    }
+}
+
+impl VirtualService {
+    /// The method of a real server of this service.
+    pub fn forwarding_of(&self, real: &Real) -> Forwarding {
+        real.forwarding.unwrap_or(self.forwarding)
+    }
+}
+
+/// serde_yaml's message reads "field.path: what went wrong at line L column C"; split it
+/// into our parts.
+fn syntax_error(err: &serde_yaml::Error, path: &Path) -> ConfigError {
+    let text = err.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text);
+    let (field, message) = match text.split_once(": ") {
+        Some((field, message)) if !field.contains(' ') => (field, message),
+        _ => ("", text),
+    };
+    ConfigError {
+        file: path.to_owned(),
+        line: err.location().map(|location| location.line()),
+        field: field.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9798))
+}
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from(lb_api::DEFAULT_SOCKET)
+}
+
+fn default_connection_table_size() -> u32 {
+    lb_common::CONN_TABLE_SIZE
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = format!("{self:?}").to_lowercase();
+        f.write_str(&name)
+    }
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = format!("{self:?}").to_lowercase();
+        f.write_str(&name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+use std::path::Path;
+
+use super::*;
+
+const EXAMPLE: &str = "\
+interfaces:
+  - name: eth0
+    xdp_mode: auto
+metrics_listen: 127.0.0.1:9798
+services:
+  - name: web              # unique; used in metrics labels and by lbctl
+    vip: 203.0.113.10      # IPv4 or IPv6
+    port: 80               # 0 = all ports
+    protocol: tcp          # tcp | udp
+    scheduler: wrr
+    forwarding: dr         # default for the reals below
+    reals:
+      - { address: 198.18.1.11, weight: 1 }
+      - { address: 198.18.1.12, weight: 2 }
+";
+
+fn parse(source: &str) -> Result<Config, ConfigError> {
+    Config::parse(source, Path::new("/etc/lb/lb.yaml"))
+}
+
+/// The example with one line replaced.
+fn with_line(line: usize, text: &str) -> String {
+    let mut lines: Vec<&str> = EXAMPLE.lines().collect();
+    lines[line - 1] = text;
+    lines.join("\n") + "\n"
+}
+
+fn refused(source: &str) -> ConfigError {
+    parse(source).expect_err("the configuration should be refused")
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let config = parse(EXAMPLE).unwrap();
+    assert_eq!(config.interfaces, vec![Interface { name: "eth0".into(), xdp_mode: XdpMode::Auto }]);
+    assert_eq!(config.api_socket, PathBuf::from(lb_api::DEFAULT_SOCKET));
+    let web = &config.services[0];
+    assert_eq!((web.name.as_str(), web.port, web.protocol, web.scheduler), ("web", 80, Protocol::Tcp, Scheduler::Wrr));
+    assert_eq!(web.reals.iter().map(|r| r.weight).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(web.forwarding_of(&web.reals[0]), Forwarding::Dr);
+}
+
+#[test]
+fn the_deployed_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/lb.yaml");
+    Config::load(&path).unwrap();
+}
+
+#[test]
+fn defaults_are_ipvsadm_s() {
+    let config = parse(&with_line(13, "      - { address: 198.18.1.11 }")).unwrap();
+    assert_eq!(config.services[0].reals[0].weight, 1);
+    let config = parse("interfaces: [{ name: eth0 }]\n").unwrap();
+    assert_eq!(config.interfaces[0].xdp_mode, XdpMode::Auto);
+    assert_eq!(config.metrics_listen, "127.0.0.1:9798".parse().unwrap());
+    assert!(config.services.is_empty());
+}
+
+#[test]
+fn a_typo_names_file_line_and_field() {
+    let err = refused(&with_line(10, "    schedular: wrr"));
+    assert_eq!(err.line, Some(10));
+    assert_eq!(err.field, "services[0]");
+    assert!(err.message.contains("unknown field `schedular`"), "{err}");
+    assert!(err.to_string().starts_with("/etc/lb/lb.yaml:10: services[0]: unknown field `schedular`"), "{err}");
+}
+
+#[test]
+fn a_bad_value_names_its_line() {
+    let err = refused(&with_line(8, "    port: 80000"));
+    assert_eq!((err.line, err.field.as_str()), (Some(8), "services[0].port"));
+    let err = refused(&with_line(7, "    vip: 203.0.113.300"));
+    assert_eq!((err.line, err.field.as_str()), (Some(7), "services[0].vip"));
+    let err = refused(&with_line(3, "    xdp_mode: turbo"));
+    assert_eq!((err.line, err.field.as_str()), (Some(3), "interfaces[0].xdp_mode"));
+}
+
+#[test]
+fn broken_yaml_names_its_line() {
+    let err = refused(&with_line(9, "    protocol: [tcp"));
+    assert!(err.line.is_some_and(|line| line >= 9), "{err}");
+}
+
+#[test]
+fn weight_out_of_range_is_refused_at_its_line() {
+    let err = refused(&with_line(14, "      - { address: 198.18.1.12, weight: 70000 }"));
+    assert_eq!((err.line, err.field.as_str()), (Some(14), "services[0].reals[1].weight"));
+    assert!(err.message.contains("0 to 65535"), "{err}");
+}
+
+#[test]
+fn unsupported_scheduler_and_forwarding_say_so() {
+    let err = refused(&with_line(10, "    scheduler: lc"));
+    assert_eq!((err.line, err.field.as_str()), (Some(10), "services[0].scheduler"));
+    assert_eq!(err.message, "scheduler `lc` is not supported yet (supported: rr, wrr)");
+    let err = refused(&with_line(11, "    forwarding: masq"));
+    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].forwarding"));
+    assert!(err.message.contains("`nat` is not supported yet"), "{err}");
+    let err = refused(&with_line(10, "    scheduler: fastest"));
+    assert!(err.message.contains("unknown variant `fastest`"), "{err}");
+}
+
+#[test]
+fn duplicates_and_mixed_families_point_at_the_second_occurrence() {
+    let twice = format!("{EXAMPLE}{}", &EXAMPLE[EXAMPLE.find("  - name: web").unwrap()..]);
+    let err = refused(&twice);
+    assert_eq!((err.line, err.field.as_str()), (Some(15), "services[1].name"));
+    let err = refused(&twice.replacen("name: web", "name: web2", 2).replacen("name: web2", "name: web", 1));
+    assert_eq!((err.line, err.field.as_str()), (Some(17), "services[1].port"));
+    let err = refused(&with_line(14, "      - { address: 198.18.1.11, weight: 2 }"));
+    assert_eq!((err.line, err.field.as_str()), (Some(14), "services[0].reals[1].address"));
+    let err = refused(&with_line(14, "      - { address: '2001:db8::1', weight: 2 }"));
+    assert_eq!((err.line, err.field.as_str()), (Some(14), "services[0].reals[1].address"));
+    assert!(err.message.contains("different IP versions"), "{err}");
+}
+
+#[test]
+fn service_names_must_suit_metric_labels() {
+    let err = refused(&with_line(6, "  - name: \"web site\""));
+    assert_eq!((err.line, err.field.as_str()), (Some(6), "services[0].name"));
+}
+
+#[test]
+fn no_interface_is_refused() {
+    let err = refused("interfaces: []\n");
+    assert_eq!((err.line, err.field.as_str()), (Some(1), "interfaces"));
+}
+
+#[test]
+fn an_unreadable_file_says_so() {
+    let err = Config::load(Path::new("/nonexistent/lb.yaml")).unwrap_err();
+    assert_eq!(err.line, None);
+    assert!(err.to_string().starts_with("/nonexistent/lb.yaml: cannot read"), "{err}");
+}
+
+#[test]
+fn restart_only_fields_are_named() {
+    let old = parse(EXAMPLE).unwrap();
+    let mut new = old.clone();
+    assert!(old.restart_only_changes(&new).is_empty());
+    new.metrics_listen = "127.0.0.1:1".parse().unwrap();
+    new.connection_table_size = 4096;
+    assert_eq!(old.restart_only_changes(&new), vec!["metrics_listen", "connection_table_size"]);
+}

@@ -1,0 +1,145 @@
+//! The rules a configuration must meet beyond its syntax, each naming the field at fault.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use lb_common::{MAX_REALS, MAX_SERVICES};
+
+use super::{Config, Forwarding, Scheduler, VirtualService};
+
+/// IPVS limits weights to this (ipvsadm -w 0..65535).
+pub const MAX_WEIGHT: u32 = 65535;
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+/// Below this the table would churn connections of any real site.
+const MIN_CONNECTION_TABLE: u32 = 1024;
+
+#[derive(Debug)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid { field: field.into(), message: message.into() }
+}
+
+pub fn check(config: &Config) -> Result<(), Invalid> {
+    check_interfaces(config)?;
+    if config.connection_table_size < MIN_CONNECTION_TABLE {
+        return Err(invalid(
+            "connection_table_size",
+            format!("{} is too small (at least {MIN_CONNECTION_TABLE})", config.connection_table_size),
+        ));
+    }
+    if config.services.len() > MAX_SERVICES as usize {
+        return Err(invalid("services", format!("at most {MAX_SERVICES} services fit")));
+    }
+    let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
+    if reals > MAX_REALS as usize {
+        return Err(invalid("services", format!("at most {MAX_REALS} real servers fit, in all")));
+    }
+    let mut names = HashMap::new();
+    let mut addresses = HashMap::new();
+    for (i, service) in config.services.iter().enumerate() {
+        let at = format!("services[{i}]");
+        if let Some(first) = names.insert(service.name.as_str(), i) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!("service name `{}` is already used by services[{first}]", service.name),
+            ));
+        }
+        let address = (service.vip, service.port, service.protocol);
+        if let Some(first) = addresses.insert(address, i) {
+            return Err(invalid(
+                format!("{at}.port"),
+                format!(
+                    "{} port {} is already served by services[{first}]",
+                    service.protocol, service.port
+                ),
+            ));
+        }
+        check_service(&at, service)?;
+    }
+    Ok(())
+}
+
+fn check_interfaces(config: &Config) -> Result<(), Invalid> {
+    if config.interfaces.is_empty() {
+        return Err(invalid("interfaces", "name at least one interface to attach to"));
+    }
+    for (i, interface) in config.interfaces.iter().enumerate() {
+        let name = &interface.name;
+        if name.is_empty() || name.len() > MAX_IFNAME || name.contains(['/', ' ']) {
+            return Err(invalid(
+                format!("interfaces[{i}].name"),
+                format!("`{name}` is not an interface name (1 to {MAX_IFNAME} bytes, no '/' or space)"),
+            ));
+        }
+        if config.interfaces[..i].iter().any(|other| &other.name == name) {
+            return Err(invalid(format!("interfaces[{i}].name"), format!("`{name}` is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
+    let name_ok = !service.name.is_empty()
+        && service.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+    if !name_ok {
+        return Err(invalid(
+            format!("{at}.name"),
+            format!("`{}` is not a service name (letters, digits, '_', '.', ':', '-')", service.name),
+        ));
+    }
+    check_address(&format!("{at}.vip"), service.vip)?;
+    if !matches!(service.scheduler, Scheduler::Rr | Scheduler::Wrr) {
+        return Err(invalid(
+            format!("{at}.scheduler"),
+            format!("scheduler `{}` is not supported yet (supported: rr, wrr)", service.scheduler),
+        ));
+    }
+    check_forwarding(&format!("{at}.forwarding"), service.forwarding)?;
+    for (j, real) in service.reals.iter().enumerate() {
+        let at = format!("{at}.reals[{j}]");
+        check_address(&format!("{at}.address"), real.address)?;
+        if real.address.is_ipv4() != service.vip.is_ipv4() {
+            return Err(invalid(
+                format!("{at}.address"),
+                format!(
+                    "{} and the VIP {} are of different IP versions; direct routing keeps the packet as it is",
+                    real.address, service.vip
+                ),
+            ));
+        }
+        if service.reals[..j].iter().any(|other| other.address == real.address) {
+            return Err(invalid(format!("{at}.address"), format!("{} is listed twice", real.address)));
+        }
+        if real.weight > MAX_WEIGHT {
+            return Err(invalid(
+                format!("{at}.weight"),
+                format!("weight {} is out of range (0 to {MAX_WEIGHT})", real.weight),
+            ));
+        }
+        if let Some(forwarding) = real.forwarding {
+            check_forwarding(&format!("{at}.forwarding"), forwarding)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_forwarding(field: &str, forwarding: Forwarding) -> Result<(), Invalid> {
+    match forwarding {
+        Forwarding::Dr => Ok(()),
+        other => Err(invalid(
+            field,
+            format!("forwarding method `{other}` is not supported yet (supported: dr)"),
+        )),
+    }
+}
+
+fn check_address(field: &str, address: IpAddr) -> Result<(), Invalid> {
+    if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
+        return Err(invalid(field, format!("{address} cannot be a service or real-server address")));
+    }
+    Ok(())
+}

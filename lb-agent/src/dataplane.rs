@@ -1,0 +1,231 @@
+//! The XDP data path as the agent sees it: loading, attaching, and typed access to every
+//! map. The only module that talks to aya.
+
+use std::collections::{HashMap as StdHashMap, HashSet};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    util::nr_cpus,
+};
+use lb_common::{
+    conn::{Conn, FlowKey},
+    names,
+    real::RealServer,
+    service::{Service, ServiceKey},
+    stats::{Counters, Reason},
+};
+
+use crate::{config::XdpMode, sched::Slots};
+
+/// The object `lb-ebpf` builds, embedded at compile time.
+static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+/// The test bed's programs (the benchmark's baseline, the lab's veth helper), built
+/// beside it; a release agent leaves them out, as nothing in it refers to them.
+pub static TESTBED_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-testbed"));
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    maps: Maps,
+    attached: StdHashMap<String, Attachment>,
+}
+
+struct Maps {
+    services: HashMap<MapData, ServiceKey, Service>,
+    reals: Array<MapData, RealServer>,
+    sched_ring: Array<MapData, u32>,
+    conns: HashMap<MapData, FlowKey, Conn>,
+    service_stats: PerCpuArray<MapData, Counters>,
+    real_stats: PerCpuArray<MapData, Counters>,
+    verdict_stats: PerCpuArray<MapData, u64>,
+}
+
+struct Attachment {
+    ifindex: u32,
+    mode: XdpMode,
+    link: XdpLinkId,
+}
+
+impl Dataplane {
+    /// Loads `lb_ingress` and its maps into the kernel, with room for `conn_table_size`
+    /// connections; nothing is attached yet.
+    pub fn load(conn_table_size: u32) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries(names::CONNS, conn_table_size)
+            .load(LB_OBJECT)
+            .context("loading the eBPF object")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(names::INGRESS_PROGRAM)
+            .ok_or_else(|| anyhow!("the object has no program {}", names::INGRESS_PROGRAM))?
+            .try_into()?;
+        program.load().context("loading lb_ingress (the verifier refused it?)")?;
+        let maps = Maps {
+            services: typed(&mut ebpf, names::SERVICES)?,
+            reals: typed(&mut ebpf, names::REALS)?,
+            sched_ring: typed(&mut ebpf, names::SCHED_RING)?,
+            conns: typed(&mut ebpf, names::CONNS)?,
+            service_stats: typed(&mut ebpf, names::SERVICE_STATS)?,
+            real_stats: typed(&mut ebpf, names::REAL_STATS)?,
+            verdict_stats: typed(&mut ebpf, names::VERDICT_STATS)?,
+        };
+        Ok(Self { ebpf, maps, attached: StdHashMap::new() })
+    }
+
+    /// The loaded program, for `BPF_PROG_TEST_RUN` in tests and the benchmark.
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(names::INGRESS_PROGRAM)
+            .and_then(|program| program.try_into().ok())
+            .expect("loaded in Dataplane::load")
+    }
+
+    /// Attaches `lb_ingress` to `interface` (again, if the mode changed) and returns its
+    /// ifindex. `auto` takes the driver's mode when the driver has one.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<u32> {
+        if let Some(attachment) = self.attached.get(interface) {
+            if attachment.mode == mode {
+                return Ok(attachment.ifindex);
+            }
+            self.detach(interface)?;
+        }
+        let ifindex = ifindex(interface)?;
+        let program = self.program_mut();
+        let link = match mode {
+            XdpMode::Native => program.attach_to_if_index(ifindex, AyaXdpMode::Driver),
+            XdpMode::Generic => program.attach_to_if_index(ifindex, AyaXdpMode::Skb),
+            XdpMode::Auto => program.attach_to_if_index(ifindex, AyaXdpMode::Driver).or_else(|err| {
+                log::warn!("{interface}: native XDP unavailable ({err}); attaching in generic mode");
+                program.attach_to_if_index(ifindex, AyaXdpMode::Skb)
+            }),
+        }
+        .with_context(|| format!("attaching lb_ingress to {interface} in {mode:?} mode"))?;
+        log::info!("attached lb_ingress to {interface} (ifindex {ifindex}, {mode:?} mode)");
+        self.attached.insert(interface.to_owned(), Attachment { ifindex, mode, link });
+        Ok(ifindex)
+    }
+
+    pub fn detach(&mut self, interface: &str) -> Result<()> {
+        if let Some(attachment) = self.attached.remove(interface) {
+            self.program_mut()
+                .detach(attachment.link)
+                .with_context(|| format!("detaching lb_ingress from {interface}"))?;
+            log::info!("detached lb_ingress from {interface}");
+        }
+        Ok(())
+    }
+
+    /// Names of the attached interfaces.
+    pub fn attached(&self) -> impl Iterator<Item = &str> {
+        self.attached.keys().map(String::as_str)
+    }
+
+    pub fn attached_ifindexes(&self) -> Vec<u32> {
+        self.attached.values().map(|attachment| attachment.ifindex).collect()
+    }
+
+    pub fn set_service(&mut self, key: &ServiceKey, service: &Service) -> Result<()> {
+        self.maps.services.insert(key, service, 0).context("writing SERVICES")
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.maps.services.remove(key).context("removing from SERVICES")
+    }
+
+    pub fn set_real(&mut self, id: u32, real: &RealServer) -> Result<()> {
+        self.maps.reals.set(id, real, 0).context("writing REALS")
+    }
+
+    pub fn write_sequence(&mut self, slots: &Slots, sequence: &[u32]) -> Result<()> {
+        for (slot, id) in slots.clone().zip(sequence) {
+            self.maps.sched_ring.set(slot, id, 0).context("writing SCHED_RING")?;
+        }
+        Ok(())
+    }
+
+    pub fn service_counters(&self, index: u32) -> Result<Counters> {
+        sum(&self.maps.service_stats, index)
+    }
+
+    pub fn real_counters(&self, id: u32) -> Result<Counters> {
+        sum(&self.maps.real_stats, id)
+    }
+
+    /// Zeroes the counters of a slot that is given to a new service.
+    pub fn reset_service_counters(&mut self, index: u32) -> Result<()> {
+        reset(&mut self.maps.service_stats, index)
+    }
+
+    /// Zeroes the counters of an id that is given to a new real server.
+    pub fn reset_real_counters(&mut self, id: u32) -> Result<()> {
+        reset(&mut self.maps.real_stats, id)
+    }
+
+    /// Packets passed or dropped, per reason, summed over CPUs.
+    pub fn reason_counts(&self) -> Result<Vec<(Reason, u64)>> {
+        Reason::ALL
+            .iter()
+            .map(|&reason| {
+                let per_cpu = self.maps.verdict_stats.get(&(reason as u32), 0)?;
+                Ok((reason, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// The real-server ids that some connection entry still points at.
+    pub fn reals_in_use(&self) -> Result<HashSet<u32>> {
+        let mut in_use = HashSet::new();
+        for entry in self.maps.conns.iter() {
+            match entry {
+                Ok((_, conn)) => {
+                    in_use.insert(conn.real);
+                }
+                // An entry evicted while we walk the table is no longer in use.
+                Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("reading CONNS"),
+            }
+        }
+        Ok(in_use)
+    }
+
+    /// Connection entries, for tests and diagnostics.
+    pub fn conns(&self) -> Result<Vec<(FlowKey, Conn)>> {
+        self.maps.conns.iter().collect::<Result<_, _>>().context("reading CONNS")
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(names::INGRESS_PROGRAM)
+            .and_then(|program| program.try_into().ok())
+            .expect("loaded in Dataplane::load")
+    }
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("the object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} is not of the expected type"))
+}
+
+fn sum(map: &PerCpuArray<MapData, Counters>, index: u32) -> Result<Counters> {
+    let per_cpu = map.get(&index, 0).context("reading counters")?;
+    Ok(per_cpu.iter().fold(Counters::default(), |total, cpu| Counters {
+        packets: total.packets + cpu.packets,
+        bytes: total.bytes + cpu.bytes,
+        conns: total.conns + cpu.conns,
+    }))
+}
+
+fn reset(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> Result<()> {
+    let cpus = nr_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))?;
+    let zeroes = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+    map.set(index, zeroes, 0).context("zeroing counters")
+}
+
+fn ifindex(interface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(interface)?;
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(anyhow!("no interface named {interface}: {}", std::io::Error::last_os_error())),
+        ifindex => Ok(ifindex),
+    }
+}

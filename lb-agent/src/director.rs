@@ -1,0 +1,346 @@
+//! The director: the agent's account of what the data path holds, and the one place
+//! that changes it.
+//!
+//! Applying a configuration is a reconciliation: compute what every map should hold
+//! (stable ids, real servers, sequences, services), then write only what differs, in an
+//! order that a packet arriving at any moment can follow: real servers first, then the
+//! sequences into fresh slots, then the services that point at them, then removals.
+//! Connection entries are never touched, so no established connection moves.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use anyhow::{Context, Result, bail};
+use lb_api::{RealStatus, ServiceStatus, Stats};
+use lb_common::{
+    FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
+    real::{Forwarding as DataForwarding, RealServer},
+    service::{Scheduler as DataScheduler, Service, ServiceKey},
+    stats::{Counters, Reason},
+};
+
+use crate::{
+    config::{Config, Forwarding, Protocol, Scheduler, VirtualService},
+    dataplane::Dataplane,
+    neighbour::Link,
+    registry::Registry,
+    sched::{self, Candidate, Ring, Slots},
+};
+
+/// A real server's owner key: it is the same real server only in the same service.
+type RealOwner = (String, IpAddr);
+
+pub struct Director {
+    dataplane: Dataplane,
+    ids: Ids,
+    written: Written,
+    /// The configuration the maps hold, and the links they were written with.
+    running: Option<(Config, HashMap<IpAddr, Link>)>,
+}
+
+/// Id bookkeeping, cloned for planning so a refused change leaves it as it was.
+#[derive(Clone)]
+struct Ids {
+    services: Registry<String>,
+    reals: Registry<RealOwner>,
+    ring: Ring,
+}
+
+/// What the maps hold now, as far as the agent wrote them.
+#[derive(Default)]
+struct Written {
+    services: HashMap<ServiceKey, Service>,
+    reals: HashMap<u32, RealServer>,
+    /// Per service index: where its sequence is, and the sequence.
+    sequences: HashMap<u32, (Slots, Vec<u32>)>,
+}
+
+/// Everything one change writes, computed before anything is written.
+struct Plan {
+    ids: Ids,
+    fresh_services: Vec<u32>,
+    fresh_reals: Vec<u32>,
+    reals: HashMap<u32, RealServer>,
+    services: HashMap<ServiceKey, Service>,
+    /// Sequences to write: (service index, slots, sequence).
+    sequences: Vec<(u32, Slots, Vec<u32>)>,
+}
+
+impl Director {
+    pub fn new(dataplane: Dataplane) -> Self {
+        let ids = Ids {
+            services: Registry::new(MAX_SERVICES),
+            reals: Registry::new(MAX_REALS),
+            ring: Ring::new(SCHED_RING_SLOTS),
+        };
+        Self { dataplane, ids, written: Written::default(), running: None }
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    pub fn running_config(&self) -> Option<&Config> {
+        self.running.as_ref().map(|(config, _)| config)
+    }
+
+    /// Attaches to the interfaces `config` names and detaches from the others; returns
+    /// the attached ifindexes.
+    pub fn attach(&mut self, config: &Config) -> Result<Vec<u32>> {
+        let stale: Vec<String> = self
+            .dataplane
+            .attached()
+            .filter(|name| !config.interfaces.iter().any(|interface| interface.name == *name))
+            .map(str::to_owned)
+            .collect();
+        for name in stale {
+            self.dataplane.detach(&name)?;
+        }
+        for interface in &config.interfaces {
+            self.dataplane.attach(&interface.name, interface.xdp_mode)?;
+        }
+        Ok(self.dataplane.attached_ifindexes())
+    }
+
+    /// Makes the maps hold `config`, with real servers reached over `links`. On error
+    /// nothing has been written, except when the kernel refuses a write midway.
+    pub fn apply(&mut self, config: Config, links: HashMap<IpAddr, Link>) -> Result<()> {
+        let plan = self.plan(&config, &links)?;
+        self.write(plan)?;
+        self.running = Some((config, links));
+        Ok(())
+    }
+
+    /// Re-applies the running configuration if the real servers' links changed.
+    pub fn relink(&mut self, links: HashMap<IpAddr, Link>) -> Result<()> {
+        match &self.running {
+            Some((config, old)) if *old != links => {
+                log::info!("real servers' links changed; updating the data path");
+                self.apply(config.clone(), links)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn plan(&self, config: &Config, links: &HashMap<IpAddr, Link>) -> Result<Plan> {
+        let mut plan = Plan {
+            ids: self.ids.clone(),
+            fresh_services: Vec::new(),
+            fresh_reals: Vec::new(),
+            reals: HashMap::new(),
+            services: HashMap::new(),
+            sequences: Vec::new(),
+        };
+        plan.ids.ring.recycle();
+        self.retire_removed(config, &mut plan.ids);
+        for service in &config.services {
+            let index = assign(&mut plan.ids.services, &service.name, &mut plan.fresh_services, || {
+                Ok(HashSet::new())
+            })
+            .with_context(|| format!("service {}: all {MAX_SERVICES} service slots are taken", service.name))?;
+            let mut candidates = Vec::new();
+            for real in &service.reals {
+                let owner = (service.name.clone(), real.address);
+                let id = assign(&mut plan.ids.reals, &owner, &mut plan.fresh_reals, || self.dataplane.reals_in_use())
+                    .with_context(|| format!("service {}: all {MAX_REALS} real-server ids are taken", service.name))?;
+                let link = links.get(&real.address);
+                plan.reals.insert(id, real_server(real.address, service.forwarding_of(real), link));
+                if link.is_some() {
+                    candidates.push(Candidate { id, weight: real.weight });
+                }
+            }
+            let sequence = sched::sequence(service.scheduler, &candidates);
+            let slots = match self.written.sequences.get(&index) {
+                Some((slots, written)) if *written == sequence => slots.clone(),
+                _ => {
+                    let slots = plan.ids.ring.allocate(sequence.len() as u32).with_context(|| {
+                        format!("service {}: no room for a sequence of {} slots", service.name, sequence.len())
+                    })?;
+                    plan.sequences.push((index, slots.clone(), sequence));
+                    slots
+                }
+            };
+            plan.services.insert(service_key(service), service_value(index, service.scheduler, &slots));
+        }
+        Ok(plan)
+    }
+
+    /// Retires the services and real servers that `config` no longer has.
+    fn retire_removed(&self, config: &Config, ids: &mut Ids) {
+        let services: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let reals: HashSet<(&str, IpAddr)> = config
+            .services
+            .iter()
+            .flat_map(|s| s.reals.iter().map(move |r| (s.name.as_str(), r.address)))
+            .collect();
+        let gone_services: Vec<String> =
+            ids.services.active().filter(|(name, _)| !services.contains(name.as_str())).map(|(n, _)| n.clone()).collect();
+        let gone_reals: Vec<RealOwner> = ids
+            .reals
+            .active()
+            .filter(|((name, address), _)| !reals.contains(&(name.as_str(), *address)))
+            .map(|(owner, _)| owner.clone())
+            .collect();
+        for name in &gone_services {
+            ids.services.retire(name);
+        }
+        for owner in &gone_reals {
+            ids.reals.retire(owner);
+        }
+    }
+
+    fn write(&mut self, mut plan: Plan) -> Result<()> {
+        for &index in &plan.fresh_services {
+            self.dataplane.reset_service_counters(index)?;
+        }
+        for &id in &plan.fresh_reals {
+            self.dataplane.reset_real_counters(id)?;
+        }
+        for (&id, real) in &plan.reals {
+            if self.written.reals.get(&id) != Some(real) {
+                self.dataplane.set_real(id, real)?;
+                self.written.reals.insert(id, *real);
+            }
+        }
+        for (index, slots, sequence) in plan.sequences {
+            self.dataplane.write_sequence(&slots, &sequence)?;
+            if let Some((old, _)) = self.written.sequences.insert(index, (slots, sequence)) {
+                plan.ids.ring.release(old);
+            }
+        }
+        for (key, service) in &plan.services {
+            if self.written.services.get(key) != Some(service) {
+                self.dataplane.set_service(key, service)?;
+                self.written.services.insert(*key, *service);
+            }
+        }
+        let removed: Vec<ServiceKey> =
+            self.written.services.keys().filter(|key| !plan.services.contains_key(key)).copied().collect();
+        for key in removed {
+            self.dataplane.remove_service(&key)?;
+            if let Some(service) = self.written.services.remove(&key)
+                && !plan.services.values().any(|s| s.index == service.index)
+                && let Some((slots, _)) = self.written.sequences.remove(&service.index)
+            {
+                plan.ids.ring.release(slots);
+            }
+        }
+        self.ids = plan.ids;
+        Ok(())
+    }
+
+    /// The running services and real servers with their counters, in config order.
+    pub fn status(&self) -> Result<Vec<ServiceStatus>> {
+        let Some((config, _)) = &self.running else { return Ok(Vec::new()) };
+        config.services.iter().map(|service| self.service_status(service)).collect()
+    }
+
+    fn service_status(&self, service: &VirtualService) -> Result<ServiceStatus> {
+        let index = self.ids.services.get(&service.name).context("running service without a slot")?;
+        let mut reals = Vec::new();
+        for real in &service.reals {
+            let id = self.ids.reals.get(&(service.name.clone(), real.address)).context("running real without an id")?;
+            reals.push(RealStatus {
+                address: real.address,
+                port: service.port,
+                weight: real.weight,
+                forwarding: service.forwarding_of(real).to_string(),
+                resolved: self.written.reals.get(&id).is_some_and(|r| r.ifindex != 0),
+                stats: stats(self.dataplane.real_counters(id)?),
+            });
+        }
+        Ok(ServiceStatus {
+            name: service.name.clone(),
+            protocol: service.protocol.to_string(),
+            vip: service.vip,
+            port: service.port,
+            scheduler: service.scheduler.to_string(),
+            stats: stats(self.dataplane.service_counters(index)?),
+            reals,
+        })
+    }
+
+    pub fn reason_counts(&self) -> Result<Vec<(Reason, u64)>> {
+        self.dataplane.reason_counts()
+    }
+}
+
+/// The owner's id, reclaiming retired ids (those `in_use` does not name) when none is
+/// free. Records the id in `fresh` if it is new to the owner.
+fn assign<K: Clone + Eq + std::hash::Hash>(
+    registry: &mut Registry<K>,
+    owner: &K,
+    fresh: &mut Vec<u32>,
+    in_use: impl FnOnce() -> Result<HashSet<u32>>,
+) -> Result<u32> {
+    if registry.get(owner).is_none() && !registry.has_free() {
+        registry.reclaim(&in_use()?);
+    }
+    let Some(assigned) = registry.assign(owner) else { bail!("no id left") };
+    if assigned.fresh {
+        fresh.push(assigned.id);
+    }
+    Ok(assigned.id)
+}
+
+fn service_key(service: &VirtualService) -> ServiceKey {
+    let (vip, family) = address_bytes(service.vip);
+    ServiceKey {
+        vip,
+        port: service.port.to_be_bytes(),
+        protocol: match service.protocol {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        },
+        family,
+    }
+}
+
+fn service_value(index: u32, scheduler: Scheduler, slots: &Slots) -> Service {
+    Service {
+        index,
+        sequence_start: slots.start,
+        sequence_len: slots.end - slots.start,
+        scheduler: match scheduler {
+            Scheduler::Wrr => DataScheduler::Wrr,
+            // Validation admits only rr and wrr.
+            _ => DataScheduler::Rr,
+        } as u8,
+        _pad: [0; 3],
+    }
+}
+
+fn real_server(address: IpAddr, forwarding: Forwarding, link: Option<&Link>) -> RealServer {
+    let (address, family) = address_bytes(address);
+    let forwarding = match forwarding {
+        // Validation admits only dr.
+        Forwarding::Dr | Forwarding::Tun | Forwarding::Nat | Forwarding::Fnat => DataForwarding::Dr,
+    };
+    RealServer {
+        address,
+        mac: link.map_or([0; 6], |link| link.mac),
+        director_mac: link.map_or([0; 6], |link| link.director_mac),
+        ifindex: link.map_or(0, |link| link.ifindex),
+        family,
+        forwarding: forwarding as u8,
+        _pad: [0; 2],
+    }
+}
+
+/// An address as the maps store it: 16 bytes, IPv4 in the first four.
+pub fn address_bytes(address: IpAddr) -> ([u8; 16], u8) {
+    let mut bytes = [0; 16];
+    match address {
+        IpAddr::V4(v4) => {
+            bytes[..4].copy_from_slice(&v4.octets());
+            (bytes, FAMILY_IPV4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_IPV6),
+    }
+}
+
+fn stats(counters: Counters) -> Stats {
+    Stats { conns: counters.conns, in_packets: counters.packets, in_bytes: counters.bytes }
+}

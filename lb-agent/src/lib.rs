@@ -1,0 +1,12 @@
+//! The load balancer's agent: the only writer of the data path's maps.
+//!
+//! `main` wires these together; tests and the benchmark use them directly.
+
+pub mod api;
+pub mod config;
+pub mod dataplane;
+pub mod director;
+pub mod metrics;
+pub mod neighbour;
+pub mod registry;
+pub mod sched;

@@ -1,0 +1,104 @@
+//! Prometheus metrics, read from the per-CPU maps at scrape time: nothing is counted
+//! twice and the data path does no extra work for them.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use axum::{Router, extract::State, http::header::CONTENT_TYPE, response::IntoResponse, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, text::encode},
+    metrics::{MetricType, counter::ConstCounter},
+    registry::Registry,
+};
+
+use crate::director::Director;
+
+const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `/metrics` on `listen` until the process ends.
+pub async fn serve(listen: SocketAddr, director: Arc<Mutex<Director>>) -> Result<()> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(LbCollector { director }));
+    let app = Router::new().route("/metrics", get(scrape)).with_state(Arc::new(registry));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening for metrics on {listen}"))?;
+    log::info!("serving metrics on http://{listen}/metrics");
+    axum::serve(listener, app).await.context("serving metrics")
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match encode(&mut body, &registry) {
+        Ok(()) => ([(CONTENT_TYPE, CONTENT)], body).into_response(),
+        Err(_) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),
+    }
+}
+
+struct LbCollector {
+    director: Arc<Mutex<Director>>,
+}
+
+impl std::fmt::Debug for LbCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LbCollector")
+    }
+}
+
+impl Collector for LbCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let director = self.director.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (services, reasons) = match (director.status(), director.reason_counts()) {
+            (Ok(services), Ok(reasons)) => (services, reasons),
+            (Err(err), _) | (_, Err(err)) => {
+                log::error!("reading counters for a scrape: {err:#}");
+                return Err(std::fmt::Error);
+            }
+        };
+        drop(director);
+
+        let service_labels = |s: &lb_api::ServiceStatus| [("service", s.name.clone())];
+        family(&mut encoder, "lb_service_packets", "Packets forwarded to a virtual service's real servers.",
+            services.iter().map(|s| (service_labels(s), s.stats.in_packets)))?;
+        family(&mut encoder, "lb_service_bytes", "Bytes (IP packets) forwarded for a virtual service.",
+            services.iter().map(|s| (service_labels(s), s.stats.in_bytes)))?;
+        family(&mut encoder, "lb_service_connections", "New connections scheduled for a virtual service.",
+            services.iter().map(|s| (service_labels(s), s.stats.conns)))?;
+
+        let reals: Vec<([(&str, String); 2], &lb_api::Stats)> = services
+            .iter()
+            .flat_map(|s| s.reals.iter().map(|r| ([("service", s.name.clone()), ("real", r.address.to_string())], &r.stats)))
+            .collect();
+        family(&mut encoder, "lb_real_packets", "Packets forwarded to a real server.",
+            reals.iter().map(|(labels, stats)| (labels.clone(), stats.in_packets)))?;
+        family(&mut encoder, "lb_real_bytes", "Bytes (IP packets) forwarded to a real server.",
+            reals.iter().map(|(labels, stats)| (labels.clone(), stats.in_bytes)))?;
+        family(&mut encoder, "lb_real_connections", "New connections scheduled to a real server.",
+            reals.iter().map(|(labels, stats)| (labels.clone(), stats.conns)))?;
+
+        let (passed, dropped): (Vec<_>, Vec<_>) = reasons.into_iter().partition(|(reason, _)| reason.is_pass());
+        family(&mut encoder, "lb_dropped_packets", "Packets the data path dropped, by reason.",
+            dropped.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)))?;
+        family(&mut encoder, "lb_passed_packets", "Packets the data path left to the kernel, by reason.",
+            passed.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)))?;
+        Ok(())
+    }
+}
+
+/// One counter family: `name_total{labels} value` per member.
+fn family<const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    members: impl Iterator<Item = ([(&'static str, String); N], u64)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in members {
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}

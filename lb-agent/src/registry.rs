@@ -1,0 +1,93 @@
+//! Stable ids: a service's slot, a real server's id. An id stays with its owner while
+//! the owner is configured and, once the owner is removed ("retired"), for as long as
+//! something may still point at it; only then is it given to another owner.
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+};
+
+#[derive(Clone, Debug)]
+pub struct Registry<K> {
+    ids: HashMap<K, u32>,
+    retired: HashSet<u32>,
+    free: Vec<u32>,
+}
+
+/// An id handed out, and whether it is new to its owner (its counters start at zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Assigned {
+    pub id: u32,
+    pub fresh: bool,
+}
+
+impl<K: Clone + Eq + Hash> Registry<K> {
+    pub fn new(capacity: u32) -> Self {
+        Self { ids: HashMap::new(), retired: HashSet::new(), free: (0..capacity).rev().collect() }
+    }
+
+    pub fn get(&self, owner: &K) -> Option<u32> {
+        self.ids.get(owner).copied()
+    }
+
+    /// The owner's id: the one it had (also if retired), else a free one. `None` when
+    /// every id is taken; [`Registry::reclaim`] may free retired ones.
+    pub fn assign(&mut self, owner: &K) -> Option<Assigned> {
+        if let Some(&id) = self.ids.get(owner) {
+            self.retired.remove(&id);
+            return Some(Assigned { id, fresh: false });
+        }
+        let id = self.free.pop()?;
+        self.ids.insert(owner.clone(), id);
+        Some(Assigned { id, fresh: true })
+    }
+
+    /// The owner is no longer configured; its id is kept for it until reclaimed.
+    pub fn retire(&mut self, owner: &K) {
+        if let Some(&id) = self.ids.get(owner) {
+            self.retired.insert(id);
+        }
+    }
+
+    /// Owners currently configured (not retired).
+    pub fn active(&self) -> impl Iterator<Item = (&K, u32)> {
+        self.ids.iter().map(|(owner, &id)| (owner, id)).filter(|(_, id)| !self.retired.contains(id))
+    }
+
+    /// Frees every retired id that nothing in `in_use` points at; returns them.
+    pub fn reclaim(&mut self, in_use: &HashSet<u32>) -> Vec<u32> {
+        let reclaimed: Vec<u32> = self.retired.iter().copied().filter(|id| !in_use.contains(id)).collect();
+        self.ids.retain(|_, id| !reclaimed.contains(id));
+        for id in &reclaimed {
+            self.retired.remove(id);
+        }
+        self.free.extend(&reclaimed);
+        reclaimed
+    }
+
+    pub fn has_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_keeps_its_id_until_reclaimed() {
+        let mut registry = Registry::new(2);
+        let a = registry.assign(&"a").unwrap();
+        assert_eq!(a, Assigned { id: 0, fresh: true });
+        assert_eq!(registry.assign(&"a").unwrap(), Assigned { id: 0, fresh: false });
+        registry.retire(&"a");
+        assert_eq!(registry.assign(&"a").unwrap(), Assigned { id: 0, fresh: false }, "re-added before reclaim");
+        registry.retire(&"a");
+        registry.assign(&"b").unwrap();
+        assert_eq!(registry.assign(&"c"), None, "a's id is still retired, not free");
+        assert!(registry.reclaim(&HashSet::from([0])).is_empty(), "a connection still uses it");
+        assert_eq!(registry.reclaim(&HashSet::new()), vec![0]);
+        assert_eq!(registry.assign(&"c").unwrap(), Assigned { id: 0, fresh: true });
+        assert_eq!(registry.active().count(), 2);
+    }
+}

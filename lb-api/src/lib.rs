@@ -1,0 +1,92 @@
+//! The agent's control API, spoken over a Unix stream socket: one JSON request per line,
+//! one JSON response per line. `lbctl` is its client; the agent serves it.
+
+use std::{
+    io::{self, BufRead, BufReader, Write},
+    net::IpAddr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// The virtual services and their real servers, with counters.
+    List,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    Services { services: Vec<ServiceStatus> },
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub scheduler: String,
+    pub stats: Stats,
+    pub reals: Vec<RealStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RealStatus {
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    /// `dr`, ...
+    pub forwarding: String,
+    /// Whether the director knows the real server's link-layer address.
+    pub resolved: bool,
+    pub stats: Stats,
+}
+
+/// Traffic counted by the director, in ipvsadm's terms. Direct routing never sees the
+/// replies, so there are no outbound counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub conns: u64,
+    pub in_packets: u64,
+    pub in_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach the agent at {socket}: {source} (is lb-agent running?)")]
+    Connect { socket: String, source: io::Error },
+    #[error("talking to the agent: {0}")]
+    Io(#[from] io::Error),
+    #[error("the agent answered something unreadable: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Sends one request and waits for its response.
+pub fn call(socket: &Path, request: &Request) -> Result<Response, ApiError> {
+    let stream = UnixStream::connect(socket).map_err(|source| ApiError::Connect {
+        socket: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = &stream;
+    writer.write_all(&encode(request)?)?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+/// A message as it goes on the wire: JSON and a newline.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut bytes = serde_json::to_vec(message)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
