@@ -53,7 +53,7 @@ impl Dataplane {
     /// connections; nothing is attached yet.
     pub fn load(conn_table_size: u32) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
-            .set_max_entries(names::CONNS, conn_table_size)
+            .map_max_entries(names::CONNS, conn_table_size)
             .load(LB_OBJECT)
             .context("loading the eBPF object")?;
         let program: &mut Xdp = ebpf

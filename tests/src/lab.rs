@@ -1,0 +1,488 @@
+//! The lab: a client, a director and real servers on one Ethernet segment (a bridge in
+//! a namespace of its own), each in its own network namespace, set up as an LVS-DR site
+//! is set up by hand: the director owns the VIPs, each real server has them on its
+//! loopback with `arp_ignore=1` / `arp_announce=2` (by `deploy/realserver.sh`) and runs
+//! nginx answering with its own name. Everything is removed when the lab is dropped.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+
+use crate::netns::{self, Netns};
+
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
+pub const HTTP_PORT: u16 = 80;
+
+pub struct Host {
+    pub netns: Netns,
+    pub name: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    pub mac: String,
+}
+
+pub struct Lab {
+    pub client: Host,
+    pub director: Host,
+    pub reals: Vec<Host>,
+    /// Scratch space: configurations, logs, nginx's files.
+    pub dir: PathBuf,
+    servers: Vec<Child>,
+    /// Holds `xdp_pass` on the switch side of the director's link.
+    _veth_helper: Ebpf,
+    _switch: Netns,
+}
+
+/// What the client's nftables counted: packets and bytes it sent to each VIP's HTTP
+/// port, and replies from a VIP by the sender's MAC.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCounters {
+    pub sent4: Count,
+    pub sent6: Count,
+    pub replies_from_director: Count,
+    pub replies_from_reals: Count,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const CLIENT_COUNTERS: [&str; 4] = ["sent4", "sent6", "replies_from_director", "replies_from_reals"];
+
+/// The client's nftables: what leaves for the VIPs (at output, so before any offload
+/// splits or merges packets), and who the HTTP replies come from (at the device's ingress).
+const CLIENT_RULESET: &str = r#"
+table inet lab {
+  counter sent4 {}
+  counter sent6 {}
+  chain out {
+    type filter hook output priority 0;
+    ip daddr VIP4 tcp dport PORT counter name sent4
+    ip6 daddr VIP6 tcp dport PORT counter name sent6
+  }
+}
+table netdev lab {
+  counter replies_from_director {}
+  counter replies_from_reals {}
+  chain in {
+    type filter hook ingress device "eth0" priority 0;
+    ether saddr DIRECTOR_MAC ip saddr VIP4 tcp sport PORT counter name replies_from_director
+    ether saddr DIRECTOR_MAC ip6 saddr VIP6 tcp sport PORT counter name replies_from_director
+    ether saddr { REAL_MACS } ip saddr VIP4 tcp sport PORT counter name replies_from_reals
+    ether saddr { REAL_MACS } ip6 saddr VIP6 tcp sport PORT counter name replies_from_reals
+  }
+}
+"#;
+
+/// One HTTP exchange as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The body: the answering real server's name; empty if the request failed.
+    pub body: String,
+    pub status: u16,
+    pub local_port: u16,
+}
+
+impl Lab {
+    /// Builds the lab with `reals` real servers, all serving HTTP, and waits until
+    /// each answers the client directly.
+    pub fn start(reals: usize) -> Result<Self> {
+        ensure_root()?;
+        netns::remove_orphans();
+        let prefix = netns::unique_prefix();
+        let dir = std::env::temp_dir().join(format!("lb-lab-{prefix}"));
+        fs::create_dir_all(&dir)?;
+
+        let switch = Netns::create(format!("{prefix}-switch"))?;
+        switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        switch.run(&["ip", "link", "set", "br0", "up"])?;
+        let host = |name: &str, last: u8| plug(&switch, &prefix, name, last);
+        let client = host("client", 1)?;
+        let director = host("director", 2)?;
+        let reals: Vec<Host> = (0..reals).map(|i| host(&format!("rs{}", i + 1), 11 + i as u8)).collect::<Result<_>>()?;
+
+        // The director owns the VIPs, as keepalived would give them to it; the client
+        // reaches them on the segment, so the director answers ARP and ND for them.
+        director.netns.run(&["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "eth0"])?;
+        director.netns.run(&["ip", "addr", "add", &format!("{VIP6}/128"), "dev", "eth0", "nodad"])?;
+        client.netns.run(&["ip", "route", "add", "203.0.113.0/24", "dev", "eth0"])?;
+        client.netns.run(&["ip", "-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
+
+        let veth_helper = attach_veth_helper(&switch, "director")?;
+        let mut lab = Self { client, director, reals, dir, servers: Vec::new(), _veth_helper: veth_helper, _switch: switch };
+        for i in 0..lab.reals.len() {
+            lab.setup_real(i)?;
+        }
+        lab.wait_for_servers()?;
+        Ok(lab)
+    }
+
+    /// LVS-DR real-server set-up with the project's script, then nginx.
+    fn setup_real(&mut self, i: usize) -> Result<()> {
+        let real = &self.reals[i];
+        let script = workspace_root().join("deploy/realserver.sh");
+        real.netns.run(&["sh", &script.to_string_lossy(), "start", &VIP4.to_string(), &VIP6.to_string()])?;
+        let conf = self.dir.join(format!("{}-nginx.conf", real.name));
+        fs::write(&conf, nginx_conf(&real.name, &self.dir))?;
+        let log = fs::File::create(self.dir.join(format!("{}-nginx.log", real.name)))?;
+        let child = real
+            .netns
+            .command("nginx")
+            .args(["-p", &self.dir.to_string_lossy(), "-c", &conf.to_string_lossy()])
+            .args(["-e", &self.dir.join(format!("{}-error.log", real.name)).to_string_lossy()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting nginx (is nginx-light installed? run `cargo xtask setup`)")?;
+        self.servers.push(child);
+        Ok(())
+    }
+
+    fn wait_for_servers(&self) -> Result<()> {
+        for real in &self.reals {
+            let url = format!("http://{}/", real.ipv4);
+            wait_until(Duration::from_secs(10), &format!("{} to serve HTTP", real.name), || {
+                let replies = self.http_get(&url, 1)?;
+                Ok(replies[0].body == real.name)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `count` HTTP GETs of `url` from the client, each on a connection of its own (so
+    /// each from a new source port), with curl.
+    pub fn http_get(&self, url: &str, count: usize) -> Result<Vec<Reply>> {
+        let mut command = self.client.netns.command("curl");
+        command.args(["--silent", "--globoff", "--max-time", "5", "--header", "Connection: close"]);
+        command.args(["--write-out", " %{http_code} %{local_port}\\n"]);
+        for _ in 0..count {
+            command.arg(url);
+        }
+        let output = command.output().context("running curl (run `cargo xtask setup`)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let replies: Vec<Reply> = text.lines().map(parse_reply).collect::<Result<_>>()?;
+        if replies.len() != count {
+            bail!("curl reported {} of {count} requests: {text}", replies.len());
+        }
+        Ok(replies)
+    }
+
+    /// A TCP connection from the client to `address`, held open by the caller.
+    pub fn connect(&self, address: SocketAddr) -> Result<KeptAlive> {
+        let stream = self.client.netns.within(|| {
+            TcpStream::connect_timeout(&address, Duration::from_secs(5)).with_context(|| format!("connecting to {address}"))
+        })?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(KeptAlive { reader: BufReader::new(stream) })
+    }
+
+    /// The standard configuration: an IPv4 and an IPv6 web service over every real
+    /// server, with the given weights, scheduled by `scheduler`.
+    pub fn config(&self, scheduler: &str, weights: &[u32]) -> String {
+        let mut yaml = format!(
+            "interfaces:\n  - name: eth0\n    xdp_mode: native\nmetrics_listen: 127.0.0.1:9798\napi_socket: {}\nservices:\n",
+            self.api_socket().display()
+        );
+        for (name, vip, family) in [("web4", IpAddr::V4(VIP4), 4), ("web6", IpAddr::V6(VIP6), 6)] {
+            let _ = write!(
+                yaml,
+                "  - name: {name}\n    vip: {vip}\n    port: {HTTP_PORT}\n    protocol: tcp\n    scheduler: {scheduler}\n    forwarding: dr\n    reals:\n"
+            );
+            for (real, weight) in self.reals.iter().zip(weights) {
+                let address = if family == 4 { IpAddr::V4(real.ipv4) } else { IpAddr::V6(real.ipv6) };
+                let _ = writeln!(yaml, "      - {{ address: {address}, weight: {weight} }}");
+            }
+        }
+        yaml
+    }
+
+    /// Starts counting in the client (see [`ClientCounters`]).
+    pub fn count_client_traffic(&self) -> Result<()> {
+        let reals: Vec<&str> = self.reals.iter().map(|real| real.mac.as_str()).collect();
+        let reals = reals.join(", ");
+        let ruleset = CLIENT_RULESET
+            .replace("VIP4", &VIP4.to_string())
+            .replace("VIP6", &VIP6.to_string())
+            .replace("PORT", &HTTP_PORT.to_string())
+            .replace("DIRECTOR_MAC", &self.director.mac)
+            .replace("REAL_MACS", &reals);
+        let path = self.dir.join("client.nft");
+        fs::write(&path, ruleset)?;
+        self.client.netns.run(&["nft", "-f", &path.to_string_lossy()]).context("installing the client's counters")?;
+        Ok(())
+    }
+
+    pub fn client_counters(&self) -> Result<ClientCounters> {
+        let mut counts = [Count::default(); 4];
+        for (count, name) in counts.iter_mut().zip(CLIENT_COUNTERS) {
+            let family = if name.starts_with("sent") { "inet" } else { "netdev" };
+            let out = self.client.netns.run(&["nft", "list", "counter", family, "lab", name])?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let number = |key: &str| -> Result<u64> {
+                let at = text.find(key).with_context(|| format!("no {key} in {text}"))? + key.len();
+                let digits: String = text[at..].trim_start().chars().take_while(char::is_ascii_digit).collect();
+                Ok(digits.parse()?)
+            };
+            *count = Count { packets: number("packets")?, bytes: number("bytes")? };
+        }
+        let [sent4, sent6, replies_from_director, replies_from_reals] = counts;
+        Ok(ClientCounters { sent4, sent6, replies_from_director, replies_from_reals })
+    }
+
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("lb.sock")
+    }
+
+    /// Starts `lb-agent` on the director with `yaml`, and waits until it answers.
+    pub fn start_agent(&self, yaml: &str) -> Result<Agent> {
+        let config = self.dir.join("lb.yaml");
+        fs::write(&config, yaml)?;
+        let log_path = self.dir.join("lb-agent.log");
+        let log = fs::File::create(&log_path)?;
+        let child = self
+            .director
+            .netns
+            .command(&binary("lb-agent")?.to_string_lossy())
+            .args(["--config", &config.to_string_lossy()])
+            .env("RUST_LOG", "info,netlink_packet_route=error")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting lb-agent")?;
+        let mut agent = Agent { child, config, log: log_path };
+        let socket = self.api_socket();
+        wait_until(Duration::from_secs(15), "lb-agent to answer on its socket", || {
+            if let Some(status) = agent.child.try_wait()? {
+                bail!("lb-agent exited ({status}):\n{}", agent.log_text());
+            }
+            Ok(lb_api::call(&socket, &lb_api::Request::List).is_ok())
+        })?;
+        Ok(agent)
+    }
+
+    /// Runs a command on the director (metrics with curl, lbctl, ...); returns stdout.
+    pub fn on_director(&self, argv: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.director.netns.run(argv)?.stdout).into_owned())
+    }
+
+    /// The agent's /metrics, fetched with curl on the director.
+    pub fn metrics(&self) -> Result<String> {
+        self.on_director(&["curl", "--silent", "--fail", "http://127.0.0.1:9798/metrics"])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An HTTP/1.1 connection kept alive across requests.
+pub struct KeptAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeptAlive {
+    /// One GET on this connection; returns the body (the real server's name).
+    pub fn get(&mut self) -> Result<String> {
+        self.reader.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("the connection was closed");
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = Some(value.trim().parse::<usize>()?);
+            }
+        }
+        let mut body = vec![0; length.context("no Content-Length")?];
+        self.reader.read_exact(&mut body)?;
+        Ok(String::from_utf8(body)?)
+    }
+}
+
+/// A running `lb-agent`; stopped with SIGTERM when dropped.
+pub struct Agent {
+    child: Child,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Writes a new configuration and sends SIGHUP; waits until the agent's log shows
+    /// the reload's outcome and returns the lines it logged for it.
+    pub fn reload(&self, yaml: &str) -> Result<String> {
+        fs::write(&self.config, yaml)?;
+        let before = self.log_text().len();
+        self.signal(libc::SIGHUP)?;
+        let mut outcome = String::new();
+        wait_until(Duration::from_secs(15), "lb-agent to finish reloading", || {
+            outcome = self.log_text().get(before..).unwrap_or_default().to_owned();
+            Ok(outcome.contains("reloaded:") || outcome.contains("keeping the running configuration"))
+        })?;
+        Ok(outcome)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        if unsafe { libc::kill(self.child.id() as i32, signal) } != 0 {
+            bail!("signalling lb-agent: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Stops the agent with SIGTERM and returns its exit status.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(libc::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        bail!("lb-agent ignored SIGTERM for 10 s")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
+/// A host namespace with `eth0` plugged into the switch's bridge.
+fn plug(switch: &Netns, prefix: &str, name: &str, last: u8) -> Result<Host> {
+    let netns = Netns::create(format!("{prefix}-{name}"))?;
+    Command::new("ip")
+        .args(["link", "add", "eth0", "netns", netns.name(), "type", "veth", "peer", "name", name, "netns", switch.name()])
+        .status()
+        .context("creating a veth pair")?
+        .success()
+        .then_some(())
+        .ok_or_else(|| anyhow!("creating the veth pair of {name}"))?;
+    switch.run(&["ip", "link", "set", name, "master", "br0", "up"])?;
+    let ipv4 = Ipv4Addr::new(198, 18, 1, last);
+    // 2001:db8:1::11 beside 198.18.1.11: the last group reads as the IPv4 byte does.
+    let group = u16::from_str_radix(&last.to_string(), 16).expect("decimal digits are hex digits");
+    let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, group);
+    netns.run(&["ip", "addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
+    netns.run(&["ip", "addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
+    netns.run(&["ip", "link", "set", "eth0", "up"])?;
+    // A veth leaves TCP/UDP checksums to be finished by whoever transmits the packet
+    // last; once XDP has sent a frame on, nobody does. Compute them here, as a NIC would.
+    netns.run(&["ethtool", "-K", "eth0", "tx", "off"])?;
+    let link = String::from_utf8_lossy(&netns.run(&["cat", "/sys/class/net/eth0/address"])?.stdout).trim().to_owned();
+    Ok(Host { netns, name: name.to_owned(), ipv4, ipv6, mac: link })
+}
+
+/// `xdp_pass` on the switch side of `port`: without an XDP program there, the kernel
+/// drops what the director sends with `XDP_TX`.
+fn attach_veth_helper(switch: &Netns, port: &str) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(lb_agent::dataplane::TESTBED_OBJECT).context("loading the test bed object")?;
+    let program: &mut Xdp = ebpf.program_mut("xdp_pass").context("no xdp_pass in the test bed object")?.try_into()?;
+    program.load()?;
+    switch.within(|| {
+        program.attach(port, XdpMode::Driver).context("attaching xdp_pass")?;
+        Ok(())
+    })?;
+    Ok(ebpf)
+}
+
+fn nginx_conf(name: &str, dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/{name}-nginx.pid;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir}/{name}-body;\n  proxy_temp_path {dir}/{name}-proxy;\n\
+         \x20 fastcgi_temp_path {dir}/{name}-fastcgi;\n  uwsgi_temp_path {dir}/{name}-uwsgi;\n  scgi_temp_path {dir}/{name}-scgi;\n\
+         \x20 server {{\n    listen 80 default_server;\n    listen [::]:80 default_server;\n\
+         \x20   location / {{ default_type text/plain; return 200 \"{name}\"; }}\n  }}\n}}\n"
+    )
+}
+
+fn parse_reply(line: &str) -> Result<Reply> {
+    let mut fields = line.rsplitn(3, ' ');
+    let port = fields.next().and_then(|p| p.parse().ok());
+    let status = fields.next().and_then(|s| s.parse().ok());
+    let body = fields.next().unwrap_or_default();
+    match (status, port) {
+        (Some(status), Some(local_port)) => Ok(Reply { body: body.to_owned(), status, local_port }),
+        _ => bail!("unexpected curl output line {line:?}"),
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+}
+
+/// A binary of the workspace: from `LB_BIN_DIR` (set by `cargo xtask`), else the
+/// release build under `target/`.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let dir = std::env::var_os("LB_BIN_DIR").map_or_else(|| workspace_root().join("target/release"), PathBuf::from);
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `cargo xtask build` first", path.display());
+    }
+    Ok(path)
+}
+
+fn ensure_root() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab creates network namespaces and loads XDP programs: run it as root");
+    }
+    Ok(())
+}

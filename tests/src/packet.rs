@@ -1,0 +1,165 @@
+//! Frames for the data-path tests and the benchmark, built byte by byte with correct
+//! checksums, so the program sees what a real client would send.
+
+use std::net::{IpAddr, SocketAddr};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_VLAN: u16 = 0x8100;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Offset of the IP header in an untagged frame.
+pub const L3: usize = 14;
+
+/// A TCP segment from `src` to `dst` in a frame from the client to the director.
+pub fn tcp_frame(src: SocketAddr, dst: SocketAddr, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let segment = tcp(src, dst, flags, payload);
+    ip_frame(src.ip(), dst.ip(), PROTO_TCP, &segment)
+}
+
+/// A UDP datagram from `src` to `dst` in a frame from the client to the director.
+pub fn udp_frame(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let datagram = udp(src, dst, payload);
+    ip_frame(src.ip(), dst.ip(), PROTO_UDP, &datagram)
+}
+
+/// An IP packet of either family carrying `payload`, in a frame to the director.
+pub fn ip_frame(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => ethernet(ETHERTYPE_IPV4, &ipv4(src, dst, protocol, &[], payload)),
+        (IpAddr::V6(_), IpAddr::V6(_)) => ethernet(ETHERTYPE_IPV6, &ipv6(src, dst, protocol, payload)),
+        _ => panic!("mixed address families"),
+    }
+}
+
+pub fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(14 + payload.len());
+    frame.extend_from_slice(&DIRECTOR_MAC);
+    frame.extend_from_slice(&CLIENT_MAC);
+    frame.extend_from_slice(&ether_type.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The same frame with an 802.1Q tag after the source MAC.
+pub fn vlan_tagged(frame: &[u8], vid: u16) -> Vec<u8> {
+    let mut tagged = frame[..12].to_vec();
+    tagged.extend_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+    tagged.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    tagged.extend_from_slice(&frame[12..]);
+    tagged
+}
+
+/// An IPv4 header (with `options`, a multiple of 4 bytes) and `payload`.
+pub fn ipv4(src: IpAddr, dst: IpAddr, protocol: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (src, dst) else { panic!("ipv4 needs IPv4 addresses") };
+    assert_eq!(options.len() % 4, 0, "IPv4 options come in 32-bit words");
+    let header_len = 20 + options.len();
+    let total = (header_len + payload.len()) as u16;
+    let mut packet = vec![0x40 | (header_len / 4) as u8, 0];
+    packet.extend_from_slice(&total.to_be_bytes());
+    packet.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, protocol, 0, 0]);
+    packet.extend_from_slice(&src.octets());
+    packet.extend_from_slice(&dst.octets());
+    packet.extend_from_slice(options);
+    let checksum = internet_checksum(&packet, 0);
+    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+pub fn ipv6(src: IpAddr, dst: IpAddr, next_header: u8, payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (src, dst) else { panic!("ipv6 needs IPv6 addresses") };
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    packet.extend_from_slice(&[next_header, 64]);
+    packet.extend_from_slice(&src.octets());
+    packet.extend_from_slice(&dst.octets());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+pub fn tcp(src: SocketAddr, dst: SocketAddr, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut segment = Vec::with_capacity(20 + payload.len());
+    segment.extend_from_slice(&src.port().to_be_bytes());
+    segment.extend_from_slice(&dst.port().to_be_bytes());
+    segment.extend_from_slice(&[0, 0, 0x10, 0x00, 0, 0, 0, 0, 0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    segment.extend_from_slice(payload);
+    let checksum = transport_checksum(src.ip(), dst.ip(), PROTO_TCP, &segment);
+    segment[16..18].copy_from_slice(&checksum.to_be_bytes());
+    segment
+}
+
+pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut datagram = Vec::with_capacity(8 + payload.len());
+    datagram.extend_from_slice(&src.port().to_be_bytes());
+    datagram.extend_from_slice(&dst.port().to_be_bytes());
+    datagram.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    datagram.extend_from_slice(&[0, 0]);
+    datagram.extend_from_slice(payload);
+    let checksum = transport_checksum(src.ip(), dst.ip(), PROTO_UDP, &datagram);
+    datagram[6..8].copy_from_slice(&checksum.to_be_bytes());
+    datagram
+}
+
+/// An ARP request for `target` from `sender`.
+pub fn arp_request(sender: IpAddr, target: IpAddr) -> Vec<u8> {
+    let (IpAddr::V4(sender), IpAddr::V4(target)) = (sender, target) else { panic!("ARP is IPv4") };
+    let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&sender.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target.octets());
+    let mut frame = ethernet(ETHERTYPE_ARP, &arp);
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame
+}
+
+/// An ICMP echo request.
+pub fn icmp_echo(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'];
+    let checksum = internet_checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    ip_frame(src, dst, PROTO_ICMP, &icmp)
+}
+
+fn transport_checksum(src: IpAddr, dst: IpAddr, protocol: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, protocol]);
+            pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, protocol]);
+        }
+        _ => panic!("mixed address families"),
+    }
+    internet_checksum(segment, sum_words(&pseudo))
+}
+
+/// RFC 1071: the one's complement of the one's complement sum.
+fn internet_checksum(bytes: &[u8], initial: u32) -> u16 {
+    let mut sum = initial + sum_words(bytes);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sum_words(bytes: &[u8]) -> u32 {
+    bytes.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum()
+}

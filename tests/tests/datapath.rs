@@ -1,0 +1,436 @@
+//! The data path through `BPF_PROG_TEST_RUN`: a frame in, the verdict and the exact
+//! frame out. The maps are filled by the agent's own director from a YAML
+//! configuration, with the real servers' links given instead of resolved.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_agent::{config::Config, dataplane::Dataplane, director::Director, neighbour::Link};
+use lb_common::stats::Reason;
+use lb_tests::packet::{self, DIRECTOR_MAC, L3, PROTO_TCP, TCP_ACK, TCP_SYN};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+/// The loopback's ifindex: the "interface" packets arrive on in these runs.
+const INGRESS: u32 = 1;
+
+const VIP4: &str = "203.0.113.10";
+const VIP6: &str = "2001:db8:100::10";
+const REALS4: [&str; 3] = ["198.18.1.11", "198.18.1.12", "198.18.1.13"];
+const REALS6: [&str; 3] = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13"];
+
+/// Each real server's MAC, by address (one per address, so a forwarded frame names
+/// the address it was meant for).
+fn real_mac(address: &str) -> [u8; 6] {
+    let last = address.rsplit(['.', ':']).next().unwrap().parse::<u8>().unwrap();
+    let family = if address.contains(':') { 6 } else { 4 };
+    [0x02, 0xaa, 0, 0, family, last]
+}
+
+struct Bed {
+    director: Director,
+}
+
+impl Bed {
+    /// A data path holding the services of `yaml`, every real server reachable on the
+    /// ingress interface except those in `unresolved`.
+    fn new(services: &str) -> Self {
+        Self::with_links(services, |_| Some(INGRESS))
+    }
+
+    fn with_links(services: &str, ifindex_of: impl Fn(&str) -> Option<u32>) -> Self {
+        let mut director = Director::new(Dataplane::load(4096).expect("loading lb_ingress (are we root?)"));
+        let config = config(services);
+        director.apply(config.clone(), links(&config, ifindex_of)).unwrap();
+        Self { director }
+    }
+
+    fn reconfigure(&mut self, services: &str) {
+        let config = config(services);
+        self.director.apply(config.clone(), links(&config, |_| Some(INGRESS))).unwrap();
+    }
+
+    /// Runs `frame` once; returns the verdict and the frame as the program left it.
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let ctx = xdp_md(frame.len());
+        let result = self
+            .director
+            .dataplane()
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ctx_out: Some(&mut ctx.clone()),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// The real server a forwarded frame went to, by its destination MAC.
+    fn real_of(&self, frame: &[u8]) -> String {
+        let (verdict, out) = self.run(frame);
+        assert_eq!(verdict, XDP_TX, "expected the frame to be forwarded");
+        REALS4
+            .iter()
+            .chain(&REALS6)
+            .find(|real| real_mac(real) == out[..6])
+            .map(|real| real.to_string())
+            .unwrap_or_else(|| panic!("forwarded to an unknown MAC {:02x?}", &out[..6]))
+    }
+
+    fn reason(&self, reason: Reason) -> u64 {
+        let counts = self.director.reason_counts().unwrap();
+        counts.iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+
+    fn status(&self, service: &str) -> lb_api::ServiceStatus {
+        self.director.status().unwrap().into_iter().find(|s| s.name == service).unwrap()
+    }
+}
+
+/// `struct xdp_md` with the ingress interface set: data, data_end, data_meta,
+/// ingress_ifindex, rx_queue_index, egress_ifindex.
+fn xdp_md(len: usize) -> Vec<u8> {
+    [0, len as u32, 0, INGRESS, 0, 0].iter().flat_map(|word| word.to_ne_bytes()).collect()
+}
+
+fn config(services: &str) -> Config {
+    let yaml = format!("interfaces: [{{ name: lo }}]\nconnection_table_size: 4096\nservices:\n{services}");
+    Config::parse(&yaml, Path::new("test.yaml")).unwrap()
+}
+
+fn links(config: &Config, ifindex_of: impl Fn(&str) -> Option<u32>) -> HashMap<IpAddr, Link> {
+    config
+        .services
+        .iter()
+        .flat_map(|service| &service.reals)
+        .filter_map(|real| {
+            let address = real.address.to_string();
+            let ifindex = ifindex_of(&address)?;
+            Some((real.address, Link { ifindex, mac: real_mac(&address), director_mac: DIRECTOR_MAC }))
+        })
+        .collect()
+}
+
+fn service(name: &str, vip: &str, port: u16, protocol: &str, scheduler: &str, reals: &[(&str, u32)]) -> String {
+    let mut yaml = format!(
+        "  - {{ name: {name}, vip: \"{vip}\", port: {port}, protocol: {protocol}, scheduler: {scheduler}, reals: [\n"
+    );
+    for (address, weight) in reals {
+        yaml += &format!("      {{ address: \"{address}\", weight: {weight} }},\n");
+    }
+    yaml + "    ] }\n"
+}
+
+fn web(weights: [u32; 3]) -> String {
+    let reals4: Vec<(&str, u32)> = REALS4.iter().copied().zip(weights).collect();
+    let reals6: Vec<(&str, u32)> = REALS6.iter().copied().zip(weights).collect();
+    service("web4", VIP4, 80, "tcp", "wrr", &reals4)
+        + &service("web6", VIP6, 80, "tcp", "wrr", &reals6)
+        + &service("dns4", VIP4, 53, "udp", "wrr", &reals4)
+        + &service("dns6", VIP6, 53, "udp", "wrr", &reals6)
+}
+
+fn sock(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+fn client(vip: &str, port: u16) -> SocketAddr {
+    if vip.contains(':') { sock("2001:db8:1::1", port) } else { sock("198.18.1.1", port) }
+}
+
+/// A frame is forwarded by direct routing: only the MACs changed.
+fn assert_dr(frame: &[u8], verdict: u32, out: &[u8], real: &str) {
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out.len(), frame.len());
+    assert_eq!(&out[..6], &real_mac(real), "destination MAC := the real server's");
+    assert_eq!(&out[6..12], &DIRECTOR_MAC, "source MAC := the director interface's");
+    assert_eq!(&out[12..], &frame[12..], "everything after the MACs is untouched");
+}
+
+#[test]
+fn first_packets_of_tcp_and_udp_flows_are_forwarded_with_only_the_macs_changed() {
+    let bed = Bed::new(&web([1, 1, 1]));
+    for vip in [VIP4, VIP6] {
+        for (i, frame) in [
+            packet::tcp_frame(client(vip, 40000), sock(vip, 80), TCP_SYN, b""),
+            packet::udp_frame(client(vip, 40001), sock(vip, 53), b"query"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let (verdict, out) = bed.run(frame);
+            let reals = if vip == VIP4 { REALS4 } else { REALS6 };
+            // Each service starts at its sequence's first real server.
+            assert_dr(frame, verdict, &out, reals[0]);
+            assert_eq!(i == 0, frame[L3 + if vip == VIP4 { 9 } else { 6 }] == PROTO_TCP);
+        }
+    }
+    assert_eq!(bed.status("web4").stats.conns, 1);
+    assert_eq!(bed.status("dns6").stats.conns, 1);
+}
+
+#[test]
+fn later_packets_of_a_flow_go_to_the_same_real_server() {
+    let bed = Bed::new(&web([1, 1, 1]));
+    for vip in [VIP4, VIP6] {
+        let mut first = HashMap::new();
+        for port in 41000..41030 {
+            let syn = packet::tcp_frame(client(vip, port), sock(vip, 80), TCP_SYN, b"");
+            first.insert(port, bed.real_of(&syn));
+        }
+        for port in 41000..41030 {
+            let ack = packet::tcp_frame(client(vip, port), sock(vip, 80), TCP_ACK, b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!(bed.real_of(&ack), first[&port], "flow from port {port}");
+        }
+        let spread: std::collections::HashSet<_> = first.values().collect();
+        assert_eq!(spread.len(), 3, "rr over three equal weights uses all three");
+    }
+    let web4 = bed.status("web4");
+    assert_eq!(web4.stats.conns, 30, "an established flow is not a new connection");
+    assert_eq!(web4.stats.in_packets, 60);
+}
+
+#[test]
+fn wrr_over_many_flows_follows_the_weights_exactly() {
+    let bed = Bed::new(&web([1, 2, 3]));
+    for vip in [VIP4, VIP6] {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut order = Vec::new();
+        for port in 0..600 {
+            let syn = packet::tcp_frame(client(vip, 20000 + port), sock(vip, 80), TCP_SYN, b"");
+            let real = bed.real_of(&syn);
+            *counts.entry(real.clone()).or_default() += 1;
+            order.push(real);
+        }
+        let reals = if vip == VIP4 { REALS4 } else { REALS6 };
+        let counts = reals.map(|real| counts.get(real).copied().unwrap_or(0));
+        assert_eq!(counts, [100, 200, 300], "{vip}");
+        // IPVS's gcd-stepped cycle for 1:2:3 is rs3, rs2, rs3, rs1, rs2, rs3.
+        let cycle = [reals[2], reals[1], reals[2], reals[0], reals[1], reals[2]];
+        assert_eq!(order[..6], cycle);
+        assert_eq!(order[6..12], cycle);
+    }
+    let web4 = bed.status("web4");
+    let conns: Vec<u64> = web4.reals.iter().map(|r| r.stats.conns).collect();
+    assert_eq!(conns, vec![100, 200, 300], "per-real new-connection counters");
+}
+
+#[test]
+fn weight_zero_takes_no_new_flows_and_no_real_server_drops() {
+    let bed = Bed::new(&web([0, 5, 0]));
+    for port in 0..20 {
+        let syn = packet::tcp_frame(client(VIP4, 30000 + port), sock(VIP4, 80), TCP_SYN, b"");
+        assert_eq!(bed.real_of(&syn), REALS4[1]);
+    }
+    let bed = Bed::new(&web([0, 0, 0]));
+    let syn = packet::tcp_frame(client(VIP4, 30000), sock(VIP4, 80), TCP_SYN, b"");
+    let (verdict, out) = bed.run(&syn);
+    assert_eq!((verdict, out), (XDP_DROP, syn));
+    assert_eq!(bed.reason(Reason::NoRealServer), 1);
+}
+
+#[test]
+fn an_established_flow_keeps_its_real_server_across_a_weight_change() {
+    let mut bed = Bed::new(&web([1, 1, 1]));
+    let mut first = HashMap::new();
+    for port in 0..30 {
+        let syn = packet::tcp_frame(client(VIP4, 50000 + port), sock(VIP4, 80), TCP_SYN, b"");
+        first.insert(port, bed.real_of(&syn));
+    }
+    bed.reconfigure(&web([0, 0, 1]));
+    for port in 0..30 {
+        let ack = packet::tcp_frame(client(VIP4, 50000 + port), sock(VIP4, 80), TCP_ACK, b"");
+        assert_eq!(bed.real_of(&ack), first[&port]);
+    }
+    let syn = packet::tcp_frame(client(VIP4, 60000), sock(VIP4, 80), TCP_SYN, b"");
+    assert_eq!(bed.real_of(&syn), REALS4[2], "new flows follow the new weights");
+}
+
+#[test]
+fn a_removed_real_server_keeps_its_established_flows() {
+    let mut bed = Bed::new(&web([1, 1, 1]));
+    let syns: Vec<Vec<u8>> =
+        (0..3).map(|i| packet::tcp_frame(client(VIP4, 51000 + i), sock(VIP4, 80), TCP_SYN, b"")).collect();
+    let reals: Vec<String> = syns.iter().map(|syn| bed.real_of(syn)).collect();
+    let without_first = service("web4", VIP4, 80, "tcp", "wrr", &[(REALS4[1], 1), (REALS4[2], 1)]);
+    bed.reconfigure(&without_first);
+    for (syn, real) in syns.iter().zip(&reals) {
+        assert_eq!(&bed.real_of(syn), real, "as IPVS does, a removed real server finishes its connections");
+    }
+    for port in 0..10 {
+        let syn = packet::tcp_frame(client(VIP4, 52000 + port), sock(VIP4, 80), TCP_SYN, b"");
+        assert_ne!(bed.real_of(&syn), REALS4[0], "but takes no new ones");
+    }
+}
+
+#[test]
+fn a_port_zero_service_takes_every_port_the_exact_one_does_not() {
+    let bed = Bed::new(
+        &(service("all", VIP4, 0, "tcp", "rr", &[(REALS4[0], 1)]) + &service("web", VIP4, 80, "tcp", "rr", &[(REALS4[1], 1)])),
+    );
+    for port in [22, 443, 8080] {
+        let syn = packet::tcp_frame(client(VIP4, 33000), sock(VIP4, port), TCP_SYN, b"");
+        assert_eq!(bed.real_of(&syn), REALS4[0], "port {port}");
+    }
+    let syn = packet::tcp_frame(client(VIP4, 33000), sock(VIP4, 80), TCP_SYN, b"");
+    assert_eq!(bed.real_of(&syn), REALS4[1]);
+    let udp = packet::udp_frame(client(VIP4, 33000), sock(VIP4, 80), b"");
+    assert_eq!(bed.run(&udp), (XDP_PASS, udp.clone()), "the port-0 service is TCP only");
+}
+
+#[test]
+fn vlan_tagged_and_ipv4_option_frames_are_forwarded() {
+    let bed = Bed::new(&web([1, 1, 1]));
+    let syn = packet::tcp_frame(client(VIP4, 34000), sock(VIP4, 80), TCP_SYN, b"");
+    let tagged = packet::vlan_tagged(&syn, 42);
+    let (verdict, out) = bed.run(&tagged);
+    assert_dr(&tagged, verdict, &out, REALS4[0]);
+    assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 42], "the tag stays");
+
+    for words in 1..=10 {
+        let segment = packet::tcp(client(VIP4, 34100 + words), sock(VIP4, 80), TCP_SYN, b"");
+        let options = vec![1u8; words as usize * 4]; // NOPs
+        let ip = packet::ipv4(client(VIP4, 0).ip(), VIP4.parse().unwrap(), PROTO_TCP, &options, &segment);
+        let frame = packet::ethernet(packet::ETHERTYPE_IPV4, &ip);
+        let (verdict, out) = bed.run(&frame);
+        assert_eq!(verdict, XDP_TX, "IHL {}", 5 + words);
+        assert_eq!(&out[12..], &frame[12..]);
+    }
+}
+
+#[test]
+fn what_is_not_for_a_virtual_service_passes_untouched() {
+    let bed = Bed::new(&web([1, 1, 1]));
+    let director = "198.18.1.2";
+    let cases = [
+        (packet::tcp_frame(client(VIP4, 35000), sock(director, 22), TCP_SYN, b""), Reason::NotAService),
+        (packet::tcp_frame(client(VIP4, 35000), sock(VIP4, 8080), TCP_SYN, b""), Reason::NotAService),
+        (packet::tcp_frame(client(VIP6, 35000), sock("2001:db8:1::2", 22), TCP_SYN, b""), Reason::NotAService),
+        (packet::arp_request(client(VIP4, 0).ip(), VIP4.parse().unwrap()), Reason::NotIp),
+        (packet::icmp_echo(client(VIP4, 0).ip(), VIP4.parse().unwrap()), Reason::NotTcpUdp),
+        (packet::icmp_echo(client(VIP4, 0).ip(), director.parse().unwrap()), Reason::NotTcpUdp),
+        (packet::ip_frame(client(VIP6, 0).ip(), VIP6.parse().unwrap(), 58, &[135, 0, 0, 0]), Reason::NotTcpUdp),
+    ];
+    for (frame, reason) in cases {
+        let before = bed.reason(reason);
+        assert_eq!(bed.run(&frame), (XDP_PASS, frame.clone()), "{reason:?}");
+        assert_eq!(bed.reason(reason), before + 1, "{reason:?} is counted");
+    }
+    assert_eq!(bed.status("web4").stats.in_packets, 0);
+}
+
+#[test]
+fn fragments_and_ipv6_extension_headers_pass_counted() {
+    let bed = Bed::new(&web([1, 1, 1]));
+    let mut fragment = packet::tcp_frame(client(VIP4, 36000), sock(VIP4, 80), TCP_SYN, b"");
+    fragment[L3 + 6] = 0x20; // more fragments
+    let hop_by_hop = packet::ip_frame(client(VIP6, 0).ip(), VIP6.parse().unwrap(), 0, &[6, 0, 1, 4, 0, 0, 0, 0]);
+    for frame in [fragment, hop_by_hop] {
+        assert_eq!(bed.run(&frame), (XDP_PASS, frame.clone()));
+    }
+    assert_eq!(bed.reason(Reason::Fragment), 2);
+}
+
+#[test]
+fn truncated_and_malformed_frames_are_dropped_unchanged_and_counted() {
+    let bed = Bed::new(&web([1, 1, 1]));
+    let syn4 = packet::tcp_frame(client(VIP4, 37000), sock(VIP4, 80), TCP_SYN, b"");
+    let syn6 = packet::tcp_frame(client(VIP6, 37000), sock(VIP6, 80), TCP_SYN, b"");
+    let udp4 = packet::udp_frame(client(VIP4, 37000), sock(VIP4, 53), b"");
+    let with = |frame: &[u8], at: usize, byte: u8| {
+        let mut frame = frame.to_vec();
+        frame[at] = byte;
+        frame
+    };
+    let cases: Vec<(&str, Vec<u8>, Reason)> = vec![
+        // BPF_PROG_TEST_RUN refuses frames under 14 bytes (no driver passes them on
+        // either); an Ethernet header that promises a VLAN tag or IP and stops is the
+        // shortest frame that reaches the program.
+        ("VLAN tag missing", packet::vlan_tagged(&syn4, 7)[..14].to_vec(), Reason::TruncatedEthernet),
+        ("VLAN tag cut", packet::vlan_tagged(&syn4, 7)[..16].to_vec(), Reason::TruncatedEthernet),
+        ("IPv4 header missing", syn4[..L3].to_vec(), Reason::MalformedIp),
+        ("IPv4 header cut", syn4[..L3 + 12].to_vec(), Reason::MalformedIp),
+        ("IHL 4", with(&syn4, L3, 0x44), Reason::MalformedIp),
+        ("IHL 0", with(&syn4, L3, 0x40), Reason::MalformedIp),
+        ("IHL beyond the packet", with(&syn4, L3, 0x4f), Reason::MalformedIp),
+        ("version 6 in an IPv4 frame", with(&syn4, L3, 0x65), Reason::MalformedIp),
+        ("total length beyond the frame", with(&syn4, L3 + 2, 0x7f), Reason::MalformedIp),
+        ("total length below the header", with(&with(&syn4, L3 + 2, 0), L3 + 3, 12), Reason::MalformedIp),
+        ("IPv6 payload length beyond the frame", with(&syn6, L3 + 4, 0x7f), Reason::MalformedIp),
+        ("IPv6 header cut", syn6[..L3 + 30].to_vec(), Reason::MalformedIp),
+        ("TCP header cut", syn4[..L3 + 20 + 10].to_vec(), Reason::TruncatedL4),
+        ("TCP data offset 4", with(&syn4, L3 + 20 + 12, 0x40), Reason::TruncatedL4),
+        ("TCP data offset beyond the packet", with(&syn4, L3 + 20 + 12, 0xf0), Reason::TruncatedL4),
+        ("IPv6 TCP header cut", syn6[..L3 + 40 + 8].to_vec(), Reason::TruncatedL4),
+        ("UDP header cut", udp4[..L3 + 20 + 4].to_vec(), Reason::TruncatedL4),
+    ];
+    for (what, frame, reason) in cases {
+        // A cut frame's IP total length no longer fits it: such frames are malformed IP
+        // unless the IP header itself still claims only what is there.
+        let frame = fix_ip_length(frame, reason);
+        let before = bed.reason(reason);
+        assert_eq!(bed.run(&frame), (XDP_DROP, frame.clone()), "{what}");
+        assert_eq!(bed.reason(reason), before + 1, "{what} is counted as {reason:?}");
+    }
+    assert_eq!(bed.status("web4").stats.in_packets, 0, "nothing was forwarded");
+}
+
+/// For the transport cases, makes the IP header claim exactly the bytes the frame
+/// has, so the transport check is the one that refuses it.
+fn fix_ip_length(mut frame: Vec<u8>, reason: Reason) -> Vec<u8> {
+    if reason != Reason::TruncatedL4 || frame.len() <= L3 {
+        return frame;
+    }
+    let ip_len = (frame.len() - L3) as u16;
+    match frame[L3] >> 4 {
+        4 => frame[L3 + 2..L3 + 4].copy_from_slice(&ip_len.to_be_bytes()),
+        _ => frame[L3 + 4..L3 + 6].copy_from_slice(&(ip_len - 40).to_be_bytes()),
+    }
+    frame
+}
+
+#[test]
+fn unresolved_real_servers_take_no_new_flows() {
+    let bed = Bed::with_links(&web([1, 1, 1]), |address| (address != REALS4[0]).then_some(INGRESS));
+    for port in 0..12 {
+        let syn = packet::tcp_frame(client(VIP4, 38000 + port), sock(VIP4, 80), TCP_SYN, b"");
+        assert_ne!(bed.real_of(&syn), REALS4[0]);
+    }
+    let web4 = bed.status("web4");
+    assert_eq!(web4.reals.iter().map(|r| r.resolved).collect::<Vec<_>>(), vec![false, true, true]);
+}
+
+#[test]
+fn a_real_server_behind_another_interface_is_redirected_there() {
+    let bed = Bed::with_links(&service("web4", VIP4, 80, "tcp", "rr", &[(REALS4[0], 1)]), |_| Some(INGRESS + 100));
+    let syn = packet::tcp_frame(client(VIP4, 39000), sock(VIP4, 80), TCP_SYN, b"");
+    let (verdict, out) = bed.run(&syn);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(&out[..6], &real_mac(REALS4[0]));
+}
+
+#[test]
+fn bytes_count_the_ip_packets_as_ipvs_does() {
+    let bed = Bed::new(&web([1, 1, 1]));
+    let syn = packet::tcp_frame(client(VIP4, 39500), sock(VIP4, 80), TCP_SYN, b"");
+    let data = packet::tcp_frame(client(VIP4, 39500), sock(VIP4, 80), TCP_ACK, &[7; 100]);
+    let mut padded = syn.clone();
+    padded.resize(60, 0); // Ethernet's minimum frame: the padding is not the packet's
+    for frame in [&syn, &data, &padded] {
+        assert_eq!(bed.run(frame).0, XDP_TX);
+    }
+    let web4 = bed.status("web4");
+    assert_eq!((web4.stats.in_packets, web4.stats.in_bytes), (3, 40 + 140 + 40));
+    assert_eq!(web4.reals[0].stats.in_bytes, 220);
+}

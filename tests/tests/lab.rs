@@ -1,0 +1,158 @@
+//! End to end in the lab: real TCP through the director, real servers answering the
+//! client directly, reloads, the metrics and lbctl, all with real processes.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+};
+
+use anyhow::{Result, ensure};
+use lb_tests::{
+    lab::{self, Agent, HTTP_PORT, Lab, Reply, VIP4, VIP6},
+    prometheus::Samples,
+};
+
+/// One lab at a time: they would only compete for the two CPUs.
+static ONE_LAB: Mutex<()> = Mutex::new(());
+
+const REQUESTS: usize = 300;
+const WEIGHTS: [u32; 3] = [1, 2, 3];
+
+fn lab() -> (std::sync::MutexGuard<'static, ()>, Lab) {
+    let guard = ONE_LAB.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    (guard, Lab::start(3).expect("building the lab"))
+}
+
+fn url(vip: IpAddr) -> String {
+    match vip {
+        IpAddr::V4(v4) => format!("http://{v4}:{HTTP_PORT}/"),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{HTTP_PORT}/"),
+    }
+}
+
+/// Replies per real server name, after checking every one succeeded.
+fn answered_by(replies: &[Reply]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for reply in replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        *counts.entry(reply.body.clone()).or_default() += 1;
+    }
+    counts
+}
+
+fn spread(lab: &Lab, counts: &HashMap<String, usize>) -> Vec<usize> {
+    lab.reals.iter().map(|real| counts.get(&real.name).copied().unwrap_or(0)).collect()
+}
+
+#[test]
+fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Result<()> {
+    let (_one, lab) = lab();
+    lab.count_client_traffic()?;
+    let agent = lab.start_agent(&lab.config("wrr", &WEIGHTS))?;
+
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let replies = lab.http_get(&url(vip), REQUESTS)?;
+        let ports: HashSet<u16> = replies.iter().map(|reply| reply.local_port).collect();
+        assert_eq!(ports.len(), REQUESTS, "each request on a connection of its own");
+        // 300 new connections walk wrr's 1:2:3 cycle exactly fifty times.
+        assert_eq!(spread(&lab, &answered_by(&replies)), vec![50, 100, 150], "{vip}");
+    }
+
+    let client = lab.client_counters()?;
+    assert!(client.replies_from_reals.packets >= 2 * REQUESTS as u64, "{client:?}");
+    assert_eq!(client.replies_from_director.packets, 0, "direct routing: the director never carries a reply");
+
+    let metrics = Samples::parse(&lab.metrics()?)?;
+    for (service, sent) in [("web4", client.sent4), ("web6", client.sent6)] {
+        let labels = [("service", service)];
+        assert_eq!(metrics.value("lb_service_packets_total", &labels)?, sent.packets as f64, "{service}");
+        assert_eq!(metrics.value("lb_service_bytes_total", &labels)?, sent.bytes as f64, "{service}");
+        assert_eq!(metrics.value("lb_service_connections_total", &labels)?, REQUESTS as f64, "{service}");
+        let per_real: f64 = metrics.all("lb_real_packets_total").filter(|(l, _)| l["service"] == service).map(|(_, v)| v).sum();
+        assert_eq!(per_real, sent.packets as f64, "{service}: real servers' packets add up");
+    }
+    for (real, weight) in lab.reals.iter().zip(WEIGHTS) {
+        let labels = [("service", "web4"), ("real", &real.ipv4.to_string() as &str)];
+        assert_eq!(metrics.value("lb_real_connections_total", &labels)?, f64::from(weight) * 50.0);
+    }
+    assert_eq!(metrics.value("lb_dropped_packets_total", &[("reason", "malformed_ip")])?, 0.0);
+    ensure!(metrics.get("lb_passed_packets_total", &[("reason", "not_ip")]).is_some(), "pass reasons are exported");
+
+    let list = lab.on_director(&[&lb_tests::lab::binary("lbctl")?.to_string_lossy(), "--socket", &lab.api_socket().to_string_lossy(), "list"])?;
+    assert!(list.contains("Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes"), "{list}");
+    let conns = |prefix: &str| {
+        let line = list.lines().find(|line| line.starts_with(prefix));
+        line.and_then(|line| line[prefix.len()..].split_whitespace().next()).map(str::to_owned)
+    };
+    assert_eq!(conns("TCP  203.0.113.10:80").as_deref(), Some("300"), "{list}");
+    assert_eq!(conns("  -> [2001:db8:1::13]:80").as_deref(), Some("150"), "{list}");
+
+    let status = agent.stop()?;
+    assert!(status.success(), "lb-agent exits cleanly on SIGTERM: {status}");
+    let links = lab.on_director(&["ip", "link", "show", "dev", "eth0"])?;
+    assert!(!links.contains("xdp"), "SIGTERM detached the program: {links}");
+    Ok(())
+}
+
+#[test]
+fn established_connections_survive_reloads_and_a_bad_config_changes_nothing() -> Result<()> {
+    let (_one, lab) = lab();
+    let agent = lab.start_agent(&lab.config("wrr", &[1, 1, 1]))?;
+    let mut kept = Vec::new();
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        for _ in 0..9 {
+            let mut connection = lab.connect(SocketAddr::new(vip, HTTP_PORT))?;
+            let first = connection.get()?;
+            kept.push((connection, first));
+        }
+    }
+    let names: HashSet<&str> = kept.iter().map(|(_, first)| first.as_str()).collect();
+    assert_eq!(names.len(), 3, "the kept connections are on every real server");
+
+    // rs1 quiesced and rs2 weighted up: established connections must not move.
+    let outcome = agent.reload(&lab.config("wrr", &[0, 3, 1]))?;
+    assert!(outcome.contains("reloaded:"), "{outcome}");
+    for (connection, first) in &mut kept {
+        assert_eq!(&connection.get()?, first, "an established connection stays on its real server");
+    }
+    let replies = lab.http_get(&url(IpAddr::V4(VIP4)), 40)?;
+    assert_eq!(spread(&lab, &answered_by(&replies)), vec![0, 30, 10], "new connections follow the new weights");
+
+    // A typo: refused with file, line and field; the running configuration stays.
+    let broken = lab.config("wrr", &[1, 1, 1]).replacen("    scheduler: wrr", "    schedular: wrr", 1);
+    let outcome = agent.reload(&broken)?;
+    let line = broken.lines().position(|l| l.contains("schedular")).unwrap() + 1;
+    let expected = format!("{}:{line}: services[0]: unknown field `schedular`", agent.config.display());
+    assert!(outcome.contains(&expected), "expected {expected:?} in:\n{outcome}");
+    assert!(outcome.contains("keeping the running configuration"), "{outcome}");
+    let replies = lab.http_get(&url(IpAddr::V4(VIP4)), 40)?;
+    assert_eq!(spread(&lab, &answered_by(&replies)), vec![0, 30, 10], "still the 0:3:1 configuration");
+    for (connection, first) in &mut kept {
+        assert_eq!(&connection.get()?, first);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_real_server_whose_mac_changes_keeps_receiving_its_connections() -> Result<()> {
+    let (_one, lab) = lab();
+    let _agent: Agent = lab.start_agent(&lab.config("rr", &[1, 1, 1]))?;
+    let before = spread(&lab, &answered_by(&lab.http_get(&url(IpAddr::V4(VIP4)), 30)?));
+    assert_eq!(before, vec![10, 10, 10]);
+
+    // A new NIC in rs1: it announces its new MAC (arp_notify, ndisc_notify), as
+    // operators configure hosts whose MAC may move.
+    let rs1 = &lab.reals[0].netns;
+    rs1.run(&["sysctl", "-qw", "net.ipv4.conf.eth0.arp_notify=1", "net.ipv6.conf.eth0.ndisc_notify=1"])?;
+    rs1.run(&["ip", "link", "set", "dev", "eth0", "address", "02:00:00:00:0b:01"])?;
+    lab::wait_until(std::time::Duration::from_secs(20), "the director to follow rs1's new MAC", || {
+        let replies = lab.http_get(&url(IpAddr::V4(VIP4)), 3)?;
+        Ok(replies.iter().all(|reply| reply.status == 200))
+    })?;
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let after = spread(&lab, &answered_by(&lab.http_get(&url(vip), 30)?));
+        assert_eq!(after, vec![10, 10, 10], "{vip}: rs1 still takes its share");
+    }
+    Ok(())
+}

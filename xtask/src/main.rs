@@ -1,0 +1,119 @@
+//! `cargo xtask`: set up the machine, build, lint, test, run the demo and the benchmark.
+//! Every command first makes sure the machine has what it needs (`setup`, idempotent).
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demonstrate the XDP load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (nightly rust-src, bpf-linker, Debian packages).
+    Setup,
+    /// Build the eBPF object and the release binaries (lb-agent with the object embedded, lbctl).
+    Build,
+    /// rustfmt and clippy, the eBPF crate included.
+    Lint,
+    /// Every test: lint, unit, data path (BPF_PROG_TEST_RUN) and end to end in the lab. As root.
+    Test,
+    /// The lab in one command: a client, a director and three real servers, real traffic. As root.
+    Demo,
+    /// ns per packet of lb_ingress beside a trivial XDP forwarder. As root.
+    Bench,
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse().command) {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    setup::ensure()?;
+    match task {
+        Task::Setup => Ok(()),
+        Task::Build => build(),
+        Task::Lint => lint(),
+        Task::Test => {
+            lint()?;
+            build()?;
+            cargo(&["test", "--release"])
+        }
+        Task::Demo => {
+            build()?;
+            run_binary("lb-demo")
+        }
+        Task::Bench => {
+            build()?;
+            run_binary("lb-bench")
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    cargo(&["build", "--release", "--bins"])?;
+    for binary in ["lb-agent", "lbctl"] {
+        let path = bin_dir().join(binary);
+        if !path.exists() {
+            bail!("the build did not produce {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--release", "--all-targets", "--", "-D", "warnings"])?;
+    // The eBPF crate builds only for the BPF target, with the nightly's core.
+    run_command(
+        Command::new("cargo")
+            .args(["+nightly", "clippy", "--package", "lb-ebpf", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"])
+            .current_dir(root()),
+    )
+}
+
+fn run_binary(name: &str) -> Result<()> {
+    require_root(name)?;
+    run_command(Command::new(bin_dir().join(name)).env("LB_BIN_DIR", bin_dir()).current_dir(root()))
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run_command(Command::new("cargo").args(args).env("LB_BIN_DIR", bin_dir()).current_dir(root()))
+}
+
+fn run_command(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !setup::is_root() {
+        bail!("{what} creates network namespaces and loads XDP programs: run it as root");
+    }
+    Ok(())
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ is in the workspace").to_owned()
+}
+
+fn bin_dir() -> PathBuf {
+    root().join("target/release")
+}
