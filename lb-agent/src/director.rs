@@ -136,15 +136,15 @@ impl Director {
         plan.ids.ring.recycle();
         self.retire_removed(config, &mut plan.ids);
         for service in &config.services {
-            let index = assign(&mut plan.ids.services, &service.name, &mut plan.fresh_services, || {
-                Ok(HashSet::new())
-            })
-            .with_context(|| format!("service {}: all {MAX_SERVICES} service slots are taken", service.name))?;
+            let index = assign(&mut plan.ids.services, &service.name, &mut plan.fresh_services, || Ok(HashSet::new()))
+                .with_context(|| format!("service {}: all {MAX_SERVICES} service slots are taken", service.name))?;
             let mut candidates = Vec::new();
             for real in &service.reals {
                 let owner = (service.name.clone(), real.address);
                 let id = assign(&mut plan.ids.reals, &owner, &mut plan.fresh_reals, || self.dataplane.reals_in_use())
-                    .with_context(|| format!("service {}: all {MAX_REALS} real-server ids are taken", service.name))?;
+                    .with_context(|| {
+                    format!("service {}: all {MAX_REALS} real-server ids are taken", service.name)
+                })?;
                 let link = links.get(&real.address);
                 plan.reals.insert(id, real_server(real.address, service.forwarding_of(real), link));
                 if link.is_some() {
@@ -170,13 +170,14 @@ impl Director {
     /// Retires the services and real servers that `config` no longer has.
     fn retire_removed(&self, config: &Config, ids: &mut Ids) {
         let services: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-        let reals: HashSet<(&str, IpAddr)> = config
+        let reals: HashSet<(&str, IpAddr)> =
+            config.services.iter().flat_map(|s| s.reals.iter().map(move |r| (s.name.as_str(), r.address))).collect();
+        let gone_services: Vec<String> = ids
             .services
-            .iter()
-            .flat_map(|s| s.reals.iter().map(move |r| (s.name.as_str(), r.address)))
+            .active()
+            .filter(|(name, _)| !services.contains(name.as_str()))
+            .map(|(n, _)| n.clone())
             .collect();
-        let gone_services: Vec<String> =
-            ids.services.active().filter(|(name, _)| !services.contains(name.as_str())).map(|(n, _)| n.clone()).collect();
         let gone_reals: Vec<RealOwner> = ids
             .reals
             .active()

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -31,6 +31,10 @@ struct Args {
     /// The configuration file.
     #[arg(long, short, default_value = config::DEFAULT_PATH)]
     config: PathBuf,
+    /// Check the configuration file and exit: 0 when it is valid, 1 with the line and
+    /// field at fault when not (as `nginx -t` or `keepalived -t`).
+    #[arg(long)]
+    check: bool,
 }
 
 /// How often the real servers' links are checked and stale ones re-probed, besides
@@ -53,6 +57,10 @@ async fn main() {
 
 async fn run(args: Args) -> Result<()> {
     let config = Config::load(&args.config)?;
+    if args.check {
+        println!("{}: ok ({})", args.config.display(), summary(&config));
+        return Ok(());
+    }
     let director = Arc::new(Mutex::new(Director::new(Dataplane::load(config.connection_table_size)?)));
     let neighbours = Neighbours::connect()?;
     apply(&director, &neighbours, config.clone()).await?;
@@ -85,7 +93,7 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-async fn reload(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, path: &PathBuf) {
+async fn reload(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, path: &Path) {
     log::info!("SIGHUP: reloading {}", path.display());
     let config = match Config::load(path) {
         Ok(config) => config,
@@ -119,7 +127,9 @@ async fn apply(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, config:
         sleep(Duration::from_millis(100)).await;
     };
     for address in addresses.iter().filter(|address| !links.contains_key(address)) {
-        log::warn!("real server {address} is not resolved on an attached interface yet; it takes no connections until it is");
+        log::warn!(
+            "real server {address} is not resolved on an attached interface yet; it takes no connections until it is"
+        );
     }
     lock(director).apply(config, links)
 }

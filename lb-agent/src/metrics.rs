@@ -24,9 +24,8 @@ pub async fn serve(listen: SocketAddr, director: Arc<Mutex<Director>>) -> Result
     let mut registry = Registry::default();
     registry.register_collector(Box::new(LbCollector { director }));
     let app = Router::new().route("/metrics", get(scrape)).with_state(Arc::new(registry));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening for metrics on {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening for metrics on {listen}"))?;
     log::info!("serving metrics on http://{listen}/metrics");
     axum::serve(listener, app).await.context("serving metrics")
 }
@@ -62,29 +61,63 @@ impl Collector for LbCollector {
         drop(director);
 
         let service_labels = |s: &lb_api::ServiceStatus| [("service", s.name.clone())];
-        family(&mut encoder, "lb_service_packets", "Packets forwarded to a virtual service's real servers.",
-            services.iter().map(|s| (service_labels(s), s.stats.in_packets)))?;
-        family(&mut encoder, "lb_service_bytes", "Bytes (IP packets) forwarded for a virtual service.",
-            services.iter().map(|s| (service_labels(s), s.stats.in_bytes)))?;
-        family(&mut encoder, "lb_service_connections", "New connections scheduled for a virtual service.",
-            services.iter().map(|s| (service_labels(s), s.stats.conns)))?;
+        family(
+            &mut encoder,
+            "lb_service_packets",
+            "Packets forwarded to a virtual service's real servers.",
+            services.iter().map(|s| (service_labels(s), s.stats.in_packets)),
+        )?;
+        family(
+            &mut encoder,
+            "lb_service_bytes",
+            "Bytes (IP packets) forwarded for a virtual service.",
+            services.iter().map(|s| (service_labels(s), s.stats.in_bytes)),
+        )?;
+        family(
+            &mut encoder,
+            "lb_service_connections",
+            "New connections scheduled for a virtual service.",
+            services.iter().map(|s| (service_labels(s), s.stats.conns)),
+        )?;
 
         let reals: Vec<([(&str, String); 2], &lb_api::Stats)> = services
             .iter()
-            .flat_map(|s| s.reals.iter().map(|r| ([("service", s.name.clone()), ("real", r.address.to_string())], &r.stats)))
+            .flat_map(|s| {
+                s.reals.iter().map(|r| ([("service", s.name.clone()), ("real", r.address.to_string())], &r.stats))
+            })
             .collect();
-        family(&mut encoder, "lb_real_packets", "Packets forwarded to a real server.",
-            reals.iter().map(|(labels, stats)| (labels.clone(), stats.in_packets)))?;
-        family(&mut encoder, "lb_real_bytes", "Bytes (IP packets) forwarded to a real server.",
-            reals.iter().map(|(labels, stats)| (labels.clone(), stats.in_bytes)))?;
-        family(&mut encoder, "lb_real_connections", "New connections scheduled to a real server.",
-            reals.iter().map(|(labels, stats)| (labels.clone(), stats.conns)))?;
+        family(
+            &mut encoder,
+            "lb_real_packets",
+            "Packets forwarded to a real server.",
+            reals.iter().map(|(labels, stats)| (labels.clone(), stats.in_packets)),
+        )?;
+        family(
+            &mut encoder,
+            "lb_real_bytes",
+            "Bytes (IP packets) forwarded to a real server.",
+            reals.iter().map(|(labels, stats)| (labels.clone(), stats.in_bytes)),
+        )?;
+        family(
+            &mut encoder,
+            "lb_real_connections",
+            "New connections scheduled to a real server.",
+            reals.iter().map(|(labels, stats)| (labels.clone(), stats.conns)),
+        )?;
 
         let (passed, dropped): (Vec<_>, Vec<_>) = reasons.into_iter().partition(|(reason, _)| reason.is_pass());
-        family(&mut encoder, "lb_dropped_packets", "Packets the data path dropped, by reason.",
-            dropped.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)))?;
-        family(&mut encoder, "lb_passed_packets", "Packets the data path left to the kernel, by reason.",
-            passed.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)))?;
+        family(
+            &mut encoder,
+            "lb_dropped_packets",
+            "Packets the data path dropped, by reason.",
+            dropped.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)),
+        )?;
+        family(
+            &mut encoder,
+            "lb_passed_packets",
+            "Packets the data path left to the kernel, by reason.",
+            passed.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)),
+        )?;
         Ok(())
     }
 }

@@ -6,10 +6,7 @@
 //! solicitation itself), and a stale one is re-probed, so a real server whose MAC
 //! changes is followed. Changes in the table wake the agent through [`watch`].
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};

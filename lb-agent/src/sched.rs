@@ -58,9 +58,7 @@ fn fit_weights(candidates: &[Candidate]) -> Vec<Candidate> {
     if cycle <= u64::from(MAX_SEQUENCE_LEN) {
         return candidates.to_vec();
     }
-    log::warn!(
-        "a wrr cycle of {cycle} entries does not fit {MAX_SEQUENCE_LEN}; weights are scaled down in proportion"
-    );
+    log::warn!("a wrr cycle of {cycle} entries does not fit {MAX_SEQUENCE_LEN}; weights are scaled down in proportion");
     candidates
         .iter()
         .map(|c| {

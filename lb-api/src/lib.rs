@@ -72,10 +72,8 @@ pub enum ApiError {
 
 /// Sends one request and waits for its response.
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ApiError> {
-    let stream = UnixStream::connect(socket).map_err(|source| ApiError::Connect {
-        socket: socket.display().to_string(),
-        source,
-    })?;
+    let stream = UnixStream::connect(socket)
+        .map_err(|source| ApiError::Connect { socket: socket.display().to_string(), source })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut writer = &stream;
     writer.write_all(&encode(request)?)?;

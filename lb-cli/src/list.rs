@@ -7,7 +7,12 @@ use lb_api::{ServiceStatus, Stats};
 
 pub fn render(services: &[ServiceStatus]) -> String {
     let mut out = format!("lb (XDP load balancer) version {}\n", env!("CARGO_PKG_VERSION"));
-    let _ = writeln!(out, "{:<33}{}", "Prot LocalAddress:Port", columns(["Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"]));
+    let _ = writeln!(
+        out,
+        "{:<33}{}",
+        "Prot LocalAddress:Port",
+        columns(["Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"])
+    );
     out.push_str("  -> RemoteAddress:Port\n");
     for service in services {
         let local = format!("{}  {}", service.protocol.to_uppercase(), endpoint(service.vip, service.port));

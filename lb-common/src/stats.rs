@@ -20,7 +20,7 @@ pub enum Reason {
     NotIp = 0,
     /// Neither TCP nor UDP (ICMP, neighbour discovery, ...): passed.
     NotTcpUdp = 1,
-    /// An IPv4 fragment or an IPv6 packet with extension headers: passed.
+    /// An IPv4 fragment or an IPv6 packet with a fragment header: passed.
     Fragment = 2,
     /// TCP or UDP, but no virtual service at that address: passed.
     NotAService = 3,
@@ -34,10 +34,12 @@ pub enum Reason {
     NoRealServer = 7,
     /// The chosen real server has no resolved link-layer address: dropped.
     RealUnresolved = 8,
+    /// IPv6 with extension headers (hop-by-hop, routing, ...), not walked yet: passed.
+    Ipv6Extension = 9,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::NotTcpUdp,
@@ -48,14 +50,12 @@ impl Reason {
         Self::TruncatedL4,
         Self::NoRealServer,
         Self::RealUnresolved,
+        Self::Ipv6Extension,
     ];
 
     /// Whether the packet went on to the kernel (else it was dropped).
     pub const fn is_pass(self) -> bool {
-        matches!(
-            self,
-            Self::NotIp | Self::NotTcpUdp | Self::Fragment | Self::NotAService
-        )
+        matches!(self, Self::NotIp | Self::NotTcpUdp | Self::Fragment | Self::NotAService | Self::Ipv6Extension)
     }
 
     /// The `reason` label of the metrics.
@@ -70,6 +70,7 @@ impl Reason {
             Self::TruncatedL4 => "truncated_l4",
             Self::NoRealServer => "no_real_server",
             Self::RealUnresolved => "real_unresolved",
+            Self::Ipv6Extension => "ipv6_extension_header",
         }
     }
 }

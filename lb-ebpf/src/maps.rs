@@ -16,8 +16,7 @@ use lb_common::{
 /// Virtual services by (VIP, port, protocol). Not preallocated, so a replaced value is
 /// freed only after every packet that may still read it is done.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, Service> =
-    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 /// Real servers by stable id.
 #[map]

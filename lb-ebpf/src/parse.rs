@@ -102,8 +102,11 @@ fn ipv6(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u
     if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame_len(ctx) {
         return Err(Reason::MalformedIp);
     }
-    if ip.next_hdr == IPV6_NEXT_FRAGMENT || IPV6_EXTENSIONS.contains(&ip.next_hdr) {
+    if ip.next_hdr == IPV6_NEXT_FRAGMENT {
         return Err(Reason::Fragment);
+    }
+    if IPV6_EXTENSIONS.contains(&ip.next_hdr) {
+        return Err(Reason::Ipv6Extension);
     }
     flow.family = FAMILY_IPV6;
     flow.protocol = ip.next_hdr;

@@ -11,17 +11,12 @@ use crate::maps::SERVICES;
 
 #[inline(always)]
 pub fn lookup(flow: &FlowKey) -> Result<Service, Reason> {
-    let mut key = ServiceKey {
-        vip: flow.dst,
-        port: flow.dst_port,
-        protocol: flow.protocol,
-        family: flow.family,
-    };
-    if let Some(service) = SERVICES.get_ptr(&key) {
+    let mut key = ServiceKey { vip: flow.dst, port: flow.dst_port, protocol: flow.protocol, family: flow.family };
+    if let Some(service) = SERVICES.get_ptr(key) {
         return Ok(unsafe { *service });
     }
     key.port = [0; 2];
-    match SERVICES.get_ptr(&key) {
+    match SERVICES.get_ptr(key) {
         Some(service) => Ok(unsafe { *service }),
         None => Err(Reason::NotAService),
     }

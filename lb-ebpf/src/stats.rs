@@ -1,7 +1,10 @@
 //! Counting, per CPU: per service and per real server for forwarded packets, per
 //! reason for everything else.
 
-use lb_common::{service::Service, stats::{Counters, Reason}};
+use lb_common::{
+    service::Service,
+    stats::{Counters, Reason},
+};
 
 use crate::{
     conn::Scheduled,

@@ -115,7 +115,8 @@ impl Lab {
         let host = |name: &str, last: u8| plug(&switch, &prefix, name, last);
         let client = host("client", 1)?;
         let director = host("director", 2)?;
-        let reals: Vec<Host> = (0..reals).map(|i| host(&format!("rs{}", i + 1), 11 + i as u8)).collect::<Result<_>>()?;
+        let reals: Vec<Host> =
+            (0..reals).map(|i| host(&format!("rs{}", i + 1), 11 + i as u8)).collect::<Result<_>>()?;
 
         // The director owns the VIPs, as keepalived would give them to it; the client
         // reaches them on the segment, so the director answers ARP and ND for them.
@@ -125,7 +126,8 @@ impl Lab {
         client.netns.run(&["ip", "-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
 
         let veth_helper = attach_veth_helper(&switch, "director")?;
-        let mut lab = Self { client, director, reals, dir, servers: Vec::new(), _veth_helper: veth_helper, _switch: switch };
+        let mut lab =
+            Self { client, director, reals, dir, servers: Vec::new(), _veth_helper: veth_helper, _switch: switch };
         for i in 0..lab.reals.len() {
             lab.setup_real(i)?;
         }
@@ -186,7 +188,8 @@ impl Lab {
     /// A TCP connection from the client to `address`, held open by the caller.
     pub fn connect(&self, address: SocketAddr) -> Result<KeptAlive> {
         let stream = self.client.netns.within(|| {
-            TcpStream::connect_timeout(&address, Duration::from_secs(5)).with_context(|| format!("connecting to {address}"))
+            TcpStream::connect_timeout(&address, Duration::from_secs(5))
+                .with_context(|| format!("connecting to {address}"))
         })?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(KeptAlive { reader: BufReader::new(stream) })
@@ -394,7 +397,20 @@ impl Drop for Agent {
 fn plug(switch: &Netns, prefix: &str, name: &str, last: u8) -> Result<Host> {
     let netns = Netns::create(format!("{prefix}-{name}"))?;
     Command::new("ip")
-        .args(["link", "add", "eth0", "netns", netns.name(), "type", "veth", "peer", "name", name, "netns", switch.name()])
+        .args([
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            netns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            name,
+            "netns",
+            switch.name(),
+        ])
         .status()
         .context("creating a veth pair")?
         .success()

@@ -2,78 +2,48 @@
 //! frame out. The maps are filled by the agent's own director from a YAML
 //! configuration, with the real servers' links given instead of resolved.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-    path::Path,
-};
+use std::{collections::HashMap, net::SocketAddr};
 
-use aya::programs::{TestRun, TestRunOptions};
-use lb_agent::{config::Config, dataplane::Dataplane, director::Director, neighbour::Link};
+use lb_agent::director::Director;
 use lb_common::stats::Reason;
-use lb_tests::packet::{self, DIRECTOR_MAC, L3, PROTO_TCP, TCP_ACK, TCP_SYN};
+use lb_tests::{
+    bed::{self, INGRESS, real_mac, service},
+    packet::{self, DIRECTOR_MAC, L3, PROTO_TCP, TCP_ACK, TCP_SYN},
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-/// The loopback's ifindex: the "interface" packets arrive on in these runs.
-const INGRESS: u32 = 1;
 
 const VIP4: &str = "203.0.113.10";
 const VIP6: &str = "2001:db8:100::10";
 const REALS4: [&str; 3] = ["198.18.1.11", "198.18.1.12", "198.18.1.13"];
 const REALS6: [&str; 3] = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13"];
 
-/// Each real server's MAC, by address (one per address, so a forwarded frame names
-/// the address it was meant for).
-fn real_mac(address: &str) -> [u8; 6] {
-    let last = address.rsplit(['.', ':']).next().unwrap().parse::<u8>().unwrap();
-    let family = if address.contains(':') { 6 } else { 4 };
-    [0x02, 0xaa, 0, 0, family, last]
-}
-
 struct Bed {
     director: Director,
 }
 
 impl Bed {
-    /// A data path holding the services of `yaml`, every real server reachable on the
-    /// ingress interface except those in `unresolved`.
+    /// A data path holding `services`, every real server reachable on the ingress
+    /// interface.
     fn new(services: &str) -> Self {
         Self::with_links(services, |_| Some(INGRESS))
     }
 
     fn with_links(services: &str, ifindex_of: impl Fn(&str) -> Option<u32>) -> Self {
-        let mut director = Director::new(Dataplane::load(4096).expect("loading lb_ingress (are we root?)"));
-        let config = config(services);
-        director.apply(config.clone(), links(&config, ifindex_of)).unwrap();
-        Self { director }
+        Self { director: bed::director(services, 4096, ifindex_of).unwrap() }
     }
 
     fn reconfigure(&mut self, services: &str) {
-        let config = config(services);
-        self.director.apply(config.clone(), links(&config, |_| Some(INGRESS))).unwrap();
+        bed::reconfigure(&mut self.director, services, |_| Some(INGRESS)).unwrap();
     }
 
     /// Runs `frame` once; returns the verdict and the frame as the program left it.
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let ctx = xdp_md(frame.len());
-        let result = self
-            .director
-            .dataplane()
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ctx_out: Some(&mut ctx.clone()),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        let run = bed::run(self.director.dataplane().program(), frame).unwrap();
+        (run.verdict, run.frame)
     }
 
     /// The real server a forwarded frame went to, by its destination MAC.
@@ -96,40 +66,6 @@ impl Bed {
     fn status(&self, service: &str) -> lb_api::ServiceStatus {
         self.director.status().unwrap().into_iter().find(|s| s.name == service).unwrap()
     }
-}
-
-/// `struct xdp_md` with the ingress interface set: data, data_end, data_meta,
-/// ingress_ifindex, rx_queue_index, egress_ifindex.
-fn xdp_md(len: usize) -> Vec<u8> {
-    [0, len as u32, 0, INGRESS, 0, 0].iter().flat_map(|word| word.to_ne_bytes()).collect()
-}
-
-fn config(services: &str) -> Config {
-    let yaml = format!("interfaces: [{{ name: lo }}]\nconnection_table_size: 4096\nservices:\n{services}");
-    Config::parse(&yaml, Path::new("test.yaml")).unwrap()
-}
-
-fn links(config: &Config, ifindex_of: impl Fn(&str) -> Option<u32>) -> HashMap<IpAddr, Link> {
-    config
-        .services
-        .iter()
-        .flat_map(|service| &service.reals)
-        .filter_map(|real| {
-            let address = real.address.to_string();
-            let ifindex = ifindex_of(&address)?;
-            Some((real.address, Link { ifindex, mac: real_mac(&address), director_mac: DIRECTOR_MAC }))
-        })
-        .collect()
-}
-
-fn service(name: &str, vip: &str, port: u16, protocol: &str, scheduler: &str, reals: &[(&str, u32)]) -> String {
-    let mut yaml = format!(
-        "  - {{ name: {name}, vip: \"{vip}\", port: {port}, protocol: {protocol}, scheduler: {scheduler}, reals: [\n"
-    );
-    for (address, weight) in reals {
-        yaml += &format!("      {{ address: \"{address}\", weight: {weight} }},\n");
-    }
-    yaml + "    ] }\n"
 }
 
 fn web(weights: [u32; 3]) -> String {
@@ -277,7 +213,8 @@ fn a_removed_real_server_keeps_its_established_flows() {
 #[test]
 fn a_port_zero_service_takes_every_port_the_exact_one_does_not() {
     let bed = Bed::new(
-        &(service("all", VIP4, 0, "tcp", "rr", &[(REALS4[0], 1)]) + &service("web", VIP4, 80, "tcp", "rr", &[(REALS4[1], 1)])),
+        &(service("all", VIP4, 0, "tcp", "rr", &[(REALS4[0], 1)])
+            + &service("web", VIP4, 80, "tcp", "rr", &[(REALS4[1], 1)])),
     );
     for port in [22, 443, 8080] {
         let syn = packet::tcp_frame(client(VIP4, 33000), sock(VIP4, port), TCP_SYN, b"");
@@ -335,11 +272,13 @@ fn fragments_and_ipv6_extension_headers_pass_counted() {
     let bed = Bed::new(&web([1, 1, 1]));
     let mut fragment = packet::tcp_frame(client(VIP4, 36000), sock(VIP4, 80), TCP_SYN, b"");
     fragment[L3 + 6] = 0x20; // more fragments
+    let fragment6 = packet::ip_frame(client(VIP6, 0).ip(), VIP6.parse().unwrap(), 44, &[6, 0, 0, 1, 0, 0, 0, 7]);
     let hop_by_hop = packet::ip_frame(client(VIP6, 0).ip(), VIP6.parse().unwrap(), 0, &[6, 0, 1, 4, 0, 0, 0, 0]);
-    for frame in [fragment, hop_by_hop] {
+    for frame in [fragment, fragment6, hop_by_hop] {
         assert_eq!(bed.run(&frame), (XDP_PASS, frame.clone()));
     }
     assert_eq!(bed.reason(Reason::Fragment), 2);
+    assert_eq!(bed.reason(Reason::Ipv6Extension), 1);
 }
 
 #[test]

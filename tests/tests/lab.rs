@@ -69,7 +69,8 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
         assert_eq!(metrics.value("lb_service_packets_total", &labels)?, sent.packets as f64, "{service}");
         assert_eq!(metrics.value("lb_service_bytes_total", &labels)?, sent.bytes as f64, "{service}");
         assert_eq!(metrics.value("lb_service_connections_total", &labels)?, REQUESTS as f64, "{service}");
-        let per_real: f64 = metrics.all("lb_real_packets_total").filter(|(l, _)| l["service"] == service).map(|(_, v)| v).sum();
+        let per_real: f64 =
+            metrics.all("lb_real_packets_total").filter(|(l, _)| l["service"] == service).map(|(_, v)| v).sum();
         assert_eq!(per_real, sent.packets as f64, "{service}: real servers' packets add up");
     }
     for (real, weight) in lab.reals.iter().zip(WEIGHTS) {
@@ -79,7 +80,12 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     assert_eq!(metrics.value("lb_dropped_packets_total", &[("reason", "malformed_ip")])?, 0.0);
     ensure!(metrics.get("lb_passed_packets_total", &[("reason", "not_ip")]).is_some(), "pass reasons are exported");
 
-    let list = lab.on_director(&[&lb_tests::lab::binary("lbctl")?.to_string_lossy(), "--socket", &lab.api_socket().to_string_lossy(), "list"])?;
+    let list = lab.on_director(&[
+        &lb_tests::lab::binary("lbctl")?.to_string_lossy(),
+        "--socket",
+        &lab.api_socket().to_string_lossy(),
+        "list",
+    ])?;
     assert!(list.contains("Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes"), "{list}");
     let conns = |prefix: &str| {
         let line = list.lines().find(|line| line.starts_with(prefix));

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up the machine, build, lint, test, run the demo and the benchmark.
 //! Every command first makes sure the machine has what it needs (`setup`, idempotent).
 
+mod install;
 mod setup;
 
 use std::{
@@ -32,6 +33,12 @@ enum Task {
     Demo,
     /// ns per packet of lb_ingress beside a trivial XDP forwarder. As root.
     Bench,
+    /// Build, then install the binaries, the systemd unit, the real-server script and an
+    /// example configuration (kept if one exists) under --root (default /).
+    Install {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 fn main() {
@@ -59,6 +66,10 @@ fn run(task: Task) -> Result<()> {
         Task::Bench => {
             build()?;
             run_binary("lb-bench")
+        }
+        Task::Install { root } => {
+            build()?;
+            install::install(&root, &bin_dir(), &self::root().join("deploy"))
         }
     }
 }

@@ -24,9 +24,8 @@ pub fn is_root() -> bool {
 }
 
 fn nightly() -> Result<()> {
-    let version = output(Command::new("rustc").args(["+nightly", "-vV"])).context(
-        "the eBPF crate needs a nightly toolchain: `rustup toolchain install nightly --component rust-src`",
-    )?;
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))
+        .context("the eBPF crate needs a nightly toolchain: `rustup toolchain install nightly --component rust-src`")?;
     let llvm = version.lines().find_map(|line| line.strip_prefix("LLVM version: ")).unwrap_or("unknown");
     if !llvm.starts_with(&format!("{NIGHTLY_LLVM_MAJOR}.")) {
         bail!(
@@ -34,7 +33,8 @@ fn nightly() -> Result<()> {
              install a nightly built on LLVM {NIGHTLY_LLVM_MAJOR} or pick the bpf-linker release for LLVM {llvm}"
         );
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     for component in ["rust-src", "clippy"] {
         if !components.lines().any(|line| line.starts_with(component)) {
             eprintln!("setup: adding {component} to the nightly toolchain");
@@ -61,7 +61,11 @@ fn packages() -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {}; install them as root: apt-get install {}", missing.join(", "), missing.join(" "));
+        bail!(
+            "missing Debian packages {}; install them as root: apt-get install {}",
+            missing.join(", "),
+            missing.join(" ")
+        );
     }
     eprintln!("setup: installing {}", missing.join(" "));
     let apt = |args: &[&str]| {
@@ -75,7 +79,8 @@ fn packages() -> Result<()> {
 }
 
 fn installed(package: &str) -> bool {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package])).is_ok_and(|status| status.ends_with(" installed"))
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|status| status.ends_with(" installed"))
 }
 
 fn output(command: &mut Command) -> Result<String> {

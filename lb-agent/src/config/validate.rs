@@ -52,10 +52,7 @@ pub fn check(config: &Config) -> Result<(), Invalid> {
         if let Some(first) = addresses.insert(address, i) {
             return Err(invalid(
                 format!("{at}.port"),
-                format!(
-                    "{} port {} is already served by services[{first}]",
-                    service.protocol, service.port
-                ),
+                format!("{} port {} is already served by services[{first}]", service.protocol, service.port),
             ));
         }
         check_service(&at, service)?;
@@ -83,8 +80,8 @@ fn check_interfaces(config: &Config) -> Result<(), Invalid> {
 }
 
 fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
-    let name_ok = !service.name.is_empty()
-        && service.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+    let name_ok =
+        !service.name.is_empty() && service.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
     if !name_ok {
         return Err(invalid(
             format!("{at}.name"),
@@ -130,10 +127,7 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
 fn check_forwarding(field: &str, forwarding: Forwarding) -> Result<(), Invalid> {
     match forwarding {
         Forwarding::Dr => Ok(()),
-        other => Err(invalid(
-            field,
-            format!("forwarding method `{other}` is not supported yet (supported: dr)"),
-        )),
+        other => Err(invalid(field, format!("forwarding method `{other}` is not supported yet (supported: dr)"))),
     }
 }
 

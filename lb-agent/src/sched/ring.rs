@@ -20,7 +20,8 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(size: u32) -> Self {
-        Self { free: vec![0..size], retired: Vec::new() }
+        let whole: Slots = 0..size;
+        Self { free: Vec::from([whole]), retired: Vec::new() }
     }
 
     /// The first free run of `len` slots.

@@ -1,0 +1,94 @@
+//! The test bed for `BPF_PROG_TEST_RUN`: a data path whose maps the agent's own
+//! director filled from YAML, with the real servers' links given rather than resolved,
+//! and single runs of a frame through a program.
+
+use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use lb_agent::{config::Config, dataplane::Dataplane, director::Director, neighbour::Link};
+
+use crate::packet::DIRECTOR_MAC;
+
+/// The loopback's ifindex: the interface frames arrive on in these runs (it exists in
+/// every namespace, and `XDP_TX` needs the real server behind the same interface).
+pub const INGRESS: u32 = 1;
+
+/// One run of one frame.
+pub struct Run {
+    pub verdict: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// The kernel's measure of the program's run.
+    pub duration: Duration,
+}
+
+/// Runs `frame` through `program` once, arriving on [`INGRESS`].
+pub fn run(program: &Xdp, frame: &[u8]) -> Result<Run> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let ctx = xdp_md(frame.len());
+    let mut ctx_out = ctx.clone();
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ctx_out: Some(&mut ctx_out),
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(result.data_size_out as usize);
+    Ok(Run { verdict: result.return_value, frame: out, duration: result.duration })
+}
+
+/// `struct xdp_md` with the ingress interface set: data, data_end, data_meta,
+/// ingress_ifindex, rx_queue_index, egress_ifindex.
+fn xdp_md(len: usize) -> Vec<u8> {
+    [0, len as u32, 0, INGRESS, 0, 0].iter().flat_map(|word| word.to_ne_bytes()).collect()
+}
+
+/// A loaded data path holding `services` (the YAML list under `services:`), each real
+/// server reached on the interface `ifindex_of` gives (none: unresolved), at the MAC
+/// [`real_mac`] gives.
+pub fn director(services: &str, conn_table_size: u32, ifindex_of: impl Fn(&str) -> Option<u32>) -> Result<Director> {
+    let dataplane = Dataplane::load(conn_table_size).context("loading lb_ingress (as root?)")?;
+    let mut director = Director::new(dataplane);
+    reconfigure(&mut director, services, ifindex_of)?;
+    Ok(director)
+}
+
+/// Applies new `services` to a test bed's director.
+pub fn reconfigure(director: &mut Director, services: &str, ifindex_of: impl Fn(&str) -> Option<u32>) -> Result<()> {
+    let yaml = format!("interfaces: [{{ name: lo }}]\nservices:\n{services}");
+    let config = Config::parse(&yaml, Path::new("test-bed.yaml"))?;
+    let links: HashMap<IpAddr, Link> = config
+        .services
+        .iter()
+        .flat_map(|service| &service.reals)
+        .filter_map(|real| {
+            let address = real.address.to_string();
+            let ifindex = ifindex_of(&address)?;
+            Some((real.address, Link { ifindex, mac: real_mac(&address), director_mac: DIRECTOR_MAC }))
+        })
+        .collect();
+    director.apply(config, links)
+}
+
+/// Each real server's MAC in the test bed, by address: one per address, so a forwarded
+/// frame names the address it was meant for.
+pub fn real_mac(address: &str) -> [u8; 6] {
+    let last = address.rsplit(['.', ':']).next().and_then(|last| last.parse::<u8>().ok()).unwrap_or(0);
+    let family = if address.contains(':') { 6 } else { 4 };
+    [0x02, 0xaa, 0, 0, family, last]
+}
+
+/// One service in the YAML form [`director`] takes.
+pub fn service(name: &str, vip: &str, port: u16, protocol: &str, scheduler: &str, reals: &[(&str, u32)]) -> String {
+    let mut yaml = format!(
+        "  - {{ name: {name}, vip: \"{vip}\", port: {port}, protocol: {protocol}, scheduler: {scheduler}, reals: [\n"
+    );
+    for (address, weight) in reals {
+        yaml += &format!("      {{ address: \"{address}\", weight: {weight} }},\n");
+    }
+    yaml + "    ] }\n"
+}
