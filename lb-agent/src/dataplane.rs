@@ -10,6 +10,7 @@ use aya::{
     programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
     util::nr_cpus,
 };
+use aya_log::{EbpfLogger, Level};
 use lb_common::{
     conn::{Conn, FlowKey},
     names,
@@ -25,6 +26,34 @@ static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 /// The test bed's programs (the benchmark's baseline, the lab's veth helper), built
 /// beside it; a release agent leaves them out, as nothing in it refers to them.
 pub static TESTBED_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-testbed"));
+
+/// How much the XDP program logs (aya-log), decided at load time. Anything but `off`
+/// costs a branch per log site on the packet path, and log records when they fire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[repr(u8)]
+pub enum EbpfLogLevel {
+    #[default]
+    Off = 0,
+    Error = Level::Error as u8,
+    Warn = Level::Warn as u8,
+    Info = Level::Info as u8,
+    Debug = Level::Debug as u8,
+    Trace = Level::Trace as u8,
+}
+
+impl EbpfLogLevel {
+    /// The same level for the agent's logger; `None` for off.
+    pub fn filter(self) -> Option<log::LevelFilter> {
+        match self {
+            Self::Off => None,
+            Self::Error => Some(log::LevelFilter::Error),
+            Self::Warn => Some(log::LevelFilter::Warn),
+            Self::Info => Some(log::LevelFilter::Info),
+            Self::Debug => Some(log::LevelFilter::Debug),
+            Self::Trace => Some(log::LevelFilter::Trace),
+        }
+    }
+}
 
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -50,10 +79,12 @@ struct Attachment {
 
 impl Dataplane {
     /// Loads `lb_ingress` and its maps into the kernel, with room for `conn_table_size`
-    /// connections; nothing is attached yet.
-    pub fn load(conn_table_size: u32) -> Result<Self> {
+    /// connections and the program's own log at `log_level`; nothing is attached yet.
+    pub fn load(conn_table_size: u32, log_level: EbpfLogLevel) -> Result<Self> {
+        let level = log_level as u8;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::CONNS, conn_table_size)
+            .override_global(aya_log::LEVEL, &level, true)
             .load(LB_OBJECT)
             .context("loading the eBPF object")?;
         let program: &mut Xdp = ebpf
@@ -71,6 +102,12 @@ impl Dataplane {
             verdict_stats: typed(&mut ebpf, names::VERDICT_STATS)?,
         };
         Ok(Self { ebpf, maps, attached: StdHashMap::new() })
+    }
+
+    /// The reader of the program's log records; they go to `logger`. Call once, when
+    /// the log level is not `off`.
+    pub fn logger<T: log::Log>(&mut self, logger: T) -> Result<EbpfLogger<T>> {
+        EbpfLogger::init_with_logger(&mut self.ebpf, logger).context("opening the eBPF program's log")
     }
 
     /// The loaded program, for `BPF_PROG_TEST_RUN` in tests and the benchmark.

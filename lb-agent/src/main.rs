@@ -11,16 +11,18 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aya_log::EbpfLogger;
 use clap::Parser;
 use lb_agent::{
     api,
     config::{self, Config},
-    dataplane::Dataplane,
+    dataplane::{Dataplane, EbpfLogLevel},
     director::Director,
     metrics,
     neighbour::{self, Link, Neighbours},
 };
 use tokio::{
+    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     time::{Instant, interval, sleep},
 };
@@ -31,6 +33,10 @@ struct Args {
     /// The configuration file.
     #[arg(long, short, default_value = config::DEFAULT_PATH)]
     config: PathBuf,
+    /// How much the XDP program logs: `debug` traces every scheduling decision. Off by
+    /// default, to keep the packet path lean.
+    #[arg(long, value_enum, default_value_t)]
+    ebpf_log_level: EbpfLogLevel,
     /// Check the configuration file and exit: 0 when it is valid, 1 with the line and
     /// field at fault when not (as `nginx -t` or `keepalived -t`).
     #[arg(long)]
@@ -46,10 +52,16 @@ const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
 #[tokio::main]
 async fn main() {
+    let args = Args::parse();
     // netlink-packet-route warns about every attribute a newer kernel extends.
     let filter = env_logger::Env::default().default_filter_or("info,netlink_packet_route=error");
-    env_logger::Builder::from_env(filter).init();
-    if let Err(err) = run(Args::parse()).await {
+    let mut logger = env_logger::Builder::from_env(filter);
+    // The XDP program's records come under its crate's name, as asked on the command line.
+    if let Some(level) = args.ebpf_log_level.filter() {
+        logger.filter_module("lb_ebpf", level);
+    }
+    logger.init();
+    if let Err(err) = run(args).await {
         log::error!("{err:#}");
         std::process::exit(1);
     }
@@ -61,12 +73,16 @@ async fn run(args: Args) -> Result<()> {
         println!("{}: ok ({})", args.config.display(), summary(&config));
         return Ok(());
     }
-    let director = Arc::new(Mutex::new(Director::new(Dataplane::load(config.connection_table_size)?)));
+    let mut dataplane = Dataplane::load(config.connection_table_size, args.ebpf_log_level)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    if args.ebpf_log_level != EbpfLogLevel::Off {
+        tasks.spawn(ebpf_log(dataplane.logger(log::logger())?));
+    }
+    let director = Arc::new(Mutex::new(Director::new(dataplane)));
     let neighbours = Neighbours::connect()?;
     apply(&director, &neighbours, config.clone()).await?;
     log::info!("running {} from {}", summary(&config), args.config.display());
 
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(metrics::serve(config.metrics_listen, director.clone()));
     tasks.spawn(api::serve(config.api_socket.clone(), director.clone()));
     let mut neighbour_events = neighbour::watch()?;
@@ -149,6 +165,20 @@ async fn relink(director: &Arc<Mutex<Director>>, neighbours: &Neighbours) {
     };
     if let Err(err) = lock(director).relink(links) {
         log::error!("updating real servers' links: {err:#}");
+    }
+}
+
+/// Passes the XDP program's log records on to the agent's log as they arrive.
+async fn ebpf_log(logger: EbpfLogger<&'static dyn log::Log>) -> Result<()> {
+    // SAFETY: the logger owns its ring buffer's file descriptor and keeps it open, the
+    // same one, for as long as it lives, and the AsyncFd owns the logger.
+    let mut logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("watching the eBPF log")?;
+    loop {
+        let mut ready = logger.readable_mut().await.context("waiting for the eBPF log")?;
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
     }
 }
 

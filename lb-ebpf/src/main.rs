@@ -37,7 +37,7 @@ pub fn lb_ingress(ctx: XdpContext) -> u32 {
 fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
     let packet = parse::packet(ctx)?;
     let service = service::lookup(&packet.flow)?;
-    let conn = conn::lookup_or_schedule(&packet.flow, &service)?;
+    let conn = conn::lookup_or_schedule(ctx, &packet.flow, &service)?;
     let action = forward::to_real(ctx, conn.real)?;
     stats::count_forwarded(&service, &conn, packet.ip_len);
     Ok(action)

@@ -6,7 +6,12 @@ use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use lb_agent::{config::Config, dataplane::Dataplane, director::Director, neighbour::Link};
+use lb_agent::{
+    config::Config,
+    dataplane::{Dataplane, EbpfLogLevel},
+    director::Director,
+    neighbour::Link,
+};
 
 use crate::packet::DIRECTOR_MAC;
 
@@ -51,7 +56,12 @@ fn xdp_md(len: usize) -> Vec<u8> {
 /// server reached on the interface `ifindex_of` gives (none: unresolved), at the MAC
 /// [`real_mac`] gives.
 pub fn director(services: &str, conn_table_size: u32, ifindex_of: impl Fn(&str) -> Option<u32>) -> Result<Director> {
-    let dataplane = Dataplane::load(conn_table_size).context("loading lb_ingress (as root?)")?;
+    let dataplane = Dataplane::load(conn_table_size, EbpfLogLevel::Off).context("loading lb_ingress (as root?)")?;
+    director_on(dataplane, services, ifindex_of)
+}
+
+/// Like [`director`], on a data path the caller loaded.
+pub fn director_on(dataplane: Dataplane, services: &str, ifindex_of: impl Fn(&str) -> Option<u32>) -> Result<Director> {
     let mut director = Director::new(dataplane);
     reconfigure(&mut director, services, ifindex_of)?;
     Ok(director)

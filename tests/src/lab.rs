@@ -8,7 +8,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::sleep,
@@ -26,6 +26,7 @@ use crate::netns::{self, Netns};
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
 pub const HTTP_PORT: u16 = 80;
+pub const UDP_PORT: u16 = 53;
 
 pub struct Host {
     pub netns: Netns,
@@ -153,6 +154,13 @@ impl Lab {
             .spawn()
             .context("starting nginx (is nginx-light installed? run `cargo xtask setup`)")?;
         self.servers.push(child);
+        let echo = real
+            .netns
+            .command(&binary("lb-udp-echo")?.to_string_lossy())
+            .args([real.name.clone(), format!("{VIP4}:{UDP_PORT}"), format!("[{VIP6}]:{UDP_PORT}")])
+            .spawn()
+            .context("starting lb-udp-echo")?;
+        self.servers.push(echo);
         Ok(())
     }
 
@@ -185,6 +193,25 @@ impl Lab {
         Ok(replies)
     }
 
+    /// One UDP query from the client's `port` to `address`; returns the answer (the
+    /// real server's name). (Ports the kernel picks for UDP are random and may repeat a
+    /// flow; tests that count new flows choose them.)
+    pub fn udp_query(&self, port: u16, address: SocketAddr) -> Result<String> {
+        let socket = self.client.netns.within(|| {
+            let local = SocketAddr::new(
+                if address.is_ipv4() { self.client.ipv4.into() } else { self.client.ipv6.into() },
+                port,
+            );
+            UdpSocket::bind(local).with_context(|| format!("binding {local}"))
+        })?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.connect(address)?;
+        socket.send(b"who are you?")?;
+        let mut answer = [0u8; 64];
+        let len = socket.recv(&mut answer).with_context(|| format!("no answer from {address}"))?;
+        Ok(String::from_utf8_lossy(&answer[..len]).into_owned())
+    }
+
     /// A TCP connection from the client to `address`, held open by the caller.
     pub fn connect(&self, address: SocketAddr) -> Result<KeptAlive> {
         let stream = self.client.netns.within(|| {
@@ -195,20 +222,27 @@ impl Lab {
         Ok(KeptAlive { reader: BufReader::new(stream) })
     }
 
-    /// The standard configuration: an IPv4 and an IPv6 web service over every real
-    /// server, with the given weights, scheduled by `scheduler`.
+    /// The standard configuration: an IPv4 and an IPv6 web service (TCP) and DNS-like
+    /// service (UDP) over every real server, with the given weights, scheduled by
+    /// `scheduler`.
     pub fn config(&self, scheduler: &str, weights: &[u32]) -> String {
         let mut yaml = format!(
             "interfaces:\n  - name: eth0\n    xdp_mode: native\nmetrics_listen: 127.0.0.1:9798\napi_socket: {}\nservices:\n",
             self.api_socket().display()
         );
-        for (name, vip, family) in [("web4", IpAddr::V4(VIP4), 4), ("web6", IpAddr::V6(VIP6), 6)] {
+        let services = [
+            ("web4", IpAddr::V4(VIP4), HTTP_PORT, "tcp"),
+            ("web6", IpAddr::V6(VIP6), HTTP_PORT, "tcp"),
+            ("dns4", IpAddr::V4(VIP4), UDP_PORT, "udp"),
+            ("dns6", IpAddr::V6(VIP6), UDP_PORT, "udp"),
+        ];
+        for (name, vip, port, protocol) in services {
             let _ = write!(
                 yaml,
-                "  - name: {name}\n    vip: {vip}\n    port: {HTTP_PORT}\n    protocol: tcp\n    scheduler: {scheduler}\n    forwarding: dr\n    reals:\n"
+                "  - name: {name}\n    vip: {vip}\n    port: {port}\n    protocol: {protocol}\n    scheduler: {scheduler}\n    forwarding: dr\n    reals:\n"
             );
             for (real, weight) in self.reals.iter().zip(weights) {
-                let address = if family == 4 { IpAddr::V4(real.ipv4) } else { IpAddr::V6(real.ipv6) };
+                let address = if vip.is_ipv4() { IpAddr::V4(real.ipv4) } else { IpAddr::V6(real.ipv6) };
                 let _ = writeln!(yaml, "      - {{ address: {address}, weight: {weight} }}");
             }
         }
@@ -254,6 +288,11 @@ impl Lab {
 
     /// Starts `lb-agent` on the director with `yaml`, and waits until it answers.
     pub fn start_agent(&self, yaml: &str) -> Result<Agent> {
+        self.start_agent_with(yaml, &[])
+    }
+
+    /// Like [`Lab::start_agent`], with more command-line arguments.
+    pub fn start_agent_with(&self, yaml: &str, args: &[&str]) -> Result<Agent> {
         let config = self.dir.join("lb.yaml");
         fs::write(&config, yaml)?;
         let log_path = self.dir.join("lb-agent.log");
@@ -263,6 +302,7 @@ impl Lab {
             .netns
             .command(&binary("lb-agent")?.to_string_lossy())
             .args(["--config", &config.to_string_lossy()])
+            .args(args)
             .env("RUST_LOG", "info,netlink_packet_route=error")
             .stdout(log.try_clone()?)
             .stderr(log)

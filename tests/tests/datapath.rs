@@ -2,9 +2,16 @@
 //! frame out. The maps are filled by the agent's own director from a YAML
 //! configuration, with the real servers' links given instead of resolved.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
-use lb_agent::director::Director;
+use lb_agent::{
+    dataplane::{Dataplane, EbpfLogLevel},
+    director::Director,
+};
 use lb_common::stats::Reason;
 use lb_tests::{
     bed::{self, INGRESS, real_mac, service},
@@ -372,4 +379,42 @@ fn bytes_count_the_ip_packets_as_ipvs_does() {
     let web4 = bed.status("web4");
     assert_eq!((web4.stats.in_packets, web4.stats.in_bytes), (3, 40 + 140 + 40));
     assert_eq!(web4.reals[0].stats.in_bytes, 220);
+}
+
+/// Records what the program logs, for the test below.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        self.0.lock().unwrap().push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn the_program_logs_scheduling_decisions_only_when_asked() {
+    let services = service("web4", VIP4, 80, "tcp", "rr", &[(REALS4[0], 1)]);
+    let syn = packet::tcp_frame(client(VIP4, 44000), sock(VIP4, 80), TCP_SYN, b"");
+    let syn6 = packet::tcp_frame(client(VIP6, 44001), sock(VIP6, 80), TCP_SYN, b"");
+    for (level, expected) in [(EbpfLogLevel::Off, 0), (EbpfLogLevel::Info, 0), (EbpfLogLevel::Debug, 1)] {
+        let capture = Capture::default();
+        let mut dataplane = Dataplane::load(4096, level).unwrap();
+        let mut logger = dataplane.logger(capture.clone()).unwrap();
+        let services = services.clone() + &service("web6", VIP6, 80, "tcp", "rr", &[(REALS6[0], 1)]);
+        let director = bed::director_on(dataplane, &services, |_| Some(INGRESS)).unwrap();
+        for frame in [&syn, &syn, &syn6] {
+            assert_eq!(bed::run(director.dataplane().program(), frame).unwrap().verdict, XDP_TX);
+        }
+        logger.flush();
+        let lines = capture.0.lock().unwrap().clone();
+        assert_eq!(lines.len(), expected * 2, "{level:?}: one record per new flow: {lines:?}");
+        if expected > 0 {
+            assert_eq!(lines[0], "DEBUG new flow from 198.18.1.1:44000 (service 0) to real server 0");
+            assert_eq!(lines[1], "DEBUG new flow from [2001:db8:1::1]:44001 (service 1) to real server 1");
+        }
+    }
 }

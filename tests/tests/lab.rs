@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Result, ensure};
 use lb_tests::{
-    lab::{self, Agent, HTTP_PORT, Lab, Reply, VIP4, VIP6},
+    lab::{self, Agent, HTTP_PORT, Lab, Reply, UDP_PORT, VIP4, VIP6},
     prometheus::Samples,
 };
 
@@ -98,6 +98,28 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     assert!(status.success(), "lb-agent exits cleanly on SIGTERM: {status}");
     let links = lab.on_director(&["ip", "link", "show", "dev", "eth0"])?;
     assert!(!links.contains("xdp"), "SIGTERM detached the program: {links}");
+    Ok(())
+}
+
+#[test]
+fn udp_flows_are_spread_by_weight_and_answered_from_the_vip() -> Result<()> {
+    let (_one, lab) = lab();
+    let agent = lab.start_agent_with(&lab.config("wrr", &WEIGHTS), &["--ebpf-log-level", "debug"])?;
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let mut answers = HashMap::new();
+        for port in 20000..20060 {
+            // Each query from a new port is a new flow; the answer comes back from the
+            // VIP (the client's connected socket accepts nothing else).
+            *answers.entry(lab.udp_query(port, SocketAddr::new(vip, UDP_PORT))?).or_default() += 1;
+        }
+        assert_eq!(spread(&lab, &answers), vec![10, 20, 30], "{vip}");
+    }
+    let metrics = Samples::parse(&lab.metrics()?)?;
+    assert_eq!(metrics.value("lb_service_connections_total", &[("service", "dns6")])?, 60.0);
+    // Asked to, the XDP program traced each scheduling decision into the agent's log.
+    lab::wait_until(std::time::Duration::from_secs(5), "the eBPF log in the agent's log", || {
+        Ok(agent.log_text().matches("new flow from [2001:db8:1::1]:").count() == 60)
+    })?;
     Ok(())
 }
 
