@@ -105,9 +105,9 @@ impl Lab {
     /// each answers the client directly.
     pub fn start(reals: usize) -> Result<Self> {
         ensure_root()?;
-        netns::remove_orphans();
+        remove_orphans();
         let prefix = netns::unique_prefix();
-        let dir = std::env::temp_dir().join(format!("lb-lab-{prefix}"));
+        let dir = std::env::temp_dir().join(format!("{SCRATCH}{prefix}"));
         fs::create_dir_all(&dir)?;
 
         let switch = Netns::create(format!("{prefix}-switch"))?;
@@ -504,6 +504,31 @@ fn parse_reply(line: &str) -> Result<Reply> {
     match (status, port) {
         (Some(status), Some(local_port)) => Ok(Reply { body: body.to_owned(), status, local_port }),
         _ => bail!("unexpected curl output line {line:?}"),
+    }
+}
+
+/// Scratch directories are `/tmp/lb-lab-<namespace prefix>`.
+const SCRATCH: &str = "lb-lab-";
+
+/// Removes every lab of this process (namespaces, processes in them, scratch
+/// directories); for signal handlers, where nothing is dropped.
+pub fn remove_all() {
+    netns::remove_all();
+    let mine = format!("{SCRATCH}{}", netns::process_prefix());
+    for name in netns::names_in(std::env::temp_dir()) {
+        if name.starts_with(&mine) {
+            let _ = fs::remove_dir_all(std::env::temp_dir().join(name));
+        }
+    }
+}
+
+/// Removes what labs of processes that are gone left behind.
+fn remove_orphans() {
+    netns::remove_orphans();
+    for name in netns::names_in(std::env::temp_dir()) {
+        if name.starts_with(SCRATCH) && netns::is_orphan(&name) {
+            let _ = fs::remove_dir_all(std::env::temp_dir().join(name));
+        }
     }
 }
 

@@ -76,7 +76,12 @@ impl Drop for Netns {
 
 /// A prefix for this process's next set of namespaces.
 pub fn unique_prefix() -> String {
-    format!("{TAG}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!("{}{}", process_prefix(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// What every prefix of this process starts with.
+pub fn process_prefix() -> String {
+    format!("{TAG}{}x", std::process::id())
 }
 
 /// Removes every namespace this process still has; for signal handlers.
@@ -89,16 +94,32 @@ pub fn remove_all() {
 /// Removes namespaces left by runs of ours whose process is gone (killed by a timeout,
 /// say), so they do not pile up.
 pub fn remove_orphans() {
-    let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name.strip_prefix(TAG).and_then(|rest| rest.split('x').next()).and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
+    for name in names_in("/var/run/netns") {
+        if is_orphan(&name) {
             delete(&name);
         }
     }
+}
+
+/// Whether `name` (ours or not) carries the prefix of a process of ours that is gone.
+pub fn is_orphan(name: &str) -> bool {
+    let tagged = name.find(TAG).map(|at| &name[at + TAG.len()..]);
+    let pid = tagged.and_then(|rest| rest.split('x').next()).and_then(|pid| pid.parse::<u32>().ok());
+    pid.is_some_and(|pid| !is_running(pid))
+}
+
+/// Whether `pid` is a live process (a zombie, killed but not reaped, is not).
+fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    state != Some("Z")
+}
+
+/// The entries of a directory, by name.
+pub fn names_in(dir: impl AsRef<std::path::Path>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect()
 }
 
 fn delete(name: &str) {

@@ -5,10 +5,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context, Result};
-use lb_tests::{
-    lab::{self, Lab, VIP4, VIP6},
-    netns,
-};
+use lb_tests::lab::{self, Lab, VIP4, VIP6};
 
 const WEIGHTS: [u32; 3] = [1, 2, 3];
 const REQUESTS: usize = 300;
@@ -16,7 +13,7 @@ const REQUESTS: usize = 300;
 fn main() {
     ctrlc::set_handler(|| {
         eprintln!("\ninterrupted: removing the lab");
-        netns::remove_all();
+        lab::remove_all();
         std::process::exit(130);
     })
     .expect("installing the Ctrl-C handler");
