@@ -122,6 +122,38 @@ pub enum Forwarding {
     Fnat,
 }
 
+/// A word of the configuration the data path has no implementation of yet.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} `{name}` is not supported yet (supported: {supported})")]
+pub struct Unsupported {
+    what: &'static str,
+    name: String,
+    supported: &'static str,
+}
+
+impl TryFrom<Scheduler> for lb_common::service::Scheduler {
+    type Error = Unsupported;
+
+    fn try_from(scheduler: Scheduler) -> Result<Self, Unsupported> {
+        match scheduler {
+            Scheduler::Rr => Ok(Self::Rr),
+            Scheduler::Wrr => Ok(Self::Wrr),
+            other => Err(Unsupported { what: "scheduler", name: other.to_string(), supported: "rr, wrr" }),
+        }
+    }
+}
+
+impl TryFrom<Forwarding> for lb_common::real::Forwarding {
+    type Error = Unsupported;
+
+    fn try_from(forwarding: Forwarding) -> Result<Self, Unsupported> {
+        match forwarding {
+            Forwarding::Dr => Ok(Self::Dr),
+            other => Err(Unsupported { what: "forwarding method", name: other.to_string(), supported: "dr" }),
+        }
+    }
+}
+
 /// A configuration refused, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -171,6 +203,21 @@ impl Config {
 }
 
 impl Config {
+    /// What is valid but probably not what the operator meant.
+    pub fn warnings(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|service| service.port == 0)
+            .map(|service| {
+                format!(
+                    "service {}: a port-0 service spreads each client's connections over the real servers; \
+                     IPVS allows port 0 only with persistence, which is not supported yet",
+                    service.name
+                )
+            })
+            .collect()
+    }
+
     /// The fields that differ from `new` and that a reload cannot change.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let mut fields = Vec::new();

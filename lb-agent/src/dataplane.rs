@@ -13,9 +13,10 @@ use aya::{
 use aya_log::{EbpfLogger, Level};
 use lb_common::{
     conn::{Conn, FlowKey},
+    interface::Interface,
     names,
     real::RealServer,
-    service::{Service, ServiceKey},
+    service::{SchedCursor, Service, ServiceKey},
     stats::{Counters, Reason},
 };
 
@@ -62,9 +63,11 @@ pub struct Dataplane {
 }
 
 struct Maps {
+    interfaces: HashMap<MapData, u32, Interface>,
     services: HashMap<MapData, ServiceKey, Service>,
     reals: Array<MapData, RealServer>,
     sched_ring: Array<MapData, u32>,
+    sched_cursor: Array<MapData, SchedCursor>,
     conns: HashMap<MapData, FlowKey, Conn>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
@@ -93,9 +96,11 @@ impl Dataplane {
             .try_into()?;
         program.load().context("loading lb_ingress (the verifier refused it?)")?;
         let maps = Maps {
+            interfaces: typed(&mut ebpf, names::INTERFACES)?,
             services: typed(&mut ebpf, names::SERVICES)?,
             reals: typed(&mut ebpf, names::REALS)?,
             sched_ring: typed(&mut ebpf, names::SCHED_RING)?,
+            sched_cursor: typed(&mut ebpf, names::SCHED_CURSOR)?,
             conns: typed(&mut ebpf, names::CONNS)?,
             service_stats: typed(&mut ebpf, names::SERVICE_STATS)?,
             real_stats: typed(&mut ebpf, names::REAL_STATS)?,
@@ -118,12 +123,12 @@ impl Dataplane {
             .expect("loaded in Dataplane::load")
     }
 
-    /// Attaches `lb_ingress` to `interface` (again, if the mode changed) and returns its
-    /// ifindex. `auto` takes the driver's mode when the driver has one.
-    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<u32> {
+    /// Attaches `lb_ingress` to `interface` (again, if the mode changed); answers
+    /// whether it did anything. `auto` takes the driver's mode when the driver has one.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<bool> {
         if let Some(attachment) = self.attached.get(interface) {
             if attachment.mode == mode {
-                return Ok(attachment.ifindex);
+                return Ok(false);
             }
             self.detach(interface)?;
         }
@@ -140,7 +145,7 @@ impl Dataplane {
         .with_context(|| format!("attaching lb_ingress to {interface} in {mode:?} mode"))?;
         log::info!("attached lb_ingress to {interface} (ifindex {ifindex}, {mode:?} mode)");
         self.attached.insert(interface.to_owned(), Attachment { ifindex, mode, link });
-        Ok(ifindex)
+        Ok(true)
     }
 
     pub fn detach(&mut self, interface: &str) -> Result<()> {
@@ -162,6 +167,14 @@ impl Dataplane {
         self.attached.values().map(|attachment| attachment.ifindex).collect()
     }
 
+    pub fn set_interface(&mut self, ifindex: u32, interface: &Interface) -> Result<()> {
+        self.maps.interfaces.insert(ifindex, interface, 0).context("writing INTERFACES")
+    }
+
+    pub fn remove_interface(&mut self, ifindex: u32) -> Result<()> {
+        self.maps.interfaces.remove(&ifindex).context("removing from INTERFACES")
+    }
+
     pub fn set_service(&mut self, key: &ServiceKey, service: &Service) -> Result<()> {
         self.maps.services.insert(key, service, 0).context("writing SERVICES")
     }
@@ -179,6 +192,11 @@ impl Dataplane {
             self.maps.sched_ring.set(slot, id, 0).context("writing SCHED_RING")?;
         }
         Ok(())
+    }
+
+    /// Starts the service's walk over its sequence from the first slot.
+    pub fn reset_cursor(&mut self, index: u32) -> Result<()> {
+        self.maps.sched_cursor.set(index, SchedCursor::default(), 0).context("writing SCHED_CURSOR")
     }
 
     pub fn service_counters(&self, index: u32) -> Result<Counters> {
@@ -226,11 +244,6 @@ impl Dataplane {
         Ok(in_use)
     }
 
-    /// Connection entries, for tests and diagnostics.
-    pub fn conns(&self) -> Result<Vec<(FlowKey, Conn)>> {
-        self.maps.conns.iter().collect::<Result<_, _>>().context("reading CONNS")
-    }
-
     fn program_mut(&mut self) -> &mut Xdp {
         self.ebpf
             .program_mut(names::INGRESS_PROGRAM)
@@ -259,7 +272,8 @@ fn reset(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> Result<()> {
     map.set(index, zeroes, 0).context("zeroing counters")
 }
 
-fn ifindex(interface: &str) -> Result<u32> {
+/// The index of the interface named `interface` in this network namespace.
+pub fn ifindex(interface: &str) -> Result<u32> {
     let name = std::ffi::CString::new(interface)?;
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
         0 => Err(anyhow!("no interface named {interface}: {}", std::io::Error::last_os_error())),

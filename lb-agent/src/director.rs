@@ -1,33 +1,42 @@
 //! The director: the agent's account of what the data path holds, and the one place
 //! that changes it.
 //!
-//! Applying a configuration is a reconciliation: compute what every map should hold
-//! (stable ids, real servers, sequences, services), then write only what differs, in an
-//! order that a packet arriving at any moment can follow: real servers first, then the
-//! sequences into fresh slots, then the services that point at them, then removals.
-//! Connection entries are never touched, so no established connection moves.
+//! Applying a configuration is a reconciliation: first plan what every map should hold
+//! (stable ids, real servers, sequences in free ring slots, services), touching nothing;
+//! a configuration the plan refuses changes nothing. Then attach to new interfaces, and
+//! write only what differs, in an order that a packet arriving at any moment can follow:
+//! interfaces and real servers first, then the sequences into fresh slots, then the
+//! services that point at them, then removals. Connection entries are never touched, so
+//! no established connection moves.
 
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
 use lb_api::{RealStatus, ServiceStatus, Stats};
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
-    real::{Forwarding as DataForwarding, RealServer},
-    service::{Scheduler as DataScheduler, Service, ServiceKey},
+    interface::Interface,
+    real::{Forwarding, RealServer},
+    service::{Scheduler, Service, ServiceKey},
     stats::{Counters, Reason},
 };
 
 use crate::{
-    config::{Config, Forwarding, Protocol, Scheduler, VirtualService},
+    config::{Config, Protocol, VirtualService},
     dataplane::Dataplane,
-    neighbour::Link,
+    neighbour::{Link, Links},
     registry::Registry,
     sched::{self, Candidate, Ring, Slots},
 };
+
+/// How long a released id or ring slot waits before it is reused: far longer than any
+/// packet that read the old maps can still be in the program (microseconds), and no
+/// wait an operator notices.
+const QUARANTINE: Duration = Duration::from_secs(1);
 
 /// A real server's owner key: it is the same real server only in the same service.
 type RealOwner = (String, IpAddr);
@@ -37,7 +46,7 @@ pub struct Director {
     ids: Ids,
     written: Written,
     /// The configuration the maps hold, and the links they were written with.
-    running: Option<(Config, HashMap<IpAddr, Link>)>,
+    running: Option<(Config, Links)>,
 }
 
 /// Id bookkeeping, cloned for planning so a refused change leaves it as it was.
@@ -51,6 +60,7 @@ struct Ids {
 /// What the maps hold now, as far as the agent wrote them.
 #[derive(Default)]
 struct Written {
+    interfaces: HashMap<u32, Interface>,
     services: HashMap<ServiceKey, Service>,
     reals: HashMap<u32, RealServer>,
     /// Per service index: where its sequence is, and the sequence.
@@ -62,6 +72,7 @@ struct Plan {
     ids: Ids,
     fresh_services: Vec<u32>,
     fresh_reals: Vec<u32>,
+    interfaces: HashMap<u32, Interface>,
     reals: HashMap<u32, RealServer>,
     services: HashMap<ServiceKey, Service>,
     /// Sequences to write: (service index, slots, sequence).
@@ -86,9 +97,68 @@ impl Director {
         self.running.as_ref().map(|(config, _)| config)
     }
 
-    /// Attaches to the interfaces `config` names and detaches from the others; returns
-    /// the attached ifindexes.
-    pub fn attach(&mut self, config: &Config) -> Result<Vec<u32>> {
+    /// Makes the director run `config`, with real servers reached over `links`: the
+    /// maps, and the interfaces the program is attached to. A refused configuration
+    /// changes nothing.
+    pub fn apply(&mut self, config: Config, links: Links) -> Result<()> {
+        let plan = self.plan(&config, &links)?;
+        self.attach(&config)?;
+        self.commit(plan)?;
+        self.detach_others(&config)?;
+        self.running = Some((config, links));
+        Ok(())
+    }
+
+    /// Like [`Director::apply`], for the maps alone: the attachments stay as they are
+    /// (test beds run the program without attaching it anywhere).
+    pub fn apply_maps(&mut self, config: Config, links: Links) -> Result<()> {
+        let plan = self.plan(&config, &links)?;
+        self.commit(plan)?;
+        self.running = Some((config, links));
+        Ok(())
+    }
+
+    /// Re-applies the running configuration if the real servers' links changed.
+    pub fn relink(&mut self, links: Links) -> Result<()> {
+        match &self.running {
+            Some((config, old)) if *old != links => {
+                log::info!("real servers' links changed; updating the data path");
+                let config = config.clone();
+                self.apply(config, links)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Detaches the program from every interface (at shutdown).
+    pub fn detach_all(&mut self) -> Result<()> {
+        let attached: Vec<String> = self.dataplane.attached().map(str::to_owned).collect();
+        for name in attached {
+            self.dataplane.detach(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to the interfaces of `config` that are not attached (in that mode); on
+    /// failure, undoes what this call attached.
+    fn attach(&mut self, config: &Config) -> Result<()> {
+        let mut attached_now = Vec::new();
+        for interface in &config.interfaces {
+            match self.dataplane.attach(&interface.name, interface.xdp_mode) {
+                Ok(true) => attached_now.push(interface.name.as_str()),
+                Ok(false) => {}
+                Err(err) => {
+                    for name in attached_now {
+                        let _ = self.dataplane.detach(name);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn detach_others(&mut self, config: &Config) -> Result<()> {
         let stale: Vec<String> = self
             .dataplane
             .attached()
@@ -98,137 +168,120 @@ impl Director {
         for name in stale {
             self.dataplane.detach(&name)?;
         }
-        for interface in &config.interfaces {
-            self.dataplane.attach(&interface.name, interface.xdp_mode)?;
-        }
-        Ok(self.dataplane.attached_ifindexes())
-    }
-
-    /// Makes the maps hold `config`, with real servers reached over `links`. On error
-    /// nothing has been written, except when the kernel refuses a write midway.
-    pub fn apply(&mut self, config: Config, links: HashMap<IpAddr, Link>) -> Result<()> {
-        let plan = self.plan(&config, &links)?;
-        self.write(plan)?;
-        self.running = Some((config, links));
         Ok(())
     }
 
-    /// Re-applies the running configuration if the real servers' links changed.
-    pub fn relink(&mut self, links: HashMap<IpAddr, Link>) -> Result<()> {
-        match &self.running {
-            Some((config, old)) if *old != links => {
-                log::info!("real servers' links changed; updating the data path");
-                self.apply(config.clone(), links)
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn plan(&self, config: &Config, links: &HashMap<IpAddr, Link>) -> Result<Plan> {
+    fn plan(&self, config: &Config, links: &Links) -> Result<Plan> {
+        let now = Instant::now();
+        let settled = now - QUARANTINE;
         let mut plan = Plan {
             ids: self.ids.clone(),
             fresh_services: Vec::new(),
             fresh_reals: Vec::new(),
+            interfaces: links
+                .interfaces
+                .iter()
+                .map(|(&ifindex, &mac)| (ifindex, Interface { mac, _pad: [0; 2] }))
+                .collect(),
             reals: HashMap::new(),
             services: HashMap::new(),
             sequences: Vec::new(),
         };
-        plan.ids.ring.recycle();
-        self.retire_removed(config, &mut plan.ids);
+        plan.ids.ring.recycle(settled);
+        retire_removed(config, &mut plan.ids, now);
         for service in &config.services {
-            let index = assign(&mut plan.ids.services, &service.name, &mut plan.fresh_services, || Ok(HashSet::new()))
-                .with_context(|| format!("service {}: all {MAX_SERVICES} service slots are taken", service.name))?;
+            let index =
+                assign(&mut plan.ids.services, &service.name, &mut plan.fresh_services, settled, || Ok(HashSet::new()))
+                    .with_context(|| format!("service {}: all {MAX_SERVICES} service slots are taken", service.name))?;
+            let scheduler = Scheduler::try_from(service.scheduler)?;
             let mut candidates = Vec::new();
             for real in &service.reals {
                 let owner = (service.name.clone(), real.address);
-                let id = assign(&mut plan.ids.reals, &owner, &mut plan.fresh_reals, || self.dataplane.reals_in_use())
-                    .with_context(|| {
-                    format!("service {}: all {MAX_REALS} real-server ids are taken", service.name)
-                })?;
-                let link = links.get(&real.address);
-                plan.reals.insert(id, real_server(real.address, service.forwarding_of(real), link));
+                let id = assign(&mut plan.ids.reals, &owner, &mut plan.fresh_reals, settled, || {
+                    self.dataplane.reals_in_use()
+                })
+                .with_context(|| format!("service {}: all {MAX_REALS} real-server ids are taken", service.name))?;
+                let link = links.reals.get(&real.address);
+                let forwarding = Forwarding::try_from(service.forwarding_of(real))?;
+                plan.reals.insert(id, real_server(real.address, forwarding, link));
                 if link.is_some() {
                     candidates.push(Candidate { id, weight: real.weight });
                 }
             }
-            let sequence = sched::sequence(service.scheduler, &candidates);
+            let sequence = sched::sequence(scheduler, &candidates);
             let slots = match self.written.sequences.get(&index) {
                 Some((slots, written)) if *written == sequence => slots.clone(),
                 _ => {
                     let slots = plan.ids.ring.allocate(sequence.len() as u32).with_context(|| {
-                        format!("service {}: no room for a sequence of {} slots", service.name, sequence.len())
+                        format!("service {}: no room left for a sequence of {} slots", service.name, sequence.len())
                     })?;
                     plan.sequences.push((index, slots.clone(), sequence));
                     slots
                 }
             };
-            plan.services.insert(service_key(service), service_value(index, service.scheduler, &slots));
+            plan.services.insert(service_key(service), service_value(index, scheduler, &slots));
         }
         Ok(plan)
     }
 
-    /// Retires the services and real servers that `config` no longer has.
-    fn retire_removed(&self, config: &Config, ids: &mut Ids) {
-        let services: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-        let reals: HashSet<(&str, IpAddr)> =
-            config.services.iter().flat_map(|s| s.reals.iter().map(move |r| (s.name.as_str(), r.address))).collect();
-        let gone_services: Vec<String> = ids
-            .services
-            .active()
-            .filter(|(name, _)| !services.contains(name.as_str()))
-            .map(|(n, _)| n.clone())
-            .collect();
-        let gone_reals: Vec<RealOwner> = ids
-            .reals
-            .active()
-            .filter(|((name, address), _)| !reals.contains(&(name.as_str(), *address)))
-            .map(|(owner, _)| owner.clone())
-            .collect();
-        for name in &gone_services {
-            ids.services.retire(name);
-        }
-        for owner in &gone_reals {
-            ids.reals.retire(owner);
-        }
-    }
-
-    fn write(&mut self, mut plan: Plan) -> Result<()> {
-        for &index in &plan.fresh_services {
+    /// Writes what `plan` changes. The plan's ids are ours from the first write on: if
+    /// a write fails midway, an id or slot the maps may use is never handed out again.
+    fn commit(&mut self, plan: Plan) -> Result<()> {
+        let Plan { ids, fresh_services, fresh_reals, interfaces, reals, services, sequences } = plan;
+        self.ids = ids;
+        let now = Instant::now();
+        for index in fresh_services {
             self.dataplane.reset_service_counters(index)?;
         }
-        for &id in &plan.fresh_reals {
+        for id in fresh_reals {
             self.dataplane.reset_real_counters(id)?;
         }
-        for (&id, real) in &plan.reals {
+        self.write_interfaces(interfaces)?;
+        for (&id, real) in &reals {
             if self.written.reals.get(&id) != Some(real) {
                 self.dataplane.set_real(id, real)?;
                 self.written.reals.insert(id, *real);
             }
         }
-        for (index, slots, sequence) in plan.sequences {
+        for (index, slots, sequence) in sequences {
             self.dataplane.write_sequence(&slots, &sequence)?;
             if let Some((old, _)) = self.written.sequences.insert(index, (slots, sequence)) {
-                plan.ids.ring.release(old);
+                self.ids.ring.release(old, now);
             }
         }
-        for (key, service) in &plan.services {
+        for (key, service) in &services {
             if self.written.services.get(key) != Some(service) {
                 self.dataplane.set_service(key, service)?;
                 self.written.services.insert(*key, *service);
+                // A new sequence starts from its first slot, as IPVS restarts its walk
+                // when a service's real servers change.
+                self.dataplane.reset_cursor(service.index)?;
             }
         }
         let removed: Vec<ServiceKey> =
-            self.written.services.keys().filter(|key| !plan.services.contains_key(key)).copied().collect();
+            self.written.services.keys().filter(|key| !services.contains_key(key)).copied().collect();
         for key in removed {
             self.dataplane.remove_service(&key)?;
             if let Some(service) = self.written.services.remove(&key)
-                && !plan.services.values().any(|s| s.index == service.index)
+                && !services.values().any(|s| s.index == service.index)
                 && let Some((slots, _)) = self.written.sequences.remove(&service.index)
             {
-                plan.ids.ring.release(slots);
+                self.ids.ring.release(slots, now);
             }
         }
-        self.ids = plan.ids;
+        Ok(())
+    }
+
+    fn write_interfaces(&mut self, interfaces: HashMap<u32, Interface>) -> Result<()> {
+        for (&ifindex, interface) in &interfaces {
+            if self.written.interfaces.get(&ifindex) != Some(interface) {
+                self.dataplane.set_interface(ifindex, interface)?;
+            }
+        }
+        for ifindex in self.written.interfaces.keys().filter(|ifindex| !interfaces.contains_key(ifindex)) {
+            self.dataplane.remove_interface(*ifindex)?;
+        }
+        self.written.interfaces = interfaces;
         Ok(())
     }
 
@@ -268,18 +321,40 @@ impl Director {
     }
 }
 
-/// The owner's id, reclaiming retired ids (those `in_use` does not name) when none is
-/// free. Records the id in `fresh` if it is new to the owner.
+/// Retires the services and real servers that `config` no longer has.
+fn retire_removed(config: &Config, ids: &mut Ids, now: Instant) {
+    let services: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    let reals: HashSet<(&str, IpAddr)> =
+        config.services.iter().flat_map(|s| s.reals.iter().map(move |r| (s.name.as_str(), r.address))).collect();
+    let gone_services: Vec<String> =
+        ids.services.active().filter(|(name, _)| !services.contains(name.as_str())).map(|(n, _)| n.clone()).collect();
+    let gone_reals: Vec<RealOwner> = ids
+        .reals
+        .active()
+        .filter(|((name, address), _)| !reals.contains(&(name.as_str(), *address)))
+        .map(|(owner, _)| owner.clone())
+        .collect();
+    for name in &gone_services {
+        ids.services.retire(name, now);
+    }
+    for owner in &gone_reals {
+        ids.reals.retire(owner, now);
+    }
+}
+
+/// The owner's id, reclaiming ids retired before `settled` that `in_use` does not
+/// name when none is free. Records the id in `fresh` if it is new to the owner.
 fn assign<K: Clone + Eq + std::hash::Hash>(
     registry: &mut Registry<K>,
     owner: &K,
     fresh: &mut Vec<u32>,
+    settled: Instant,
     in_use: impl FnOnce() -> Result<HashSet<u32>>,
 ) -> Result<u32> {
     if registry.get(owner).is_none() && !registry.has_free() {
-        registry.reclaim(&in_use()?);
+        registry.reclaim(&in_use()?, settled);
     }
-    let Some(assigned) = registry.assign(owner) else { bail!("no id left") };
+    let assigned = registry.assign(owner).ok_or_else(|| anyhow!("no id left"))?;
     if assigned.fresh {
         fresh.push(assigned.id);
     }
@@ -288,15 +363,11 @@ fn assign<K: Clone + Eq + std::hash::Hash>(
 
 fn service_key(service: &VirtualService) -> ServiceKey {
     let (vip, family) = address_bytes(service.vip);
-    ServiceKey {
-        vip,
-        port: service.port.to_be_bytes(),
-        protocol: match service.protocol {
-            Protocol::Tcp => IPPROTO_TCP,
-            Protocol::Udp => IPPROTO_UDP,
-        },
-        family,
-    }
+    let protocol = match service.protocol {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    };
+    ServiceKey { vip, port: service.port.to_be_bytes(), protocol, family }
 }
 
 fn service_value(index: u32, scheduler: Scheduler, slots: &Slots) -> Service {
@@ -304,21 +375,13 @@ fn service_value(index: u32, scheduler: Scheduler, slots: &Slots) -> Service {
         index,
         sequence_start: slots.start,
         sequence_len: slots.end - slots.start,
-        scheduler: match scheduler {
-            Scheduler::Wrr => DataScheduler::Wrr,
-            // Validation admits only rr and wrr.
-            _ => DataScheduler::Rr,
-        } as u8,
+        scheduler: scheduler as u8,
         _pad: [0; 3],
     }
 }
 
 fn real_server(address: IpAddr, forwarding: Forwarding, link: Option<&Link>) -> RealServer {
     let (address, family) = address_bytes(address);
-    let forwarding = match forwarding {
-        // Validation admits only dr.
-        Forwarding::Dr | Forwarding::Tun | Forwarding::Nat | Forwarding::Fnat => DataForwarding::Dr,
-    };
     RealServer {
         address,
         mac: link.map_or([0; 6], |link| link.mac),
@@ -326,7 +389,7 @@ fn real_server(address: IpAddr, forwarding: Forwarding, link: Option<&Link>) -> 
         ifindex: link.map_or(0, |link| link.ifindex),
         family,
         forwarding: forwarding as u8,
-        _pad: [0; 2],
+        vlan: link.map_or(0, |link| link.vlan),
     }
 }
 

@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod neighbour;
 pub mod registry;
 pub mod sched;
+pub mod systemd;

@@ -3,7 +3,7 @@
 //! socket, and reloads on SIGHUP. SIGTERM or SIGINT detaches and exits.
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
@@ -16,14 +16,16 @@ use clap::Parser;
 use lb_agent::{
     api,
     config::{self, Config},
-    dataplane::{Dataplane, EbpfLogLevel},
+    dataplane::{self, Dataplane, EbpfLogLevel},
     director::Director,
     metrics,
-    neighbour::{self, Link, Neighbours},
+    neighbour::{self, Neighbours},
+    systemd,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
+    task::JoinSet,
     time::{Instant, interval, sleep},
 };
 
@@ -50,6 +52,14 @@ const RELINK_INTERVAL: Duration = Duration::from_secs(5);
 /// without them (they join when they resolve).
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
+/// The signals the agent acts on, set up before anything else: until a handler exists,
+/// a SIGHUP (an early `systemctl reload`) would end the process.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -68,53 +78,72 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<()> {
+    let signals = Signals {
+        hangup: signal(SignalKind::hangup())?,
+        terminate: signal(SignalKind::terminate())?,
+        interrupt: signal(SignalKind::interrupt())?,
+    };
     let config = Config::load(&args.config)?;
     if args.check {
         println!("{}: ok ({})", args.config.display(), summary(&config));
         return Ok(());
     }
     let mut dataplane = Dataplane::load(config.connection_table_size, args.ebpf_log_level)?;
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = JoinSet::new();
     if args.ebpf_log_level != EbpfLogLevel::Off {
         tasks.spawn(ebpf_log(dataplane.logger(log::logger())?));
     }
     let director = Arc::new(Mutex::new(Director::new(dataplane)));
     let neighbours = Neighbours::connect()?;
-    apply(&director, &neighbours, config.clone()).await?;
-    log::info!("running {} from {}", summary(&config), args.config.display());
+    let served = serve(&director, &neighbours, &args.config, config.clone(), signals, tasks).await;
+    log::info!("stopping: detaching from every interface");
+    let detached = lock(&director).detach_all();
+    let _ = std::fs::remove_file(&config.api_socket);
+    served.and(detached)
+}
 
+/// Applies the first configuration, then serves until asked to stop.
+async fn serve(
+    director: &Arc<Mutex<Director>>,
+    neighbours: &Neighbours,
+    path: &Path,
+    config: Config,
+    mut signals: Signals,
+    mut tasks: JoinSet<Result<()>>,
+) -> Result<()> {
+    apply(director, neighbours, config.clone()).await?;
+    log::info!("running {} from {}", summary(&config), path.display());
     tasks.spawn(metrics::serve(config.metrics_listen, director.clone()));
     tasks.spawn(api::serve(config.api_socket.clone(), director.clone()));
     let mut neighbour_events = neighbour::watch()?;
     let mut relink_tick = interval(RELINK_INTERVAL);
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    systemd::notify("READY=1");
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&director, &neighbours, &args.config).await,
-            _ = neighbour_events.recv() => relink(&director, &neighbours).await,
-            _ = relink_tick.tick() => relink(&director, &neighbours).await,
-            Some(done) = tasks.join_next() => {
-                done.context("a task panicked")??;
+            _ = signals.hangup.recv() => reload(director, neighbours, path).await,
+            Some(address) = neighbour_events.recv() => {
+                if real_addresses(lock(director).running_config()).contains(&address) {
+                    relink(director, neighbours).await;
+                }
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = relink_tick.tick() => relink(director, neighbours).await,
+            Some(done) = tasks.join_next() => done.context("a task panicked")??,
+            _ = signals.terminate.recv() => break,
+            _ = signals.interrupt.recv() => break,
         }
     }
-    log::info!("stopping: detaching from every interface");
-    let _ = std::fs::remove_file(&config.api_socket);
-    // Dropping the director drops the data path: its XDP links detach with it.
-    drop(lock(&director));
+    systemd::notify("STOPPING=1");
     Ok(())
 }
 
 async fn reload(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, path: &Path) {
     log::info!("SIGHUP: reloading {}", path.display());
+    systemd::notify("RELOADING=1");
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(err) => {
             log::error!("{err}; keeping the running configuration");
+            systemd::notify("READY=1");
             return;
         }
     };
@@ -128,21 +157,28 @@ async fn reload(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, path: 
         Ok(()) => log::info!("reloaded: {summary}"),
         Err(err) => log::error!("{err:#}; keeping the running configuration"),
     }
+    systemd::notify("READY=1");
 }
 
-/// Attaches, resolves the real servers (waiting a little for new ones), and applies.
+/// Resolves the real servers on the configured interfaces (waiting a little for new
+/// ones), then applies. An interface that does not exist refuses the configuration
+/// before anything changes.
 async fn apply(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, config: Config) -> Result<()> {
-    let interfaces = lock(director).attach(&config)?;
-    let addresses = real_addresses(&config);
+    for warning in config.warnings() {
+        log::warn!("{warning}");
+    }
+    let interfaces: Vec<u32> =
+        config.interfaces.iter().map(|interface| dataplane::ifindex(&interface.name)).collect::<Result<_>>()?;
+    let addresses: Vec<IpAddr> = real_addresses(Some(&config)).into_iter().collect();
     let deadline = Instant::now() + RESOLVE_WAIT;
     let links = loop {
         let links = neighbours.resolve(&addresses, &interfaces).await?;
-        if links.len() == addresses.len() || Instant::now() >= deadline {
+        if links.reals.len() == addresses.len() || Instant::now() >= deadline {
             break links;
         }
         sleep(Duration::from_millis(100)).await;
     };
-    for address in addresses.iter().filter(|address| !links.contains_key(address)) {
+    for address in addresses.iter().filter(|address| !links.reals.contains_key(address)) {
         log::warn!(
             "real server {address} is not resolved on an attached interface yet; it takes no connections until it is"
         );
@@ -153,10 +189,10 @@ async fn apply(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, config:
 async fn relink(director: &Arc<Mutex<Director>>, neighbours: &Neighbours) {
     let (addresses, interfaces) = {
         let director = lock(director);
-        let Some(config) = director.running_config() else { return };
-        (real_addresses(config), director.dataplane().attached_ifindexes())
+        let addresses: Vec<IpAddr> = real_addresses(director.running_config()).into_iter().collect();
+        (addresses, director.dataplane().attached_ifindexes())
     };
-    let links: HashMap<IpAddr, Link> = match neighbours.resolve(&addresses, &interfaces).await {
+    let links = match neighbours.resolve(&addresses, &interfaces).await {
         Ok(links) => links,
         Err(err) => {
             log::warn!("reading the neighbour table: {err:#}");
@@ -182,12 +218,13 @@ async fn ebpf_log(logger: EbpfLogger<&'static dyn log::Log>) -> Result<()> {
     }
 }
 
-fn real_addresses(config: &Config) -> Vec<IpAddr> {
-    let mut addresses: Vec<IpAddr> =
-        config.services.iter().flat_map(|service| service.reals.iter().map(|real| real.address)).collect();
-    addresses.sort();
-    addresses.dedup();
-    addresses
+fn real_addresses(config: Option<&Config>) -> HashSet<IpAddr> {
+    config
+        .iter()
+        .flat_map(|config| &config.services)
+        .flat_map(|service| &service.reals)
+        .map(|real| real.address)
+        .collect()
 }
 
 fn summary(config: &Config) -> String {

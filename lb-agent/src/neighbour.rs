@@ -1,33 +1,58 @@
 //! Where each real server is on the link, from the kernel's neighbour table: the
 //! director never asks the operator for a MAC address.
 //!
-//! A real server's address is looked up on the attached interfaces; a missing or failed
-//! entry is solicited (netlink `NTF_USE`, the kernel then sends ARP or neighbour
-//! solicitation itself), and a stale one is re-probed, so a real server whose MAC
-//! changes is followed. Changes in the table wake the agent through [`watch`].
+//! A real server's address is looked up on the attached interfaces and on the VLANs
+//! configured on them; a missing or failed entry is solicited (netlink `NTF_USE`: the
+//! kernel then sends ARP or neighbour solicitation itself), and a stale one is
+//! re-probed, so a real server whose MAC changes is followed. Changes in the table
+//! wake the agent through [`watch`].
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
     Handle, IpVersion,
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{
         RouteNetlinkMessage,
-        link::LinkAttribute,
+        link::{InfoData, InfoVlan, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
     },
     sys::{AsyncSocket, SocketAddr},
 };
 use tokio::sync::mpsc;
 
-/// How the data path reaches a real server: out of which interface, to which MAC.
+/// How the data path reaches a real server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Link {
+    /// The attached interface it is reached through.
     pub ifindex: u32,
+    /// The 802.1Q VLAN it is on there, 0 for none.
+    pub vlan: u16,
     pub mac: [u8; 6],
+    /// The MAC of the director's device on that link (the interface, or its VLAN).
     pub director_mac: [u8; 6],
+}
+
+/// What the data path needs to know of the links: each resolved real server, and the
+/// MAC of each attached interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Links {
+    pub reals: HashMap<IpAddr, Link>,
+    pub interfaces: BTreeMap<u32, [u8; 6]>,
+}
+
+/// A device real servers can be on: an attached interface, or a VLAN on one.
+#[derive(Debug)]
+struct Port {
+    device: u32,
+    attached: u32,
+    vlan: u16,
+    mac: [u8; 6],
 }
 
 /// A neighbour table entry, as far as we care.
@@ -52,78 +77,78 @@ impl Neighbours {
         Ok(Self { handle })
     }
 
-    /// The link of each address that the table resolves on one of `interfaces`
-    /// (ifindexes). Addresses that have no usable entry there are solicited and left
-    /// out; they are expected on a later call.
-    pub async fn resolve(&self, addresses: &[IpAddr], interfaces: &[u32]) -> Result<HashMap<IpAddr, Link>> {
-        let macs = self.interface_macs(interfaces).await?;
+    /// The links of `addresses` on the `attached` interfaces (ifindexes). An address
+    /// without a usable entry is solicited and left out; a later call finds it.
+    pub async fn resolve(&self, addresses: &[IpAddr], attached: &[u32]) -> Result<Links> {
+        let ports = self.ports(attached).await?;
         let table = self.table().await?;
-        let mut links = HashMap::new();
+        let mut links = Links::default();
+        for port in ports.iter().filter(|port| port.vlan == 0) {
+            links.interfaces.insert(port.attached, port.mac);
+        }
         for &address in addresses {
             let mut seen = false;
-            for (&ifindex, &director_mac) in &macs {
-                let Some(entry) = table.get(&(ifindex, address)) else { continue };
+            for port in &ports {
+                let Some(entry) = table.get(&(port.device, address)) else { continue };
                 seen = true;
-                if let (Some(mac), true) = (entry.mac, usable(entry.state)) {
-                    links.insert(address, Link { ifindex, mac, director_mac });
+                if let (Some(mac), true, false) = (entry.mac, usable(entry.state), links.reals.contains_key(&address)) {
+                    let link = Link { ifindex: port.attached, vlan: port.vlan, mac, director_mac: port.mac };
+                    links.reals.insert(address, link);
                 }
                 if needs_probe(entry.state) {
-                    self.solicit(ifindex, address).await;
+                    self.solicit(port.device, address).await;
                 }
             }
             if !seen {
-                for &ifindex in macs.keys() {
-                    self.solicit(ifindex, address).await;
+                for port in &ports {
+                    self.solicit(port.device, address).await;
                 }
             }
         }
         Ok(links)
     }
 
-    /// Asks the kernel to resolve (or re-verify) `address` on `ifindex`. A real server
-    /// that is not on that link simply never answers; resolution is retried later.
-    async fn solicit(&self, ifindex: u32, address: IpAddr) {
+    /// Asks the kernel to resolve (or re-verify) `address` on `device`. A real server
+    /// that is not on that link simply never answers there.
+    async fn solicit(&self, device: u32, address: IpAddr) {
         let request = self
             .handle
             .neighbours()
-            .add(ifindex, address)
+            .add(device, address)
             .state(NeighbourState::None)
             .flags(NeighbourFlags::Use)
             .replace();
         if let Err(err) = request.execute().await {
-            log::debug!("soliciting {address} on ifindex {ifindex}: {err}");
+            log::debug!("soliciting {address} on ifindex {device}: {err}");
         }
     }
 
-    async fn interface_macs(&self, interfaces: &[u32]) -> Result<HashMap<u32, [u8; 6]>> {
-        let mut macs = HashMap::new();
-        for &ifindex in interfaces {
-            let mut links = self.handle.link().get().match_index(ifindex).execute();
-            let link = links
-                .try_next()
-                .await
-                .with_context(|| format!("reading interface {ifindex}"))?
-                .with_context(|| format!("interface {ifindex} is gone"))?;
-            let mac = link.attributes.iter().find_map(|attribute| match attribute {
-                LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
-                _ => None,
-            });
-            match mac {
-                Some(mac) => macs.insert(ifindex, mac),
-                None => anyhow::bail!("interface {ifindex} has no Ethernet address"),
-            };
+    /// The attached interfaces and the VLANs on them, in ifindex order.
+    async fn ports(&self, attached: &[u32]) -> Result<Vec<Port>> {
+        let mut ports = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await.context("reading the interfaces")? {
+            if let Some(port) = port(&link, attached) {
+                ports.push(port);
+            }
         }
-        Ok(macs)
+        for &ifindex in attached {
+            if !ports.iter().any(|port| port.device == ifindex) {
+                bail!("interface {ifindex} is gone, or has no Ethernet address");
+            }
+        }
+        ports.sort_by_key(|port| port.device);
+        Ok(ports)
     }
 
-    /// The neighbour table of both families, by (ifindex, address).
+    /// The neighbour table of both families, by (device, address).
     async fn table(&self) -> Result<HashMap<(u32, IpAddr), Entry>> {
         let mut table = HashMap::new();
         for version in [IpVersion::V4, IpVersion::V6] {
             let mut entries = self.handle.neighbours().get().set_family(version).execute();
             while let Some(message) = entries.try_next().await.context("reading the neighbour table")? {
-                if let Some((key, entry)) = entry(&message) {
-                    table.insert(key, entry);
+                if let (Some(address), mac) = destination_and_mac(&message) {
+                    table.insert((message.header.ifindex, address), Entry { state: message.header.state, mac });
                 }
             }
         }
@@ -131,7 +156,41 @@ impl Neighbours {
     }
 }
 
-fn entry(message: &NeighbourMessage) -> Option<((u32, IpAddr), Entry)> {
+/// `link` as a port: an attached interface, or a VLAN whose parent is attached.
+fn port(link: &LinkMessage, attached: &[u32]) -> Option<Port> {
+    let device = link.header.index;
+    let mut mac = None;
+    let mut parent = None;
+    let mut vlan = None;
+    for attribute in &link.attributes {
+        match attribute {
+            LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::Link(index) => parent = Some(*index),
+            LinkAttribute::LinkInfo(infos) => vlan = vlan_id(infos),
+            _ => {}
+        }
+    }
+    let mac = mac?;
+    if attached.contains(&device) {
+        return Some(Port { device, attached: device, vlan: 0, mac });
+    }
+    match (parent, vlan) {
+        (Some(parent), Some(vlan)) if attached.contains(&parent) => Some(Port { device, attached: parent, vlan, mac }),
+        _ => None,
+    }
+}
+
+fn vlan_id(infos: &[LinkInfo]) -> Option<u16> {
+    infos.iter().find_map(|info| match info {
+        LinkInfo::Data(InfoData::Vlan(vlan)) => vlan.iter().find_map(|attribute| match attribute {
+            InfoVlan::Id(id) => Some(*id),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+fn destination_and_mac(message: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
     let mut address = None;
     let mut mac = None;
     for attribute in &message.attributes {
@@ -142,8 +201,7 @@ fn entry(message: &NeighbourMessage) -> Option<((u32, IpAddr), Entry)> {
             _ => {}
         }
     }
-    let key = (message.header.ifindex, address?);
-    Some((key, Entry { state: message.header.state, mac }))
+    (address, mac)
 }
 
 /// An entry whose MAC the data path may use: confirmed, or not yet disproved.
@@ -164,8 +222,9 @@ fn needs_probe(state: NeighbourState) -> bool {
     matches!(state, NeighbourState::Stale | NeighbourState::Failed | NeighbourState::None)
 }
 
-/// A channel that receives a unit each time the kernel's neighbour table changes.
-pub fn watch() -> Result<mpsc::Receiver<()>> {
+/// The addresses whose neighbour entries change, as the kernel reports them. Events
+/// that do not fit the channel are dropped: the agent's periodic check catches up.
+pub fn watch() -> Result<mpsc::Receiver<IpAddr>> {
     let (mut connection, _handle, mut messages) =
         rtnetlink::new_connection().context("opening a netlink socket for neighbour events")?;
     connection
@@ -174,10 +233,12 @@ pub fn watch() -> Result<mpsc::Receiver<()>> {
         .bind(&SocketAddr::new(0, RTMGRP_NEIGH))
         .context("subscribing to neighbour events")?;
     tokio::spawn(connection);
-    let (sender, receiver) = mpsc::channel(1);
+    let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
-            if is_neighbour_change(&message) && sender.try_send(()).is_err() && sender.is_closed() {
+            if let Some(address) = changed_address(&message)
+                && let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(address)
+            {
                 return;
             }
         }
@@ -185,9 +246,11 @@ pub fn watch() -> Result<mpsc::Receiver<()>> {
     Ok(receiver)
 }
 
-fn is_neighbour_change(message: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
-    matches!(
-        message.payload,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(_) | RouteNetlinkMessage::DelNeighbour(_))
-    )
+fn changed_address(message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<IpAddr> {
+    match &message.payload {
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewNeighbour(neighbour) | RouteNetlinkMessage::DelNeighbour(neighbour),
+        ) => destination_and_mac(neighbour).0,
+        _ => None,
+    }
 }

@@ -1,16 +1,19 @@
 //! Stable ids: a service's slot, a real server's id. An id stays with its owner while
 //! the owner is configured and, once the owner is removed ("retired"), for as long as
-//! something may still point at it; only then is it given to another owner.
+//! something may still point at it: a connection entry, or a packet that read the old
+//! maps. Only then is it given to another owner.
 
 use std::{
     collections::{HashMap, HashSet},
     hash::Hash,
+    time::Instant,
 };
 
 #[derive(Clone, Debug)]
 pub struct Registry<K> {
     ids: HashMap<K, u32>,
-    retired: HashSet<u32>,
+    /// Retired ids, with when they were retired.
+    retired: HashMap<u32, Instant>,
     free: Vec<u32>,
 }
 
@@ -23,7 +26,7 @@ pub struct Assigned {
 
 impl<K: Clone + Eq + Hash> Registry<K> {
     pub fn new(capacity: u32) -> Self {
-        Self { ids: HashMap::new(), retired: HashSet::new(), free: (0..capacity).rev().collect() }
+        Self { ids: HashMap::new(), retired: HashMap::new(), free: (0..capacity).rev().collect() }
     }
 
     pub fn get(&self, owner: &K) -> Option<u32> {
@@ -43,26 +46,30 @@ impl<K: Clone + Eq + Hash> Registry<K> {
     }
 
     /// The owner is no longer configured; its id is kept for it until reclaimed.
-    pub fn retire(&mut self, owner: &K) {
+    pub fn retire(&mut self, owner: &K, now: Instant) {
         if let Some(&id) = self.ids.get(owner) {
-            self.retired.insert(id);
+            self.retired.entry(id).or_insert(now);
         }
     }
 
     /// Owners currently configured (not retired).
     pub fn active(&self) -> impl Iterator<Item = (&K, u32)> {
-        self.ids.iter().map(|(owner, &id)| (owner, id)).filter(|(_, id)| !self.retired.contains(id))
+        self.ids.iter().map(|(owner, &id)| (owner, id)).filter(|(_, id)| !self.retired.contains_key(id))
     }
 
-    /// Frees every retired id that nothing in `in_use` points at; returns them.
-    pub fn reclaim(&mut self, in_use: &HashSet<u32>) -> Vec<u32> {
-        let reclaimed: Vec<u32> = self.retired.iter().copied().filter(|id| !in_use.contains(id)).collect();
+    /// Frees the ids retired before `before` that nothing in `in_use` points at.
+    pub fn reclaim(&mut self, in_use: &HashSet<u32>, before: Instant) {
+        let reclaimed: Vec<u32> = self
+            .retired
+            .iter()
+            .filter(|&(id, &since)| since < before && !in_use.contains(id))
+            .map(|(&id, _)| id)
+            .collect();
         self.ids.retain(|_, id| !reclaimed.contains(id));
         for id in &reclaimed {
             self.retired.remove(id);
         }
         self.free.extend(&reclaimed);
-        reclaimed
     }
 
     pub fn has_free(&self) -> bool {
@@ -72,21 +79,28 @@ impl<K: Clone + Eq + Hash> Registry<K> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn an_owner_keeps_its_id_until_reclaimed() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(10);
         let mut registry = Registry::new(2);
         let a = registry.assign(&"a").unwrap();
         assert_eq!(a, Assigned { id: 0, fresh: true });
         assert_eq!(registry.assign(&"a").unwrap(), Assigned { id: 0, fresh: false });
-        registry.retire(&"a");
+        registry.retire(&"a", t0);
         assert_eq!(registry.assign(&"a").unwrap(), Assigned { id: 0, fresh: false }, "re-added before reclaim");
-        registry.retire(&"a");
+        registry.retire(&"a", t0);
         registry.assign(&"b").unwrap();
         assert_eq!(registry.assign(&"c"), None, "a's id is still retired, not free");
-        assert!(registry.reclaim(&HashSet::from([0])).is_empty(), "a connection still uses it");
-        assert_eq!(registry.reclaim(&HashSet::new()), vec![0]);
+        registry.reclaim(&HashSet::from([0]), later);
+        assert_eq!(registry.assign(&"c"), None, "a connection still uses it");
+        registry.reclaim(&HashSet::new(), t0);
+        assert_eq!(registry.assign(&"c"), None, "retired just now: a packet may still be using it");
+        registry.reclaim(&HashSet::new(), later);
         assert_eq!(registry.assign(&"c").unwrap(), Assigned { id: 0, fresh: true });
         assert_eq!(registry.active().count(), 2);
     }

@@ -5,9 +5,7 @@ mod ring;
 
 pub use ring::{Ring, Slots};
 
-use lb_common::MAX_SEQUENCE_LEN;
-
-use crate::config::Scheduler;
+use lb_common::{MAX_SEQUENCE_LEN, service::Scheduler};
 
 /// A real server as a scheduler sees it: its stable id and its weight. Only real servers
 /// that can take new connections (resolved) are given.
@@ -20,9 +18,8 @@ pub struct Candidate {
 /// One cycle of the service's schedule, as real-server ids.
 pub fn sequence(scheduler: Scheduler, candidates: &[Candidate]) -> Vec<u32> {
     match scheduler {
+        Scheduler::Rr => rr_sequence(candidates),
         Scheduler::Wrr => wrr_sequence(&fit_weights(candidates)),
-        // Validation admits only rr and wrr.
-        _ => rr_sequence(candidates),
     }
 }
 

@@ -14,14 +14,18 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// What the director remembers of a flow.
+/// What the director remembers of a flow: enough to forward and count its packets
+/// without looking its service up again, even after the service is removed (as IPVS
+/// lets a removed service's connections finish).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conn {
     /// The stable id of the real server the flow was scheduled to.
     pub real: u32,
+    /// The index of the service it was scheduled by, for the counters.
+    pub service: u32,
 }
 
 // The layout is the contract: no implicit padding, the same size on both sides.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Conn>() == 4);
+const _: () = assert!(core::mem::size_of::<Conn>() == 8);

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod conn;
+pub mod interface;
 pub mod real;
 pub mod service;
 pub mod stats;
@@ -24,6 +25,8 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Virtual services the data path can hold (also the size of the per-service tables).
 pub const MAX_SERVICES: u32 = 1024;
+/// Interfaces the director can be attached to.
+pub const MAX_INTERFACES: u32 = 64;
 /// Real servers the data path can hold, across all services.
 pub const MAX_REALS: u32 = 16384;
 /// Slots of the scheduler ring shared by all services' sequences (4 MiB).
@@ -36,6 +39,7 @@ pub const CONN_TABLE_SIZE: u32 = 1 << 20;
 /// Names of the maps and programs in the object, shared so neither side spells them twice.
 pub mod names {
     pub const INGRESS_PROGRAM: &str = "lb_ingress";
+    pub const INTERFACES: &str = "INTERFACES";
     pub const SERVICES: &str = "SERVICES";
     pub const REALS: &str = "REALS";
     pub const SCHED_RING: &str = "SCHED_RING";

@@ -5,8 +5,9 @@
 
 use crate::{
     conn::{Conn, FlowKey},
+    interface::Interface,
     real::RealServer,
-    service::{Service, ServiceKey},
+    service::{SchedCursor, Service, ServiceKey},
     stats::Counters,
 };
 
@@ -16,3 +17,5 @@ unsafe impl aya::Pod for RealServer {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Conn {}
 unsafe impl aya::Pod for Counters {}
+unsafe impl aya::Pod for SchedCursor {}
+unsafe impl aya::Pod for Interface {}

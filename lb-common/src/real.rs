@@ -34,7 +34,9 @@ pub struct RealServer {
     pub family: u8,
     /// A [`Forwarding`].
     pub forwarding: u8,
-    pub _pad: [u8; 2],
+    /// The 802.1Q VLAN the real server is on, 0 for none: a frame is forwarded only
+    /// from the same VLAN, as direct routing keeps the real server on the client's link.
+    pub vlan: u16,
 }
 
 // The layout is the contract: no implicit padding, the same size on both sides.

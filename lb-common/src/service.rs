@@ -50,6 +50,17 @@ pub struct Service {
     pub _pad: [u8; 3],
 }
 
+/// A service's position in its sequence, in `SCHED_CURSOR`. One counter for all CPUs,
+/// so the director as a whole follows the sequence; padded to a cache line so CPUs
+/// scheduling different services do not contend for one line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedCursor {
+    pub turn: u64,
+    pub _pad: [u64; 7],
+}
+
 // The layout is the contract: no implicit padding, the same size on both sides.
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Service>() == 16);
+const _: () = assert!(core::mem::size_of::<SchedCursor>() == 64);

@@ -26,20 +26,32 @@ pub enum Reason {
     NotAService = 3,
     /// The frame ends inside the Ethernet or VLAN header: dropped.
     TruncatedEthernet = 4,
-    /// Bad IP version, header length or total length: dropped.
+    /// Bad IP version, header length, total length or IPv4 header checksum: dropped.
     MalformedIp = 5,
     /// The packet ends inside the TCP or UDP header: dropped.
     TruncatedL4 = 6,
     /// The service has no real server that takes new connections: dropped.
     NoRealServer = 7,
-    /// The chosen real server has no resolved link-layer address: dropped.
+    /// The real server has no resolved link-layer address (yet, or any more): dropped.
     RealUnresolved = 8,
     /// IPv6 with extension headers (hop-by-hop, routing, ...), not walked yet: passed.
     Ipv6Extension = 9,
+    /// For a service, but the frame is addressed to another host's MAC: passed, so the
+    /// kernel discards it as it discards any frame for another host.
+    OtherHost = 10,
+    /// A TCP segment without SYN for a flow the director does not know: dropped (only a
+    /// SYN opens a connection, as in IPVS).
+    NoConnection = 11,
+    /// From another VLAN than the real server's: passed (the data path does not
+    /// re-tag frames yet).
+    VlanMismatch = 12,
+    /// The real server's forwarding method is one this program does not know (an
+    /// agent newer than the program): dropped.
+    UnsupportedForwarding = 13,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::NotTcpUdp,
@@ -51,11 +63,24 @@ impl Reason {
         Self::NoRealServer,
         Self::RealUnresolved,
         Self::Ipv6Extension,
+        Self::OtherHost,
+        Self::NoConnection,
+        Self::VlanMismatch,
+        Self::UnsupportedForwarding,
     ];
 
     /// Whether the packet went on to the kernel (else it was dropped).
     pub const fn is_pass(self) -> bool {
-        matches!(self, Self::NotIp | Self::NotTcpUdp | Self::Fragment | Self::NotAService | Self::Ipv6Extension)
+        matches!(
+            self,
+            Self::NotIp
+                | Self::NotTcpUdp
+                | Self::Fragment
+                | Self::NotAService
+                | Self::Ipv6Extension
+                | Self::OtherHost
+                | Self::VlanMismatch
+        )
     }
 
     /// The `reason` label of the metrics.
@@ -71,6 +96,10 @@ impl Reason {
             Self::NoRealServer => "no_real_server",
             Self::RealUnresolved => "real_unresolved",
             Self::Ipv6Extension => "ipv6_extension_header",
+            Self::OtherHost => "other_host",
+            Self::NoConnection => "no_connection",
+            Self::VlanMismatch => "vlan_mismatch",
+            Self::UnsupportedForwarding => "unsupported_forwarding",
         }
     }
 }

@@ -1,13 +1,14 @@
 //! `lb_ingress`: the director's XDP program on its client-facing interfaces.
 //!
-//! A packet's journey, one module a step: `parse` → `service` → `conn` (→ `sched` for a
-//! new flow) → `forward` → `stats`. Anything that is not for a virtual service goes on
-//! to the kernel untouched, so the director stays a normal host.
+//! A packet's journey, one module a step: `parse` → `conn` (a known flow) or `service`
+//! and `sched` (a new one) → `forward` → `stats`. Anything that is not for a virtual
+//! service goes on to the kernel untouched, so the director stays a normal host.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
 
 mod conn;
+mod csum;
 mod forward;
 mod maps;
 mod parse;
@@ -36,10 +37,20 @@ pub fn lb_ingress(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
     let packet = parse::packet(ctx)?;
-    let service = service::lookup(&packet.flow)?;
-    let conn = conn::lookup_or_schedule(ctx, &packet.flow, &service)?;
-    let action = forward::to_real(ctx, conn.real)?;
-    stats::count_forwarded(&service, &conn, packet.ip_len);
+    // Connections first, as IPVS does: an established flow needs no service lookup
+    // and outlives its service's removal.
+    let conn = match conn::lookup(&packet.flow) {
+        Some(known) => known,
+        None => {
+            let service = service::lookup(ctx, &packet.flow)?;
+            sched::new_connection(ctx, &packet, &service)?
+        }
+    };
+    let action = forward::to_real(ctx, &packet, conn.real)?;
+    if conn.new {
+        conn::remember(&packet.flow, &conn);
+    }
+    stats::count_forwarded(&conn, packet.ip_len);
     Ok(action)
 }
 

@@ -1,22 +1,28 @@
 //! Every map of the data path, in one place. The agent is their only writer.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    CONN_TABLE_SIZE, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
+    CONN_TABLE_SIZE, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
     conn::{Conn, FlowKey},
+    interface::Interface,
     real::RealServer,
-    service::{Service, ServiceKey},
+    service::{SchedCursor, Service, ServiceKey},
     stats::{Counters, Reason},
 };
 
-/// Virtual services by (VIP, port, protocol). Not preallocated, so a replaced value is
-/// freed only after every packet that may still read it is done.
+/// The director's attached interfaces, by ifindex.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+pub static INTERFACES: HashMap<u32, Interface> = HashMap::with_max_entries(MAX_INTERFACES, BPF_F_NO_PREALLOC);
+
+/// Virtual services by (VIP, port, protocol). Not preallocated, so a replaced value is
+/// freed only after every packet that may still read it is done. Room for twice the
+/// services, as a change adds the new keys before it removes the old.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(2 * MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 /// Real servers by stable id.
 #[map]
@@ -27,14 +33,14 @@ pub static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
 #[map]
 pub static SCHED_RING: Array<u32> = Array::with_max_entries(SCHED_RING_SLOTS, 0);
 
-/// Per service, the position in its sequence: one counter shared by all CPUs, so the
-/// director as a whole follows the sequence as IPVS does.
+/// Per service, the position in its sequence.
 #[map]
-pub static SCHED_CURSOR: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
+pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVICES, 0);
 
-/// Flows and the real server each was scheduled to.
+/// Flows and the real server each was scheduled to. Each CPU keeps its own LRU list, so
+/// inserting new flows does not contend for one lock (a flow stays on one CPU).
 #[map]
-pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);

@@ -6,6 +6,7 @@
 
 use core::mem::size_of;
 
+use crate::csum;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, conn::FlowKey, stats::Reason};
 use network_types::{
@@ -21,6 +22,17 @@ pub struct Packet {
     pub flow: FlowKey,
     /// Length of the IP packet, as its header states (what IPVS counts as bytes).
     pub ip_len: u32,
+    /// The 802.1Q VLAN id, 0 for an untagged (or priority-tagged) frame.
+    pub vlan: u16,
+    /// Whether the packet may open a connection: any UDP datagram, a TCP SYN without RST.
+    pub opens_connection: bool,
+}
+
+/// Where the IP packet starts, and what the Ethernet header says is in it.
+struct Link {
+    ether_type: u16,
+    vlan: u16,
+    l3: usize,
 }
 
 /// Where the transport header starts, and what the IP header said about it.
@@ -31,6 +43,7 @@ struct Transport {
 }
 
 const IPV4_MF_OR_OFFSET: u16 = 0x3fff;
+const VLAN_ID: u16 = 0x0fff;
 const IPV6_NEXT_FRAGMENT: u8 = 44;
 /// IPv6 extension headers we do not walk yet (hop-by-hop, routing, destination
 /// options, AH, mobility, HIP, shim6).
@@ -38,7 +51,7 @@ const IPV6_EXTENSIONS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
 
 #[inline(always)]
 pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
-    let (ether_type, l3) = ethernet(ctx)?;
+    let Link { ether_type, vlan, l3 } = ethernet(ctx)?;
     let mut flow = FlowKey {
         src: [0; 16],
         dst: [0; 16],
@@ -55,20 +68,21 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
     } else {
         return Err(Reason::NotIp);
     };
-    ports(ctx, &transport, &mut flow)?;
-    Ok(Packet { flow, ip_len })
+    let opens_connection = ports(ctx, &transport, &mut flow)?;
+    Ok(Packet { flow, ip_len, vlan, opens_connection })
 }
 
 /// The ether type of the payload and where it starts, past one optional VLAN tag.
 #[inline(always)]
-fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Reason> {
+fn ethernet(ctx: &XdpContext) -> Result<Link, Reason> {
     let eth: *const EthHdr = header(ctx, 0).ok_or(Reason::TruncatedEthernet)?;
     let ether_type = unsafe { (*eth).ether_type };
     if ether_type != EtherType::Ieee8021q as u16 {
-        return Ok((ether_type, EthHdr::LEN));
+        return Ok(Link { ether_type, vlan: 0, l3: EthHdr::LEN });
     }
-    let vlan: *const VlanHdr = header(ctx, EthHdr::LEN).ok_or(Reason::TruncatedEthernet)?;
-    Ok((unsafe { (*vlan).ether_type }, EthHdr::LEN + VlanHdr::LEN))
+    let tag: *const VlanHdr = header(ctx, EthHdr::LEN).ok_or(Reason::TruncatedEthernet)?;
+    let (ether_type, tci) = unsafe { ((*tag).ether_type, (*tag).tci) };
+    Ok(Link { ether_type, vlan: u16::from_be_bytes(tci) & VLAN_ID, l3: EthHdr::LEN + VlanHdr::LEN })
 }
 
 #[inline(always)]
@@ -80,7 +94,7 @@ fn ipv4(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u
     if ip.version() != 4 || header_len < Ipv4Hdr::LEN || total_len < header_len {
         return Err(Reason::MalformedIp);
     }
-    if l3 + total_len > frame_len(ctx) {
+    if l3 + total_len > frame_len(ctx) || !csum::ipv4_header_intact(ctx, l3, header_len) {
         return Err(Reason::MalformedIp);
     }
     if u16::from_be_bytes(ip.frags) & IPV4_MF_OR_OFFSET != 0 {
@@ -116,8 +130,9 @@ fn ipv6(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u
     Ok((transport, (Ipv6Hdr::LEN + payload_len) as u32))
 }
 
+/// Reads the ports into `flow`; returns whether the packet may open a connection.
 #[inline(always)]
-fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<(), Reason> {
+fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<bool, Reason> {
     match flow.protocol {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = header(ctx, transport.offset).ok_or(Reason::TruncatedL4)?;
@@ -128,6 +143,7 @@ fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<
             }
             flow.src_port = tcp.source;
             flow.dst_port = tcp.dest;
+            Ok(tcp.syn() != 0 && tcp.rst() == 0)
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = header(ctx, transport.offset).ok_or(Reason::TruncatedL4)?;
@@ -137,10 +153,10 @@ fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<
             let udp = unsafe { &*udp };
             flow.src_port = udp.src;
             flow.dst_port = udp.dst;
+            Ok(true)
         }
-        _ => return Err(Reason::NotTcpUdp),
+        _ => Err(Reason::NotTcpUdp),
     }
-    Ok(())
 }
 
 /// A header of type `T` at `offset`, if the frame holds all of it.

@@ -1,21 +1,35 @@
-//! Choosing a real server for a new flow.
+//! Choosing a real server for a new connection.
 //!
 //! rr and wrr both walk a sequence the agent computed (IPVS's order, weight-0 and
 //! unresolved real servers left out): the data path only takes the next slot.
 
+use aya_ebpf::programs::XdpContext;
+use aya_log_ebpf::debug;
 use lb_common::{
+    FAMILY_IPV4,
     service::{Scheduler, Service},
     stats::Reason,
 };
 
-use crate::maps::{SCHED_CURSOR, SCHED_RING};
+use crate::{
+    conn::Scheduled,
+    maps::{SCHED_CURSOR, SCHED_RING},
+    parse::Packet,
+};
 
+/// A real server for the first packet of a flow. Only a packet that may open a
+/// connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS.
 #[inline(always)]
-pub fn schedule(service: &Service) -> Result<u32, Reason> {
-    match Scheduler::from_u8(service.scheduler) {
-        Some(Scheduler::Rr | Scheduler::Wrr) => next_in_sequence(service),
-        None => Err(Reason::NoRealServer),
+pub fn new_connection(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<Scheduled, Reason> {
+    if !packet.opens_connection {
+        return Err(Reason::NoConnection);
     }
+    let real = match Scheduler::from_u8(service.scheduler) {
+        Some(Scheduler::Rr | Scheduler::Wrr) => next_in_sequence(service)?,
+        None => return Err(Reason::NoRealServer),
+    };
+    log_new_connection(ctx, packet, service, real);
+    Ok(Scheduled { real, service: service.index, new: true })
 }
 
 #[inline(always)]
@@ -24,7 +38,7 @@ fn next_in_sequence(service: &Service) -> Result<u32, Reason> {
         return Err(Reason::NoRealServer);
     }
     let cursor = SCHED_CURSOR.get_ptr_mut(service.index).ok_or(Reason::NoRealServer)?;
-    let turn = fetch_add_one(cursor);
+    let turn = fetch_add_one(unsafe { &raw mut (*cursor).turn });
     let slot = service.sequence_start + (turn % u64::from(service.sequence_len)) as u32;
     SCHED_RING.get(slot).copied().ok_or(Reason::NoRealServer)
 }
@@ -43,4 +57,18 @@ fn fetch_add_one(counter: *mut u64) -> u64 {
         );
     }
     value
+}
+
+/// For an operator tracing scheduling decisions (`lb-agent --ebpf-log-level debug`);
+/// off by default, when it costs one load and one branch per new connection.
+#[inline(always)]
+fn log_new_connection(ctx: &XdpContext, packet: &Packet, service: &Service, real: u32) {
+    let flow = &packet.flow;
+    let port = u16::from_be_bytes(flow.src_port);
+    if flow.family == FAMILY_IPV4 {
+        let client = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
+        debug!(ctx, "new flow from {:i}:{} (service {}) to real server {}", client, port, service.index, real);
+    } else {
+        debug!(ctx, "new flow from [{:i}]:{} (service {}) to real server {}", flow.src, port, service.index, real);
+    }
 }

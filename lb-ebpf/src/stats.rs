@@ -1,10 +1,7 @@
 //! Counting, per CPU: per service and per real server for forwarded packets, per
 //! reason for everything else.
 
-use lb_common::{
-    service::Service,
-    stats::{Counters, Reason},
-};
+use lb_common::stats::{Counters, Reason};
 
 use crate::{
     conn::Scheduled,
@@ -12,9 +9,9 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn count_forwarded(service: &Service, conn: &Scheduled, ip_len: u32) {
+pub fn count_forwarded(conn: &Scheduled, ip_len: u32) {
     let new = u64::from(conn.new);
-    add(SERVICE_STATS.get_ptr_mut(service.index), ip_len, new);
+    add(SERVICE_STATS.get_ptr_mut(conn.service), ip_len, new);
     add(REAL_STATS.get_ptr_mut(conn.real), ip_len, new);
 }
 

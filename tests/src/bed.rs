@@ -2,7 +2,7 @@
 //! director filled from YAML, with the real servers' links given rather than resolved,
 //! and single runs of a frame through a program.
 
-use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -10,7 +10,7 @@ use lb_agent::{
     config::Config,
     dataplane::{Dataplane, EbpfLogLevel},
     director::Director,
-    neighbour::Link,
+    neighbour::{Link, Links},
 };
 
 use crate::packet::DIRECTOR_MAC;
@@ -52,36 +52,46 @@ fn xdp_md(len: usize) -> Vec<u8> {
     [0, len as u32, 0, INGRESS, 0, 0].iter().flat_map(|word| word.to_ne_bytes()).collect()
 }
 
+/// Where a real server is, for the test bed: on which interface (ifindex) and VLAN.
+pub type Reach = fn(&str) -> Option<(u32, u16)>;
+
+/// Every real server on the ingress interface, untagged.
+pub fn on_ingress(_: &str) -> Option<(u32, u16)> {
+    Some((INGRESS, 0))
+}
+
 /// A loaded data path holding `services` (the YAML list under `services:`), each real
-/// server reached on the interface `ifindex_of` gives (none: unresolved), at the MAC
-/// [`real_mac`] gives.
-pub fn director(services: &str, conn_table_size: u32, ifindex_of: impl Fn(&str) -> Option<u32>) -> Result<Director> {
+/// server where `reach` says (`None`: unresolved), at the MAC [`real_mac`] gives. The
+/// director's interface is [`INGRESS`], with [`DIRECTOR_MAC`].
+pub fn director(services: &str, conn_table_size: u32, reach: Reach) -> Result<Director> {
     let dataplane = Dataplane::load(conn_table_size, EbpfLogLevel::Off).context("loading lb_ingress (as root?)")?;
-    director_on(dataplane, services, ifindex_of)
+    director_on(dataplane, services, reach)
 }
 
 /// Like [`director`], on a data path the caller loaded.
-pub fn director_on(dataplane: Dataplane, services: &str, ifindex_of: impl Fn(&str) -> Option<u32>) -> Result<Director> {
+pub fn director_on(dataplane: Dataplane, services: &str, reach: Reach) -> Result<Director> {
     let mut director = Director::new(dataplane);
-    reconfigure(&mut director, services, ifindex_of)?;
+    reconfigure(&mut director, services, reach)?;
     Ok(director)
 }
 
-/// Applies new `services` to a test bed's director.
-pub fn reconfigure(director: &mut Director, services: &str, ifindex_of: impl Fn(&str) -> Option<u32>) -> Result<()> {
+/// Applies new `services` to a test bed's director (the maps only: the program stays
+/// unattached).
+pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Result<()> {
     let yaml = format!("interfaces: [{{ name: lo }}]\nservices:\n{services}");
     let config = Config::parse(&yaml, Path::new("test-bed.yaml"))?;
-    let links: HashMap<IpAddr, Link> = config
+    let reals = config
         .services
         .iter()
         .flat_map(|service| &service.reals)
         .filter_map(|real| {
             let address = real.address.to_string();
-            let ifindex = ifindex_of(&address)?;
-            Some((real.address, Link { ifindex, mac: real_mac(&address), director_mac: DIRECTOR_MAC }))
+            let (ifindex, vlan) = reach(&address)?;
+            Some((real.address, Link { ifindex, vlan, mac: real_mac(&address), director_mac: DIRECTOR_MAC }))
         })
         .collect();
-    director.apply(config, links)
+    let links = Links { reals, interfaces: BTreeMap::from([(INGRESS, DIRECTOR_MAC)]) };
+    director.apply_maps(config, links)
 }
 
 /// Each real server's MAC in the test bed, by address: one per address, so a forwarded

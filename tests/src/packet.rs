@@ -13,7 +13,9 @@ pub const ETHERTYPE_VLAN: u16 = 0x8100;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// Offset of the IP header in an untagged frame.
@@ -129,6 +131,16 @@ pub fn icmp_echo(src: IpAddr, dst: IpAddr) -> Vec<u8> {
     let checksum = internet_checksum(&icmp, 0);
     icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
     ip_frame(src, dst, PROTO_ICMP, &icmp)
+}
+
+/// Recomputes the header checksum of the IPv4 packet at `l3`, after a test changed a
+/// header field, so that only the change it meant is wrong with the packet.
+pub fn refresh_ipv4_checksum(frame: &mut [u8], l3: usize) {
+    let header_len = usize::from(frame[l3] & 0x0f) * 4;
+    let end = (l3 + header_len).min(frame.len());
+    frame[l3 + 10..l3 + 12].fill(0);
+    let checksum = internet_checksum(&frame[l3..end], 0);
+    frame[l3 + 10..l3 + 12].copy_from_slice(&checksum.to_be_bytes());
 }
 
 fn transport_checksum(src: IpAddr, dst: IpAddr, protocol: u8, segment: &[u8]) -> u16 {

@@ -15,7 +15,7 @@ use lb_agent::{
 use lb_common::stats::Reason;
 use lb_tests::{
     bed::{self, INGRESS, real_mac, service},
-    packet::{self, DIRECTOR_MAC, L3, PROTO_TCP, TCP_ACK, TCP_SYN},
+    packet::{self, DIRECTOR_MAC, L3, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const XDP_DROP: u32 = 1;
@@ -36,15 +36,15 @@ impl Bed {
     /// A data path holding `services`, every real server reachable on the ingress
     /// interface.
     fn new(services: &str) -> Self {
-        Self::with_links(services, |_| Some(INGRESS))
+        Self::with_links(services, bed::on_ingress)
     }
 
-    fn with_links(services: &str, ifindex_of: impl Fn(&str) -> Option<u32>) -> Self {
-        Self { director: bed::director(services, 4096, ifindex_of).unwrap() }
+    fn with_links(services: &str, reach: bed::Reach) -> Self {
+        Self { director: bed::director(services, 4096, reach).unwrap() }
     }
 
     fn reconfigure(&mut self, services: &str) {
-        bed::reconfigure(&mut self.director, services, |_| Some(INGRESS)).unwrap();
+        bed::reconfigure(&mut self.director, services, bed::on_ingress).unwrap();
     }
 
     /// Runs `frame` once; returns the verdict and the frame as the program left it.
@@ -105,18 +105,14 @@ fn assert_dr(frame: &[u8], verdict: u32, out: &[u8], real: &str) {
 fn first_packets_of_tcp_and_udp_flows_are_forwarded_with_only_the_macs_changed() {
     let bed = Bed::new(&web([1, 1, 1]));
     for vip in [VIP4, VIP6] {
-        for (i, frame) in [
+        for frame in [
             packet::tcp_frame(client(vip, 40000), sock(vip, 80), TCP_SYN, b""),
             packet::udp_frame(client(vip, 40001), sock(vip, 53), b"query"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let (verdict, out) = bed.run(frame);
+        ] {
+            let (verdict, out) = bed.run(&frame);
             let reals = if vip == VIP4 { REALS4 } else { REALS6 };
             // Each service starts at its sequence's first real server.
-            assert_dr(frame, verdict, &out, reals[0]);
-            assert_eq!(i == 0, frame[L3 + if vip == VIP4 { 9 } else { 6 }] == PROTO_TCP);
+            assert_dr(&frame, verdict, &out, reals[0]);
         }
     }
     assert_eq!(bed.status("web4").stats.conns, 1);
@@ -137,7 +133,7 @@ fn later_packets_of_a_flow_go_to_the_same_real_server() {
             assert_eq!(bed.real_of(&ack), first[&port], "flow from port {port}");
         }
         let spread: std::collections::HashSet<_> = first.values().collect();
-        assert_eq!(spread.len(), 3, "rr over three equal weights uses all three");
+        assert_eq!(spread.len(), 3, "wrr over three equal weights uses all three");
     }
     let web4 = bed.status("web4");
     assert_eq!(web4.stats.conns, 30, "an established flow is not a new connection");
@@ -234,13 +230,21 @@ fn a_port_zero_service_takes_every_port_the_exact_one_does_not() {
 }
 
 #[test]
-fn vlan_tagged_and_ipv4_option_frames_are_forwarded() {
-    let bed = Bed::new(&web([1, 1, 1]));
+fn ipv4_options_and_vlan_tags_are_forwarded_within_the_real_server_s_vlan() {
+    let bed = Bed::with_links(&web([1, 1, 1]), |_| Some((INGRESS, 42)));
     let syn = packet::tcp_frame(client(VIP4, 34000), sock(VIP4, 80), TCP_SYN, b"");
     let tagged = packet::vlan_tagged(&syn, 42);
     let (verdict, out) = bed.run(&tagged);
     assert_dr(&tagged, verdict, &out, REALS4[0]);
     assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 42], "the tag stays");
+    for other in [syn.clone(), packet::vlan_tagged(&syn, 43)] {
+        assert_eq!(bed.run(&other), (XDP_PASS, other.clone()), "not from the real server's VLAN");
+    }
+    assert_eq!(bed.reason(Reason::VlanMismatch), 2);
+
+    let bed = Bed::new(&web([1, 1, 1]));
+    let priority_tagged = packet::vlan_tagged(&syn, 0);
+    assert_eq!(bed.run(&priority_tagged).0, XDP_TX, "VLAN 0 is the untagged link");
 
     for words in 1..=10 {
         let segment = packet::tcp(client(VIP4, 34100 + words), sock(VIP4, 80), TCP_SYN, b"");
@@ -279,6 +283,7 @@ fn fragments_and_ipv6_extension_headers_pass_counted() {
     let bed = Bed::new(&web([1, 1, 1]));
     let mut fragment = packet::tcp_frame(client(VIP4, 36000), sock(VIP4, 80), TCP_SYN, b"");
     fragment[L3 + 6] = 0x20; // more fragments
+    packet::refresh_ipv4_checksum(&mut fragment, L3);
     let fragment6 = packet::ip_frame(client(VIP6, 0).ip(), VIP6.parse().unwrap(), 44, &[6, 0, 0, 1, 0, 0, 0, 7]);
     let hop_by_hop = packet::ip_frame(client(VIP6, 0).ip(), VIP6.parse().unwrap(), 0, &[6, 0, 1, 4, 0, 0, 0, 0]);
     for frame in [fragment, fragment6, hop_by_hop] {
@@ -294,11 +299,24 @@ fn truncated_and_malformed_frames_are_dropped_unchanged_and_counted() {
     let syn4 = packet::tcp_frame(client(VIP4, 37000), sock(VIP4, 80), TCP_SYN, b"");
     let syn6 = packet::tcp_frame(client(VIP6, 37000), sock(VIP6, 80), TCP_SYN, b"");
     let udp4 = packet::udp_frame(client(VIP4, 37000), sock(VIP4, 53), b"");
+    // One byte changed; an IPv4 header's checksum follows, so that only the change
+    // the case means is wrong with the frame.
     let with = |frame: &[u8], at: usize, byte: u8| {
         let mut frame = frame.to_vec();
         frame[at] = byte;
+        if frame[12..14] == [0x08, 0x00] && frame.len() >= L3 + 20 {
+            packet::refresh_ipv4_checksum(&mut frame, L3);
+        }
         frame
     };
+    let mut bad_checksum = syn4.clone();
+    bad_checksum[L3 + 11] ^= 0xff;
+    // A datagram whose IP length leaves no room for a UDP header, in a frame padded to
+    // Ethernet's minimum: the bytes are there, but not in the packet.
+    let mut short_udp = udp4[..L3 + 24].to_vec();
+    short_udp[L3 + 2..L3 + 4].copy_from_slice(&24u16.to_be_bytes());
+    packet::refresh_ipv4_checksum(&mut short_udp, L3);
+    short_udp.resize(60, 0);
     let cases: Vec<(&str, Vec<u8>, Reason)> = vec![
         // BPF_PROG_TEST_RUN refuses frames under 14 bytes (no driver passes them on
         // either); an Ethernet header that promises a VLAN tag or IP and stops is the
@@ -320,6 +338,8 @@ fn truncated_and_malformed_frames_are_dropped_unchanged_and_counted() {
         ("TCP data offset beyond the packet", with(&syn4, L3 + 20 + 12, 0xf0), Reason::TruncatedL4),
         ("IPv6 TCP header cut", syn6[..L3 + 40 + 8].to_vec(), Reason::TruncatedL4),
         ("UDP header cut", udp4[..L3 + 20 + 4].to_vec(), Reason::TruncatedL4),
+        ("IPv4 header checksum wrong", bad_checksum, Reason::MalformedIp),
+        ("UDP header beyond the IP length, frame padded", short_udp, Reason::TruncatedL4),
     ];
     for (what, frame, reason) in cases {
         // A cut frame's IP total length no longer fits it: such frames are malformed IP
@@ -335,12 +355,15 @@ fn truncated_and_malformed_frames_are_dropped_unchanged_and_counted() {
 /// For the transport cases, makes the IP header claim exactly the bytes the frame
 /// has, so the transport check is the one that refuses it.
 fn fix_ip_length(mut frame: Vec<u8>, reason: Reason) -> Vec<u8> {
-    if reason != Reason::TruncatedL4 || frame.len() <= L3 {
+    if reason != Reason::TruncatedL4 || frame.len() < L3 + 20 || frame.len() == 60 {
         return frame;
     }
     let ip_len = (frame.len() - L3) as u16;
     match frame[L3] >> 4 {
-        4 => frame[L3 + 2..L3 + 4].copy_from_slice(&ip_len.to_be_bytes()),
+        4 => {
+            frame[L3 + 2..L3 + 4].copy_from_slice(&ip_len.to_be_bytes());
+            packet::refresh_ipv4_checksum(&mut frame, L3);
+        }
         _ => frame[L3 + 4..L3 + 6].copy_from_slice(&(ip_len - 40).to_be_bytes()),
     }
     frame
@@ -348,7 +371,7 @@ fn fix_ip_length(mut frame: Vec<u8>, reason: Reason) -> Vec<u8> {
 
 #[test]
 fn unresolved_real_servers_take_no_new_flows() {
-    let bed = Bed::with_links(&web([1, 1, 1]), |address| (address != REALS4[0]).then_some(INGRESS));
+    let bed = Bed::with_links(&web([1, 1, 1]), |address| (address != REALS4[0]).then_some((INGRESS, 0)));
     for port in 0..12 {
         let syn = packet::tcp_frame(client(VIP4, 38000 + port), sock(VIP4, 80), TCP_SYN, b"");
         assert_ne!(bed.real_of(&syn), REALS4[0]);
@@ -359,7 +382,7 @@ fn unresolved_real_servers_take_no_new_flows() {
 
 #[test]
 fn a_real_server_behind_another_interface_is_redirected_there() {
-    let bed = Bed::with_links(&service("web4", VIP4, 80, "tcp", "rr", &[(REALS4[0], 1)]), |_| Some(INGRESS + 100));
+    let bed = Bed::with_links(&service("web4", VIP4, 80, "tcp", "rr", &[(REALS4[0], 1)]), |_| Some((INGRESS + 100, 0)));
     let syn = packet::tcp_frame(client(VIP4, 39000), sock(VIP4, 80), TCP_SYN, b"");
     let (verdict, out) = bed.run(&syn);
     assert_eq!(verdict, XDP_REDIRECT);
@@ -405,7 +428,7 @@ fn the_program_logs_scheduling_decisions_only_when_asked() {
         let mut dataplane = Dataplane::load(4096, level).unwrap();
         let mut logger = dataplane.logger(capture.clone()).unwrap();
         let services = services.clone() + &service("web6", VIP6, 80, "tcp", "rr", &[(REALS6[0], 1)]);
-        let director = bed::director_on(dataplane, &services, |_| Some(INGRESS)).unwrap();
+        let director = bed::director_on(dataplane, &services, bed::on_ingress).unwrap();
         for frame in [&syn, &syn, &syn6] {
             assert_eq!(bed::run(director.dataplane().program(), frame).unwrap().verdict, XDP_TX);
         }
@@ -417,4 +440,78 @@ fn the_program_logs_scheduling_decisions_only_when_asked() {
             assert_eq!(lines[1], "DEBUG new flow from [2001:db8:1::1]:44001 (service 1) to real server 1");
         }
     }
+}
+
+#[test]
+fn only_a_syn_opens_a_tcp_connection() {
+    let bed = Bed::new(&web([1, 1, 1]));
+    let flow = |flags| packet::tcp_frame(client(VIP4, 45000), sock(VIP4, 80), flags, b"");
+    for flags in [TCP_ACK, TCP_RST, TCP_SYN | TCP_RST, TCP_FIN | TCP_ACK] {
+        let frame = flow(flags);
+        assert_eq!(bed.run(&frame), (XDP_DROP, frame.clone()), "flags {flags:#04x}");
+    }
+    assert_eq!(bed.reason(Reason::NoConnection), 4);
+    assert_eq!(bed.status("web4").stats.conns, 0, "nothing was scheduled or remembered");
+    assert_eq!(bed.real_of(&flow(TCP_SYN)), REALS4[0]);
+    assert_eq!(bed.real_of(&flow(TCP_ACK)), REALS4[0], "then the connection's segments follow");
+    assert_eq!(bed.real_of(&flow(TCP_SYN | TCP_ACK)), REALS4[0], "SYN+ACK opens one too, as in IPVS (active FTP)");
+}
+
+#[test]
+fn a_frame_for_another_host_passes_and_is_not_remembered() {
+    let bed = Bed::new(&web([1, 1, 1]));
+    let syn = packet::tcp_frame(client(VIP4, 46000), sock(VIP4, 80), TCP_SYN, b"");
+    let mut flooded = syn.clone();
+    flooded[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    assert_eq!(bed.run(&flooded), (XDP_PASS, flooded.clone()));
+    assert_eq!(bed.reason(Reason::OtherHost), 1);
+    assert_eq!(bed.status("web4").stats.conns, 0);
+    assert_eq!(bed.real_of(&syn), REALS4[0], "the flow is new when it reaches the director itself");
+}
+
+#[test]
+fn a_removed_service_s_established_connections_finish() {
+    let mut bed = Bed::new(&web([1, 1, 1]));
+    let syn = packet::tcp_frame(client(VIP4, 47000), sock(VIP4, 80), TCP_SYN, b"");
+    let real = bed.real_of(&syn);
+    bed.reconfigure(&service("other", "203.0.113.99", 80, "tcp", "rr", &[(REALS4[2], 1)]));
+    let ack = packet::tcp_frame(client(VIP4, 47000), sock(VIP4, 80), TCP_ACK, b"");
+    assert_eq!(bed.real_of(&ack), real, "as IPVS does, connections outlive their service");
+    let new = packet::tcp_frame(client(VIP4, 47001), sock(VIP4, 80), TCP_SYN, b"");
+    assert_eq!(bed.run(&new), (XDP_PASS, new.clone()), "new connections find no service");
+}
+
+#[test]
+fn a_changed_sequence_starts_from_its_first_slot() {
+    let mut bed = Bed::new(&web([1, 1, 1]));
+    let syn = |port| packet::tcp_frame(client(VIP4, port), sock(VIP4, 80), TCP_SYN, b"");
+    assert_eq!(bed.real_of(&syn(48000)), REALS4[0]);
+    assert_eq!(bed.real_of(&syn(48001)), REALS4[1]);
+    bed.reconfigure(&web([1, 2, 3]));
+    assert_eq!(bed.real_of(&syn(48002)), REALS4[2], "1:2:3 starts with the heaviest, from the start");
+}
+
+#[test]
+fn a_plan_that_does_not_fit_changes_nothing() {
+    let mut bed = Bed::new(&web([1, 2, 3]));
+    // Each of these services needs a sequence of 2^16 slots: together more than the ring.
+    let huge: String = (0..17)
+        .map(|i| {
+            service(
+                &format!("big{i}"),
+                &format!("203.0.113.{}", 100 + i),
+                80,
+                "tcp",
+                "wrr",
+                &[(REALS4[0], 65535), (REALS4[1], 65534)],
+            )
+        })
+        .collect();
+    let refused = bed::reconfigure(&mut bed.director, &huge, bed::on_ingress).unwrap_err();
+    assert!(format!("{refused:#}").contains("no room left for a sequence"), "{refused:#}");
+    let counts: Vec<String> = (0..6)
+        .map(|i| bed.real_of(&packet::tcp_frame(client(VIP4, 49000 + i), sock(VIP4, 80), TCP_SYN, b"")))
+        .collect();
+    assert_eq!(counts, [REALS4[2], REALS4[1], REALS4[2], REALS4[0], REALS4[1], REALS4[2]], "still 1:2:3");
+    assert!(bed.director.status().unwrap().iter().all(|s| !s.name.starts_with("big")));
 }

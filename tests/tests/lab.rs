@@ -94,8 +94,10 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     assert_eq!(conns("TCP  203.0.113.10:80").as_deref(), Some("300"), "{list}");
     assert_eq!(conns("  -> [2001:db8:1::13]:80").as_deref(), Some("150"), "{list}");
 
+    let log = agent.log.clone();
     let status = agent.stop()?;
     assert!(status.success(), "lb-agent exits cleanly on SIGTERM: {status}");
+    assert!(std::fs::read_to_string(log)?.contains("detached lb_ingress from eth0"), "it detached itself");
     let links = lab.on_director(&["ip", "link", "show", "dev", "eth0"])?;
     assert!(!links.contains("xdp"), "SIGTERM detached the program: {links}");
     Ok(())
@@ -154,6 +156,16 @@ fn established_connections_survive_reloads_and_a_bad_config_changes_nothing() ->
     let expected = format!("{}:{line}: services[0]: unknown field `schedular`", agent.config.display());
     assert!(outcome.contains(&expected), "expected {expected:?} in:\n{outcome}");
     assert!(outcome.contains("keeping the running configuration"), "{outcome}");
+    // Valid YAML, but an interface the director does not have: refused before
+    // anything is attached, detached or written.
+    let missing = lab.config("wrr", &[1, 1, 1]).replace("interfaces:\n", "interfaces:\n  - name: eth9\n");
+    let outcome = agent.reload(&missing)?;
+    assert!(
+        outcome.contains("no interface named eth9") && outcome.contains("keeping the running configuration"),
+        "{outcome}"
+    );
+    assert!(lab.on_director(&["ip", "link", "show", "dev", "eth0"])?.contains("xdp"), "eth0 stays attached");
+
     let replies = lab.http_get(&url(IpAddr::V4(VIP4)), 40)?;
     assert_eq!(spread(&lab, &answered_by(&replies)), vec![0, 30, 10], "still the 0:3:1 configuration");
     for (connection, first) in &mut kept {

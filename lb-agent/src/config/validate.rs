@@ -4,7 +4,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{MAX_REALS, MAX_SERVICES};
 
-use super::{Config, Forwarding, Scheduler, VirtualService};
+use super::{Config, Forwarding, VirtualService};
 
 /// IPVS limits weights to this (ipvsadm -w 0..65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -89,12 +89,8 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
         ));
     }
     check_address(&format!("{at}.vip"), service.vip)?;
-    if !matches!(service.scheduler, Scheduler::Rr | Scheduler::Wrr) {
-        return Err(invalid(
-            format!("{at}.scheduler"),
-            format!("scheduler `{}` is not supported yet (supported: rr, wrr)", service.scheduler),
-        ));
-    }
+    lb_common::service::Scheduler::try_from(service.scheduler)
+        .map_err(|unsupported| invalid(format!("{at}.scheduler"), unsupported.to_string()))?;
     check_forwarding(&format!("{at}.forwarding"), service.forwarding)?;
     for (j, real) in service.reals.iter().enumerate() {
         let at = format!("{at}.reals[{j}]");
@@ -125,9 +121,9 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
 }
 
 fn check_forwarding(field: &str, forwarding: Forwarding) -> Result<(), Invalid> {
-    match forwarding {
-        Forwarding::Dr => Ok(()),
-        other => Err(invalid(field, format!("forwarding method `{other}` is not supported yet (supported: dr)"))),
+    match lb_common::real::Forwarding::try_from(forwarding) {
+        Ok(_) => Ok(()),
+        Err(unsupported) => Err(invalid(field, unsupported.to_string())),
     }
 }
 

@@ -1,11 +1,10 @@
 //! The scheduler ring: one array of slots that all services' sequences share.
 //!
 //! A changed sequence is written to fresh slots and only then published in the service's
-//! map value, so a packet sees the old sequence or the new one, whole. The old slots
-//! are not reused until the next change set begins; packets that read the old value
-//! finished long before.
+//! map value, so a packet sees the old sequence or the new one, whole. Released slots
+//! are reused only once every packet that may have read the old value is long done.
 
-use std::ops::Range;
+use std::{ops::Range, time::Instant};
 
 /// A run of slots owned by one sequence.
 pub type Slots = Range<u32>;
@@ -14,19 +13,19 @@ pub type Slots = Range<u32>;
 pub struct Ring {
     /// Free runs, sorted and merged.
     free: Vec<Slots>,
-    /// Released in this change set; free from the next.
-    retired: Vec<Slots>,
+    /// Released runs, with when they were released.
+    released: Vec<(Slots, Instant)>,
 }
 
 impl Ring {
     pub fn new(size: u32) -> Self {
         let whole: Slots = 0..size;
-        Self { free: Vec::from([whole]), retired: Vec::new() }
+        Self { free: Vec::from([whole]), released: Vec::new() }
     }
 
     /// The first free run of `len` slots.
     pub fn allocate(&mut self, len: u32) -> Option<Slots> {
-        let index = self.free.iter().position(|run| run.len() >= len as usize)?;
+        let index = self.free.iter().position(|run| run.end - run.start >= len)?;
         let run = &mut self.free[index];
         let slots = run.start..run.start + len;
         run.start += len;
@@ -37,15 +36,17 @@ impl Ring {
     }
 
     /// Slots no sequence will be published at any more.
-    pub fn release(&mut self, slots: Slots) {
+    pub fn release(&mut self, slots: Slots, now: Instant) {
         if slots.start != slots.end {
-            self.retired.push(slots);
+            self.released.push((slots, now));
         }
     }
 
-    /// A new change set begins: what was released before may be reused.
-    pub fn recycle(&mut self) {
-        self.free.append(&mut self.retired);
+    /// Makes the runs released before `before` free again.
+    pub fn recycle(&mut self, before: Instant) {
+        let (old, recent): (Vec<_>, Vec<_>) = self.released.drain(..).partition(|(_, at)| *at < before);
+        self.released = recent;
+        self.free.extend(old.into_iter().map(|(slots, _)| slots));
         self.free.sort_by_key(|run| run.start);
         let mut merged: Vec<Slots> = Vec::with_capacity(self.free.len());
         for run in self.free.drain(..) {
@@ -55,9 +56,5 @@ impl Ring {
             }
         }
         self.free = merged;
-    }
-
-    pub fn free_slots(&self) -> u32 {
-        self.free.iter().map(|run| run.end - run.start).sum()
     }
 }

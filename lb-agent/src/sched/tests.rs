@@ -107,17 +107,19 @@ fn oversized_wrr_cycle_is_scaled_in_proportion() {
 }
 
 #[test]
-fn ring_reuses_released_slots_only_after_recycle() {
+fn ring_reuses_released_slots_only_once_they_are_old_enough() {
+    let t0 = std::time::Instant::now();
+    let later = t0 + std::time::Duration::from_secs(10);
     let mut ring = Ring::new(10);
     let a = ring.allocate(4).unwrap();
     let b = ring.allocate(6).unwrap();
     assert_eq!((a.clone(), b.clone()), (0..4, 4..10));
     assert_eq!(ring.allocate(1), None);
-    ring.release(a);
-    assert_eq!(ring.allocate(1), None, "released slots wait for the next change set");
-    ring.recycle();
-    ring.release(b);
-    ring.recycle();
-    assert_eq!(ring.free_slots(), 10);
+    ring.release(a, t0);
+    assert_eq!(ring.allocate(1), None, "released slots are not free before a recycle");
+    ring.recycle(t0);
+    assert_eq!(ring.allocate(1), None, "released just now: a packet may still read them");
+    ring.release(b, t0);
+    ring.recycle(later);
     assert_eq!(ring.allocate(10), Some(0..10), "neighbouring runs merge");
 }

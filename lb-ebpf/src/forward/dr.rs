@@ -1,11 +1,7 @@
 //! Direct routing: the real server has the VIP on a loopback and answers the client
 //! itself, so only the Ethernet addresses change. IP and L4 bytes stay as they came.
 
-use aya_ebpf::{
-    bindings::xdp_action::{XDP_REDIRECT, XDP_TX},
-    helpers::bpf_redirect,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_TX, helpers::bpf_redirect, programs::XdpContext};
 use lb_common::{real::RealServer, stats::Reason};
 use network_types::eth::EthHdr;
 
@@ -21,8 +17,6 @@ pub fn forward(ctx: &XdpContext, real: &RealServer) -> Result<u32, Reason> {
     if real.ifindex as usize == ctx.ingress_ifindex() {
         return Ok(XDP_TX);
     }
-    match unsafe { bpf_redirect(real.ifindex, 0) } as u32 {
-        XDP_REDIRECT => Ok(XDP_REDIRECT),
-        _ => Err(Reason::RealUnresolved),
-    }
+    // With no flags, bpf_redirect cannot fail: it answers XDP_REDIRECT.
+    Ok(unsafe { bpf_redirect(real.ifindex, 0) } as u32)
 }

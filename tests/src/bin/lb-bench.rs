@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{Context, Result, ensure};
 use aya::{Ebpf, programs::Xdp};
 use lb_tests::{
-    bed::{self, INGRESS, service},
+    bed::{self, service},
     packet::{self, TCP_ACK, TCP_SYN},
 };
 
@@ -34,7 +34,7 @@ fn main() -> Result<()> {
         + &service("web6", "2001:db8:100::10", 80, "tcp", "wrr", &REALS6);
     // Room for every new flow of every case, so no insert has to evict.
     let table = (4 * (SAMPLES + WARMUP)) as u32;
-    let director = bed::director(&services, table, |_| Some(INGRESS))?;
+    let director = bed::director(&services, table, bed::on_ingress)?;
     let lb = director.dataplane().program();
     let mut testbed = Ebpf::load(lb_agent::dataplane::TESTBED_OBJECT).context("loading the test bed object")?;
     let baseline: &mut Xdp = testbed.program_mut("xdp_baseline").context("no xdp_baseline")?.try_into()?;
