@@ -254,3 +254,43 @@ fn changed_address(message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<IpAd
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rtnetlink::packet_route::link::InfoKind;
+
+    use super::*;
+
+    fn link(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes = attributes;
+        message
+    }
+
+    fn vlan(index: u32, parent: u32, id: u16) -> LinkMessage {
+        link(
+            index,
+            vec![
+                LinkAttribute::Address(vec![2, 0, 0, 0, 0, index as u8]),
+                LinkAttribute::Link(parent),
+                LinkAttribute::LinkInfo(vec![
+                    LinkInfo::Kind(InfoKind::Vlan),
+                    LinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(id)])),
+                ]),
+            ],
+        )
+    }
+
+    #[test]
+    fn attached_interfaces_and_their_vlans_are_ports() {
+        let eth0 = link(2, vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 2])]);
+        let port0 = port(&eth0, &[2]).unwrap();
+        assert_eq!((port0.device, port0.attached, port0.vlan, port0.mac), (2, 2, 0, [2, 0, 0, 0, 0, 2]));
+        let port100 = port(&vlan(7, 2, 100), &[2]).unwrap();
+        assert_eq!((port100.device, port100.attached, port100.vlan, port100.mac), (7, 2, 100, [2, 0, 0, 0, 0, 7]));
+        assert!(port(&vlan(8, 3, 100), &[2]).is_none(), "a VLAN on an interface we are not attached to");
+        assert!(port(&link(4, vec![]), &[4]).is_none(), "no Ethernet address");
+        assert!(port(&eth0, &[5]).is_none(), "not attached");
+    }
+}
