@@ -14,19 +14,38 @@ use tokio::{
 
 use crate::director::Director;
 
-/// Listens on `path` (replacing a stale socket) and answers until the process ends.
-pub async fn serve(path: PathBuf, director: Arc<Mutex<Director>>) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    match std::fs::remove_file(&path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            return Err(err).with_context(|| format!("removing the stale socket {}", path.display()));
+/// The control socket, bound (replacing a stale one); the file goes when this does.
+pub struct ControlSocket {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+impl ControlSocket {
+    pub fn bind(path: PathBuf) -> Result<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        _ => {}
+        match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err).with_context(|| format!("removing the stale socket {}", path.display()));
+            }
+            _ => {}
+        }
+        let listener = UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
+        log::info!("control socket at {}", path.display());
+        Ok(Self { path, listener })
     }
-    let listener = UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
-    log::info!("control socket at {}", path.display());
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Answers on `socket` until the process ends.
+pub async fn serve(socket: Arc<ControlSocket>, director: Arc<Mutex<Director>>) -> Result<()> {
+    let listener = &socket.listener;
     loop {
         let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
         let director = director.clone();

@@ -13,14 +13,14 @@ use aya::{
 use aya_log::{EbpfLogger, Level};
 use lb_common::{
     conn::{Conn, FlowKey},
-    interface::Interface,
+    interface::{Interface, InterfaceKey},
     names,
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
     stats::{Counters, Reason},
 };
 
-use crate::{config::XdpMode, sched::Slots};
+use crate::{config::XdpMode, offload, sched::Slots};
 
 /// The object `lb-ebpf` builds, embedded at compile time.
 static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -63,7 +63,7 @@ pub struct Dataplane {
 }
 
 struct Maps {
-    interfaces: HashMap<MapData, u32, Interface>,
+    interfaces: HashMap<MapData, InterfaceKey, Interface>,
     services: HashMap<MapData, ServiceKey, Service>,
     reals: Array<MapData, RealServer>,
     sched_ring: Array<MapData, u32>,
@@ -78,6 +78,15 @@ struct Attachment {
     ifindex: u32,
     mode: XdpMode,
     link: XdpLinkId,
+    /// The receive VLAN offload was on, and the agent turned it off.
+    restore_rx_vlan: bool,
+}
+
+/// What the connection table refers to.
+#[derive(Debug, Default)]
+pub struct ConnReferences {
+    pub reals: HashSet<u32>,
+    pub services: HashSet<u32>,
 }
 
 impl Dataplane {
@@ -125,13 +134,28 @@ impl Dataplane {
 
     /// Attaches `lb_ingress` to `interface` (again, if the mode changed); answers
     /// whether it did anything. `auto` takes the driver's mode when the driver has one.
+    /// A failed change of mode leaves the old attachment.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<bool> {
-        if let Some(attachment) = self.attached.get(interface) {
-            if attachment.mode == mode {
-                return Ok(false);
-            }
+        let old_mode = match self.attached.get(interface) {
+            Some(attachment) if attachment.mode == mode => return Ok(false),
+            Some(attachment) => Some(attachment.mode),
+            None => None,
+        };
+        if old_mode.is_some() {
             self.detach(interface)?;
         }
+        match self.attach_new(interface, mode) {
+            Ok(()) => Ok(true),
+            Err(err) => {
+                if let Some(old_mode) = old_mode {
+                    self.attach_new(interface, old_mode)?;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn attach_new(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
         let ifindex = ifindex(interface)?;
         let program = self.program_mut();
         let link = match mode {
@@ -143,9 +167,10 @@ impl Dataplane {
             }),
         }
         .with_context(|| format!("attaching lb_ingress to {interface} in {mode:?} mode"))?;
+        let restore_rx_vlan = see_vlan_tags(interface);
         log::info!("attached lb_ingress to {interface} (ifindex {ifindex}, {mode:?} mode)");
-        self.attached.insert(interface.to_owned(), Attachment { ifindex, mode, link });
-        Ok(true)
+        self.attached.insert(interface.to_owned(), Attachment { ifindex, mode, link, restore_rx_vlan });
+        Ok(())
     }
 
     pub fn detach(&mut self, interface: &str) -> Result<()> {
@@ -153,6 +178,11 @@ impl Dataplane {
             self.program_mut()
                 .detach(attachment.link)
                 .with_context(|| format!("detaching lb_ingress from {interface}"))?;
+            if attachment.restore_rx_vlan
+                && let Err(err) = offload::set_rx_vlan_offload(interface, true)
+            {
+                log::warn!("{interface}: turning the receive VLAN offload back on: {err}");
+            }
             log::info!("detached lb_ingress from {interface}");
         }
         Ok(())
@@ -167,12 +197,12 @@ impl Dataplane {
         self.attached.values().map(|attachment| attachment.ifindex).collect()
     }
 
-    pub fn set_interface(&mut self, ifindex: u32, interface: &Interface) -> Result<()> {
-        self.maps.interfaces.insert(ifindex, interface, 0).context("writing INTERFACES")
+    pub fn set_interface(&mut self, key: &InterfaceKey, interface: &Interface) -> Result<()> {
+        self.maps.interfaces.insert(key, interface, 0).context("writing INTERFACES")
     }
 
-    pub fn remove_interface(&mut self, ifindex: u32) -> Result<()> {
-        self.maps.interfaces.remove(&ifindex).context("removing from INTERFACES")
+    pub fn remove_interface(&mut self, key: &InterfaceKey) -> Result<()> {
+        self.maps.interfaces.remove(key).context("removing from INTERFACES")
     }
 
     pub fn set_service(&mut self, key: &ServiceKey, service: &Service) -> Result<()> {
@@ -228,20 +258,22 @@ impl Dataplane {
             .collect()
     }
 
-    /// The real-server ids that some connection entry still points at.
-    pub fn reals_in_use(&self) -> Result<HashSet<u32>> {
-        let mut in_use = HashSet::new();
+    /// The real-server ids and service indexes that some connection entry still
+    /// points at.
+    pub fn conn_references(&self) -> Result<ConnReferences> {
+        let mut references = ConnReferences::default();
         for entry in self.maps.conns.iter() {
             match entry {
                 Ok((_, conn)) => {
-                    in_use.insert(conn.real);
+                    references.reals.insert(conn.real);
+                    references.services.insert(conn.service);
                 }
                 // An entry evicted while we walk the table is no longer in use.
                 Err(MapError::KeyNotFound) => {}
                 Err(err) => return Err(err).context("reading CONNS"),
             }
         }
-        Ok(in_use)
+        Ok(references)
     }
 
     fn program_mut(&mut self) -> &mut Xdp {
@@ -249,6 +281,30 @@ impl Dataplane {
             .program_mut(names::INGRESS_PROGRAM)
             .and_then(|program| program.try_into().ok())
             .expect("loaded in Dataplane::load")
+    }
+}
+
+/// Turns the receive VLAN offload of `interface` off, so tags stay in the frames
+/// `lb_ingress` reads; answers whether it was on.
+fn see_vlan_tags(interface: &str) -> bool {
+    match offload::rx_vlan_offload(interface) {
+        Ok(false) => false,
+        Ok(true) => match offload::set_rx_vlan_offload(interface, false) {
+            Ok(()) => {
+                log::info!("{interface}: receive VLAN offload turned off, so lb_ingress sees 802.1Q tags");
+                true
+            }
+            Err(err) => {
+                log::warn!(
+                    "{interface}: cannot turn the receive VLAN offload off ({err}); tagged clients look untagged to lb_ingress"
+                );
+                false
+            }
+        },
+        Err(err) => {
+            log::debug!("{interface}: reading the receive VLAN offload: {err}");
+            false
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, anyhow};
 use lb_api::{RealStatus, ServiceStatus, Stats};
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
-    interface::Interface,
+    interface::{Interface, InterfaceKey},
     real::{Forwarding, RealServer},
     service::{Scheduler, Service, ServiceKey},
     stats::{Counters, Reason},
@@ -60,7 +60,7 @@ struct Ids {
 /// What the maps hold now, as far as the agent wrote them.
 #[derive(Default)]
 struct Written {
-    interfaces: HashMap<u32, Interface>,
+    interfaces: HashMap<InterfaceKey, Interface>,
     services: HashMap<ServiceKey, Service>,
     reals: HashMap<u32, RealServer>,
     /// Per service index: where its sequence is, and the sequence.
@@ -70,9 +70,13 @@ struct Written {
 /// Everything one change writes, computed before anything is written.
 struct Plan {
     ids: Ids,
+    /// Services and real servers the configuration no longer has: retired once the
+    /// maps no longer name them.
+    gone_services: Vec<String>,
+    gone_reals: Vec<RealOwner>,
     fresh_services: Vec<u32>,
     fresh_reals: Vec<u32>,
-    interfaces: HashMap<u32, Interface>,
+    interfaces: HashMap<InterfaceKey, Interface>,
     reals: HashMap<u32, RealServer>,
     services: HashMap<ServiceKey, Service>,
     /// Sequences to write: (service index, slots, sequence).
@@ -172,33 +176,37 @@ impl Director {
     }
 
     fn plan(&self, config: &Config, links: &Links) -> Result<Plan> {
-        let now = Instant::now();
-        let settled = now - QUARANTINE;
+        let settled = Instant::now() - QUARANTINE;
+        let (gone_services, gone_reals) = removed(config, &self.ids);
         let mut plan = Plan {
             ids: self.ids.clone(),
+            gone_services,
+            gone_reals,
             fresh_services: Vec::new(),
             fresh_reals: Vec::new(),
             interfaces: links
                 .interfaces
                 .iter()
-                .map(|(&ifindex, &mac)| (ifindex, Interface { mac, _pad: [0; 2] }))
+                .map(|(&(ifindex, vlan), &mac)| {
+                    (InterfaceKey { ifindex, vlan, _pad: [0; 2] }, Interface { mac, _pad: [0; 2] })
+                })
                 .collect(),
             reals: HashMap::new(),
             services: HashMap::new(),
             sequences: Vec::new(),
         };
         plan.ids.ring.recycle(settled);
-        retire_removed(config, &mut plan.ids, now);
         for service in &config.services {
-            let index =
-                assign(&mut plan.ids.services, &service.name, &mut plan.fresh_services, settled, || Ok(HashSet::new()))
-                    .with_context(|| format!("service {}: all {MAX_SERVICES} service slots are taken", service.name))?;
+            let index = assign(&mut plan.ids.services, &service.name, &mut plan.fresh_services, settled, || {
+                Ok(self.dataplane.conn_references()?.services)
+            })
+            .with_context(|| format!("service {}: all {MAX_SERVICES} service slots are taken", service.name))?;
             let scheduler = Scheduler::try_from(service.scheduler)?;
             let mut candidates = Vec::new();
             for real in &service.reals {
                 let owner = (service.name.clone(), real.address);
                 let id = assign(&mut plan.ids.reals, &owner, &mut plan.fresh_reals, settled, || {
-                    self.dataplane.reals_in_use()
+                    Ok(self.dataplane.conn_references()?.reals)
                 })
                 .with_context(|| format!("service {}: all {MAX_REALS} real-server ids are taken", service.name))?;
                 let link = links.reals.get(&real.address);
@@ -225,31 +233,73 @@ impl Director {
     }
 
     /// Writes what `plan` changes. The plan's ids are ours from the first write on: if
-    /// a write fails midway, an id or slot the maps may use is never handed out again.
+    /// a write fails midway, an id or slot the maps may use is never handed out again
+    /// (slots and ids are released and retired only at the end).
     fn commit(&mut self, plan: Plan) -> Result<()> {
-        let Plan { ids, fresh_services, fresh_reals, interfaces, reals, services, sequences } = plan;
+        let Plan {
+            ids,
+            gone_services,
+            gone_reals,
+            fresh_services,
+            fresh_reals,
+            interfaces,
+            reals,
+            services,
+            sequences,
+        } = plan;
         self.ids = ids;
-        let now = Instant::now();
         for index in fresh_services {
             self.dataplane.reset_service_counters(index)?;
         }
         for id in fresh_reals {
             self.dataplane.reset_real_counters(id)?;
         }
-        self.write_interfaces(interfaces)?;
-        for (&id, real) in &reals {
-            if self.written.reals.get(&id) != Some(real) {
-                self.dataplane.set_real(id, real)?;
-                self.written.reals.insert(id, *real);
-            }
-        }
+        self.add_interfaces(&interfaces)?;
+        // Reachable real servers before a sequence names them; unreachable ones after
+        // no published sequence does any more.
+        let (reachable, unreachable): (HashMap<u32, RealServer>, HashMap<u32, RealServer>) =
+            reals.into_iter().partition(|(_, real)| real.ifindex != 0);
+        self.write_reals(reachable)?;
+        let mut superseded = Vec::new();
         for (index, slots, sequence) in sequences {
             self.dataplane.write_sequence(&slots, &sequence)?;
-            if let Some((old, _)) = self.written.sequences.insert(index, (slots, sequence)) {
-                self.ids.ring.release(old, now);
+            superseded.extend(self.written.sequences.insert(index, (slots, sequence)).map(|(old, _)| old));
+        }
+        self.publish_services(&services)?;
+        self.write_reals(unreachable)?;
+        self.remove_interfaces(&interfaces)?;
+        // Only now does no map value name the old slots and the removed owners' ids.
+        let now = Instant::now();
+        let used: HashSet<u32> = services.values().map(|service| service.index).collect();
+        let unused: Vec<u32> = self.written.sequences.keys().filter(|index| !used.contains(index)).copied().collect();
+        superseded
+            .extend(unused.iter().filter_map(|index| self.written.sequences.remove(index)).map(|(slots, _)| slots));
+        for slots in superseded {
+            self.ids.ring.release(slots, now);
+        }
+        for name in &gone_services {
+            self.ids.services.retire(name, now);
+        }
+        for owner in &gone_reals {
+            self.ids.reals.retire(owner, now);
+        }
+        Ok(())
+    }
+
+    fn write_reals(&mut self, reals: HashMap<u32, RealServer>) -> Result<()> {
+        for (id, real) in reals {
+            if self.written.reals.get(&id) != Some(&real) {
+                self.dataplane.set_real(id, &real)?;
+                self.written.reals.insert(id, real);
             }
         }
-        for (key, service) in &services {
+        Ok(())
+    }
+
+    /// Points each service at its sequence, then removes the services no longer
+    /// configured.
+    fn publish_services(&mut self, services: &HashMap<ServiceKey, Service>) -> Result<()> {
+        for (key, service) in services {
             if self.written.services.get(key) != Some(service) {
                 self.dataplane.set_service(key, service)?;
                 self.written.services.insert(*key, *service);
@@ -262,26 +312,28 @@ impl Director {
             self.written.services.keys().filter(|key| !services.contains_key(key)).copied().collect();
         for key in removed {
             self.dataplane.remove_service(&key)?;
-            if let Some(service) = self.written.services.remove(&key)
-                && !services.values().any(|s| s.index == service.index)
-                && let Some((slots, _)) = self.written.sequences.remove(&service.index)
-            {
-                self.ids.ring.release(slots, now);
+            self.written.services.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn add_interfaces(&mut self, interfaces: &HashMap<InterfaceKey, Interface>) -> Result<()> {
+        for (key, interface) in interfaces {
+            if self.written.interfaces.get(key) != Some(interface) {
+                self.dataplane.set_interface(key, interface)?;
+                self.written.interfaces.insert(*key, *interface);
             }
         }
         Ok(())
     }
 
-    fn write_interfaces(&mut self, interfaces: HashMap<u32, Interface>) -> Result<()> {
-        for (&ifindex, interface) in &interfaces {
-            if self.written.interfaces.get(&ifindex) != Some(interface) {
-                self.dataplane.set_interface(ifindex, interface)?;
-            }
+    fn remove_interfaces(&mut self, interfaces: &HashMap<InterfaceKey, Interface>) -> Result<()> {
+        let stale: Vec<InterfaceKey> =
+            self.written.interfaces.keys().filter(|key| !interfaces.contains_key(key)).copied().collect();
+        for key in stale {
+            self.dataplane.remove_interface(&key)?;
+            self.written.interfaces.remove(&key);
         }
-        for ifindex in self.written.interfaces.keys().filter(|ifindex| !interfaces.contains_key(ifindex)) {
-            self.dataplane.remove_interface(*ifindex)?;
-        }
-        self.written.interfaces = interfaces;
         Ok(())
     }
 
@@ -321,25 +373,20 @@ impl Director {
     }
 }
 
-/// Retires the services and real servers that `config` no longer has.
-fn retire_removed(config: &Config, ids: &mut Ids, now: Instant) {
+/// The services and real servers that `config` no longer has.
+fn removed(config: &Config, ids: &Ids) -> (Vec<String>, Vec<RealOwner>) {
     let services: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     let reals: HashSet<(&str, IpAddr)> =
         config.services.iter().flat_map(|s| s.reals.iter().map(move |r| (s.name.as_str(), r.address))).collect();
-    let gone_services: Vec<String> =
+    let gone_services =
         ids.services.active().filter(|(name, _)| !services.contains(name.as_str())).map(|(n, _)| n.clone()).collect();
-    let gone_reals: Vec<RealOwner> = ids
+    let gone_reals = ids
         .reals
         .active()
         .filter(|((name, address), _)| !reals.contains(&(name.as_str(), *address)))
         .map(|(owner, _)| owner.clone())
         .collect();
-    for name in &gone_services {
-        ids.services.retire(name, now);
-    }
-    for owner in &gone_reals {
-        ids.reals.retire(owner, now);
-    }
+    (gone_services, gone_reals)
 }
 
 /// The owner's id, reclaiming ids retired before `settled` that `in_use` does not

@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod director;
 pub mod metrics;
 pub mod neighbour;
+pub mod offload;
 pub mod registry;
 pub mod sched;
 pub mod systemd;

@@ -14,12 +14,12 @@ use anyhow::{Context, Result};
 use aya_log::EbpfLogger;
 use clap::Parser;
 use lb_agent::{
-    api,
+    api::{self, ControlSocket},
     config::{self, Config},
     dataplane::{self, Dataplane, EbpfLogLevel},
     director::Director,
     metrics,
-    neighbour::{self, Neighbours},
+    neighbour::{self, Neighbours, Solicit},
     systemd,
 };
 use tokio::{
@@ -51,6 +51,8 @@ const RELINK_INTERVAL: Duration = Duration::from_secs(5);
 /// How long an apply waits for new real servers to resolve before it publishes
 /// without them (they join when they resolve).
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
+/// How long neighbour events are gathered before the table is read once for all.
+const EVENT_SETTLE: Duration = Duration::from_millis(50);
 
 /// The signals the agent acts on, set up before anything else: until a handler exists,
 /// a SIGHUP (an early `systemctl reload`) would end the process.
@@ -95,10 +97,10 @@ async fn run(args: Args) -> Result<()> {
     }
     let director = Arc::new(Mutex::new(Director::new(dataplane)));
     let neighbours = Neighbours::connect()?;
-    let served = serve(&director, &neighbours, &args.config, config.clone(), signals, tasks).await;
+    let served = serve(&director, &neighbours, &args.config, config, signals, tasks).await;
+    systemd::notify("STOPPING=1");
     log::info!("stopping: detaching from every interface");
     let detached = lock(&director).detach_all();
-    let _ = std::fs::remove_file(&config.api_socket);
     served.and(detached)
 }
 
@@ -113,8 +115,11 @@ async fn serve(
 ) -> Result<()> {
     apply(director, neighbours, config.clone()).await?;
     log::info!("running {} from {}", summary(&config), path.display());
-    tasks.spawn(metrics::serve(config.metrics_listen, director.clone()));
-    tasks.spawn(api::serve(config.api_socket.clone(), director.clone()));
+    // Both sockets are bound before systemd hears the agent is ready.
+    let metrics_listener = metrics::bind(config.metrics_listen).await?;
+    let control = Arc::new(ControlSocket::bind(config.api_socket.clone())?);
+    tasks.spawn(metrics::serve(metrics_listener, director.clone()));
+    tasks.spawn(api::serve(control.clone(), director.clone()));
     let mut neighbour_events = neighbour::watch()?;
     let mut relink_tick = interval(RELINK_INTERVAL);
     systemd::notify("READY=1");
@@ -122,18 +127,33 @@ async fn serve(
         tokio::select! {
             _ = signals.hangup.recv() => reload(director, neighbours, path).await,
             Some(address) = neighbour_events.recv() => {
-                if real_addresses(lock(director).running_config()).contains(&address) {
-                    relink(director, neighbours).await;
+                if is_real_server_event(director, address, &mut neighbour_events).await {
+                    relink(director, neighbours, Solicit::No).await;
                 }
             }
-            _ = relink_tick.tick() => relink(director, neighbours).await,
+            _ = relink_tick.tick() => relink(director, neighbours, Solicit::Yes).await,
             Some(done) = tasks.join_next() => done.context("a task panicked")??,
             _ = signals.terminate.recv() => break,
             _ = signals.interrupt.recv() => break,
         }
     }
-    systemd::notify("STOPPING=1");
     Ok(())
+}
+
+/// Whether `first`, or an event that follows it closely, concerns a real server. A
+/// burst of events (a solicitation, a moved host) makes one look at the table.
+async fn is_real_server_event(
+    director: &Mutex<Director>,
+    first: IpAddr,
+    events: &mut tokio::sync::mpsc::Receiver<IpAddr>,
+) -> bool {
+    sleep(EVENT_SETTLE).await;
+    let reals = real_addresses(lock(director).running_config());
+    let mut concerned = reals.contains(&first);
+    while let Ok(address) = events.try_recv() {
+        concerned |= reals.contains(&address);
+    }
+    concerned
 }
 
 async fn reload(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, path: &Path) {
@@ -172,7 +192,7 @@ async fn apply(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, config:
     let addresses: Vec<IpAddr> = real_addresses(Some(&config)).into_iter().collect();
     let deadline = Instant::now() + RESOLVE_WAIT;
     let links = loop {
-        let links = neighbours.resolve(&addresses, &interfaces).await?;
+        let links = neighbours.resolve(&addresses, &interfaces, Solicit::Yes).await?;
         if links.reals.len() == addresses.len() || Instant::now() >= deadline {
             break links;
         }
@@ -186,13 +206,13 @@ async fn apply(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, config:
     lock(director).apply(config, links)
 }
 
-async fn relink(director: &Arc<Mutex<Director>>, neighbours: &Neighbours) {
+async fn relink(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, solicit: Solicit) {
     let (addresses, interfaces) = {
         let director = lock(director);
         let addresses: Vec<IpAddr> = real_addresses(director.running_config()).into_iter().collect();
         (addresses, director.dataplane().attached_ifindexes())
     };
-    let links = match neighbours.resolve(&addresses, &interfaces).await {
+    let links = match neighbours.resolve(&addresses, &interfaces, solicit).await {
         Ok(links) => links,
         Err(err) => {
             log::warn!("reading the neighbour table: {err:#}");

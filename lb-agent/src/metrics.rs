@@ -14,19 +14,24 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter},
     registry::Registry,
 };
+use tokio::net::TcpListener;
 
 use crate::director::Director;
 
 const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `/metrics` on `listen` until the process ends.
-pub async fn serve(listen: SocketAddr, director: Arc<Mutex<Director>>) -> Result<()> {
+/// The metrics endpoint's socket.
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("listening for metrics on {listen}"))?;
+    log::info!("serving metrics on http://{listen}/metrics");
+    Ok(listener)
+}
+
+/// Serves `/metrics` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, director: Arc<Mutex<Director>>) -> Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(LbCollector { director }));
     let app = Router::new().route("/metrics", get(scrape)).with_state(Arc::new(registry));
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening for metrics on {listen}"))?;
-    log::info!("serving metrics on http://{listen}/metrics");
     axum::serve(listener, app).await.context("serving metrics")
 }
 

@@ -39,11 +39,20 @@ pub struct Link {
 }
 
 /// What the data path needs to know of the links: each resolved real server, and the
-/// MAC of each attached interface.
+/// MAC of each of the director's devices, by (attached ifindex, VLAN).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Links {
     pub reals: HashMap<IpAddr, Link>,
-    pub interfaces: BTreeMap<u32, [u8; 6]>,
+    pub interfaces: BTreeMap<(u32, u16), [u8; 6]>,
+}
+
+/// Whether a look at the table may also ask the kernel to resolve what is missing or
+/// stale. A look that follows a neighbour event does not, or every solicitation's own
+/// events would start the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Solicit {
+    Yes,
+    No,
 }
 
 /// A device real servers can be on: an attached interface, or a VLAN on one.
@@ -78,13 +87,14 @@ impl Neighbours {
     }
 
     /// The links of `addresses` on the `attached` interfaces (ifindexes). An address
-    /// without a usable entry is solicited and left out; a later call finds it.
-    pub async fn resolve(&self, addresses: &[IpAddr], attached: &[u32]) -> Result<Links> {
+    /// without a usable entry is left out (and solicited if `solicit` says so); a later
+    /// call finds it.
+    pub async fn resolve(&self, addresses: &[IpAddr], attached: &[u32], solicit: Solicit) -> Result<Links> {
         let ports = self.ports(attached).await?;
         let table = self.table().await?;
         let mut links = Links::default();
-        for port in ports.iter().filter(|port| port.vlan == 0) {
-            links.interfaces.insert(port.attached, port.mac);
+        for port in &ports {
+            links.interfaces.insert((port.attached, port.vlan), port.mac);
         }
         for &address in addresses {
             let mut seen = false;
@@ -95,11 +105,11 @@ impl Neighbours {
                     let link = Link { ifindex: port.attached, vlan: port.vlan, mac, director_mac: port.mac };
                     links.reals.insert(address, link);
                 }
-                if needs_probe(entry.state) {
+                if solicit == Solicit::Yes && needs_probe(entry.state) {
                     self.solicit(port.device, address).await;
                 }
             }
-            if !seen {
+            if solicit == Solicit::Yes && !seen {
                 for port in &ports {
                     self.solicit(port.device, address).await;
                 }

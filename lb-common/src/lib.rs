@@ -25,8 +25,8 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Virtual services the data path can hold (also the size of the per-service tables).
 pub const MAX_SERVICES: u32 = 1024;
-/// Interfaces the director can be attached to.
-pub const MAX_INTERFACES: u32 = 64;
+/// Devices (attached interfaces and VLANs on them) the director receives clients on.
+pub const MAX_INTERFACES: u32 = 256;
 /// Real servers the data path can hold, across all services.
 pub const MAX_REALS: u32 = 16384;
 /// Slots of the scheduler ring shared by all services' sequences (4 MiB).

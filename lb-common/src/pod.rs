@@ -5,7 +5,7 @@
 
 use crate::{
     conn::{Conn, FlowKey},
-    interface::Interface,
+    interface::{Interface, InterfaceKey},
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
     stats::Counters,
@@ -19,3 +19,4 @@ unsafe impl aya::Pod for Conn {}
 unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for SchedCursor {}
 unsafe impl aya::Pod for Interface {}
+unsafe impl aya::Pod for InterfaceKey {}

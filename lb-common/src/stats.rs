@@ -42,8 +42,8 @@ pub enum Reason {
     /// A TCP segment without SYN for a flow the director does not know: dropped (only a
     /// SYN opens a connection, as in IPVS).
     NoConnection = 11,
-    /// From another VLAN than the real server's: passed (the data path does not
-    /// re-tag frames yet).
+    /// From another VLAN than the chosen real server's: dropped (the data path does not
+    /// re-tag frames yet); the client's next SYN may be scheduled elsewhere.
     VlanMismatch = 12,
     /// The real server's forwarding method is one this program does not know (an
     /// agent newer than the program): dropped.
@@ -73,13 +73,7 @@ impl Reason {
     pub const fn is_pass(self) -> bool {
         matches!(
             self,
-            Self::NotIp
-                | Self::NotTcpUdp
-                | Self::Fragment
-                | Self::NotAService
-                | Self::Ipv6Extension
-                | Self::OtherHost
-                | Self::VlanMismatch
+            Self::NotIp | Self::NotTcpUdp | Self::Fragment | Self::NotAService | Self::Ipv6Extension | Self::OtherHost
         )
     }
 

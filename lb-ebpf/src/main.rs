@@ -42,7 +42,7 @@ fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
     let conn = match conn::lookup(&packet.flow) {
         Some(known) => known,
         None => {
-            let service = service::lookup(ctx, &packet.flow)?;
+            let service = service::lookup(ctx, &packet)?;
             sched::new_connection(ctx, &packet, &service)?
         }
     };

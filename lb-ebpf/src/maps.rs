@@ -1,22 +1,23 @@
 //! Every map of the data path, in one place. The agent is their only writer.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     CONN_TABLE_SIZE, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
     conn::{Conn, FlowKey},
-    interface::Interface,
+    interface::{Interface, InterfaceKey},
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
     stats::{Counters, Reason},
 };
 
-/// The director's attached interfaces, by ifindex.
+/// The director's devices, by (attached interface, VLAN): what a frame that is the
+/// director's to forward is addressed to.
 #[map]
-pub static INTERFACES: HashMap<u32, Interface> = HashMap::with_max_entries(MAX_INTERFACES, BPF_F_NO_PREALLOC);
+pub static INTERFACES: HashMap<InterfaceKey, Interface> = HashMap::with_max_entries(MAX_INTERFACES, BPF_F_NO_PREALLOC);
 
 /// Virtual services by (VIP, port, protocol). Not preallocated, so a replaced value is
 /// freed only after every packet that may still read it is done. Room for twice the
@@ -37,10 +38,10 @@ pub static SCHED_RING: Array<u32> = Array::with_max_entries(SCHED_RING_SLOTS, 0)
 #[map]
 pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVICES, 0);
 
-/// Flows and the real server each was scheduled to. Each CPU keeps its own LRU list, so
-/// inserting new flows does not contend for one lock (a flow stays on one CPU).
+/// Flows and the real server each was scheduled to. One LRU list for all CPUs, so the
+/// whole table serves whichever CPUs the flows land on.
 #[map]
-pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
 
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);

@@ -6,7 +6,6 @@
 
 use core::mem::size_of;
 
-use crate::csum;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, conn::FlowKey, stats::Reason};
 use network_types::{
@@ -16,6 +15,8 @@ use network_types::{
     udp::UdpHdr,
     vlan::VlanHdr,
 };
+
+use crate::csum;
 
 /// What the rest of the journey needs to know of a packet.
 pub struct Packet {
@@ -147,10 +148,11 @@ fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = header(ctx, transport.offset).ok_or(Reason::TruncatedL4)?;
-            if UdpHdr::LEN > transport.len {
+            let udp = unsafe { &*udp };
+            let datagram_len = usize::from(u16::from_be_bytes(udp.len));
+            if UdpHdr::LEN > transport.len || datagram_len < UdpHdr::LEN || datagram_len > transport.len {
                 return Err(Reason::TruncatedL4);
             }
-            let udp = unsafe { &*udp };
             flow.src_port = udp.src;
             flow.dst_port = udp.dst;
             Ok(true)

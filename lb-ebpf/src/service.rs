@@ -4,6 +4,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     conn::FlowKey,
+    interface::InterfaceKey,
     service::{Service, ServiceKey},
     stats::Reason,
 };
@@ -11,17 +12,17 @@ use network_types::eth::EthHdr;
 
 use crate::{
     maps::{INTERFACES, SERVICES},
-    parse::header,
+    parse::{Packet, header},
 };
 
 /// The service of a flow the director does not know yet.
 #[inline(always)]
-pub fn lookup(ctx: &XdpContext, flow: &FlowKey) -> Result<Service, Reason> {
-    let service = by_address(flow)?;
+pub fn lookup(ctx: &XdpContext, packet: &Packet) -> Result<Service, Reason> {
+    let service = by_address(&packet.flow)?;
     // Checked before a new connection is scheduled, so a frame flooded to us (or seen
     // by a backup director) neither takes a scheduling turn nor opens a connection;
-    // a known flow's frames were checked when it opened.
-    if !addressed_to_director(ctx) {
+    // a known flow's frames are checked when forwarded.
+    if !addressed_to_director(ctx, packet.vlan) {
         return Err(Reason::OtherHost);
     }
     Ok(service)
@@ -40,11 +41,13 @@ fn by_address(flow: &FlowKey) -> Result<Service, Reason> {
     }
 }
 
-/// Whether the frame's destination MAC is the receiving interface's.
+/// Whether the frame's destination MAC is the director's device on the link it came
+/// by (the receiving interface, or the VLAN over it): a VLAN the director has no
+/// device on is not the director's either.
 #[inline(always)]
-fn addressed_to_director(ctx: &XdpContext) -> bool {
+fn addressed_to_director(ctx: &XdpContext, vlan: u16) -> bool {
     let Some(eth) = header::<EthHdr>(ctx, 0) else { return false };
     let destination = unsafe { (*eth).dst_addr };
-    let ingress = ctx.ingress_ifindex() as u32;
-    INTERFACES.get_ptr(ingress).is_some_and(|interface| destination == unsafe { (*interface).mac })
+    let key = InterfaceKey { ifindex: ctx.ingress_ifindex() as u32, vlan, _pad: [0; 2] };
+    INTERFACES.get_ptr(key).is_some_and(|interface| destination == unsafe { (*interface).mac })
 }

@@ -2,7 +2,12 @@
 //! director filled from YAML, with the real servers' links given rather than resolved,
 //! and single runs of a frame through a program.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -62,7 +67,8 @@ pub fn on_ingress(_: &str) -> Option<(u32, u16)> {
 
 /// A loaded data path holding `services` (the YAML list under `services:`), each real
 /// server where `reach` says (`None`: unresolved), at the MAC [`real_mac`] gives. The
-/// director's interface is [`INGRESS`], with [`DIRECTOR_MAC`].
+/// director's devices are [`INGRESS`] and the VLANs over it that real servers are on,
+/// all with [`DIRECTOR_MAC`].
 pub fn director(services: &str, conn_table_size: u32, reach: Reach) -> Result<Director> {
     let dataplane = Dataplane::load(conn_table_size, EbpfLogLevel::Off).context("loading lb_ingress (as root?)")?;
     director_on(dataplane, services, reach)
@@ -80,7 +86,7 @@ pub fn director_on(dataplane: Dataplane, services: &str, reach: Reach) -> Result
 pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Result<()> {
     let yaml = format!("interfaces: [{{ name: lo }}]\nservices:\n{services}");
     let config = Config::parse(&yaml, Path::new("test-bed.yaml"))?;
-    let reals = config
+    let reals: HashMap<IpAddr, Link> = config
         .services
         .iter()
         .flat_map(|service| &service.reals)
@@ -90,7 +96,10 @@ pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Res
             Some((real.address, Link { ifindex, vlan, mac: real_mac(&address), director_mac: DIRECTOR_MAC }))
         })
         .collect();
-    let links = Links { reals, interfaces: BTreeMap::from([(INGRESS, DIRECTOR_MAC)]) };
+    // The director's devices: the ingress interface, and the VLANs real servers are on.
+    let mut interfaces = BTreeMap::from([((INGRESS, 0), DIRECTOR_MAC)]);
+    interfaces.extend(reals.values().map(|link| ((link.ifindex, link.vlan), DIRECTOR_MAC)));
+    let links = Links { reals, interfaces };
     director.apply_maps(config, links)
 }
 

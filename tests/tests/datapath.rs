@@ -232,18 +232,26 @@ fn a_port_zero_service_takes_every_port_the_exact_one_does_not() {
 #[test]
 fn ipv4_options_and_vlan_tags_are_forwarded_within_the_real_server_s_vlan() {
     let bed = Bed::with_links(&web([1, 1, 1]), |_| Some((INGRESS, 42)));
-    let syn = packet::tcp_frame(client(VIP4, 34000), sock(VIP4, 80), TCP_SYN, b"");
-    let tagged = packet::vlan_tagged(&syn, 42);
+    let syn = |port| packet::tcp_frame(client(VIP4, port), sock(VIP4, 80), TCP_SYN, b"");
+    let tagged = packet::vlan_tagged(&syn(34000), 42);
     let (verdict, out) = bed.run(&tagged);
     assert_dr(&tagged, verdict, &out, REALS4[0]);
     assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 42], "the tag stays");
-    for other in [syn.clone(), packet::vlan_tagged(&syn, 43)] {
-        assert_eq!(bed.run(&other), (XDP_PASS, other.clone()), "not from the real server's VLAN");
-    }
-    assert_eq!(bed.reason(Reason::VlanMismatch), 2);
+    // Untagged, the director has a device but the real servers are not there.
+    let untagged = syn(34001);
+    assert_eq!(bed.run(&untagged), (XDP_DROP, untagged.clone()));
+    assert_eq!(bed.reason(Reason::VlanMismatch), 1);
+    // On VLAN 43 the director has no device at all: not its frame.
+    let other_vlan = packet::vlan_tagged(&syn(34002), 43);
+    assert_eq!(bed.run(&other_vlan), (XDP_PASS, other_vlan.clone()));
+    assert_eq!(bed.reason(Reason::OtherHost), 1);
+    assert_eq!(bed.status("web4").stats.conns, 1, "neither opened a connection");
+    let ack = packet::vlan_tagged(&packet::tcp_frame(client(VIP4, 34001), sock(VIP4, 80), TCP_ACK, b""), 42);
+    assert_eq!(bed.run(&ack).0, XDP_DROP, "the refused SYN left no connection behind");
+    assert_eq!(bed.reason(Reason::NoConnection), 1);
 
     let bed = Bed::new(&web([1, 1, 1]));
-    let priority_tagged = packet::vlan_tagged(&syn, 0);
+    let priority_tagged = packet::vlan_tagged(&syn(34003), 0);
     assert_eq!(bed.run(&priority_tagged).0, XDP_TX, "VLAN 0 is the untagged link");
 
     for words in 1..=10 {
@@ -454,7 +462,9 @@ fn only_a_syn_opens_a_tcp_connection() {
     assert_eq!(bed.status("web4").stats.conns, 0, "nothing was scheduled or remembered");
     assert_eq!(bed.real_of(&flow(TCP_SYN)), REALS4[0]);
     assert_eq!(bed.real_of(&flow(TCP_ACK)), REALS4[0], "then the connection's segments follow");
-    assert_eq!(bed.real_of(&flow(TCP_SYN | TCP_ACK)), REALS4[0], "SYN+ACK opens one too, as in IPVS (active FTP)");
+    let syn_ack = packet::tcp_frame(client(VIP4, 45001), sock(VIP4, 80), TCP_SYN | TCP_ACK, b"");
+    assert_eq!(bed.real_of(&syn_ack), REALS4[1], "SYN+ACK opens one too, as in IPVS (active FTP)");
+    assert_eq!(bed.status("web4").stats.conns, 2);
 }
 
 #[test]
@@ -466,7 +476,15 @@ fn a_frame_for_another_host_passes_and_is_not_remembered() {
     assert_eq!(bed.run(&flooded), (XDP_PASS, flooded.clone()));
     assert_eq!(bed.reason(Reason::OtherHost), 1);
     assert_eq!(bed.status("web4").stats.conns, 0);
-    assert_eq!(bed.real_of(&syn), REALS4[0], "the flow is new when it reaches the director itself");
+    let ack = packet::tcp_frame(client(VIP4, 46000), sock(VIP4, 80), TCP_ACK, b"");
+    assert_eq!(bed.run(&ack).0, XDP_DROP, "the flooded SYN left no connection behind");
+    assert_eq!(bed.real_of(&syn), REALS4[0], "nor took a scheduling turn");
+    assert_eq!(bed.status("web4").stats.conns, 1);
+    // A known flow's frame flooded to the director is not forwarded either.
+    let mut flooded_ack = ack.clone();
+    flooded_ack[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    assert_eq!(bed.run(&flooded_ack), (XDP_PASS, flooded_ack.clone()));
+    assert_eq!(bed.reason(Reason::OtherHost), 2);
 }
 
 #[test]
@@ -486,9 +504,10 @@ fn a_changed_sequence_starts_from_its_first_slot() {
     let mut bed = Bed::new(&web([1, 1, 1]));
     let syn = |port| packet::tcp_frame(client(VIP4, port), sock(VIP4, 80), TCP_SYN, b"");
     assert_eq!(bed.real_of(&syn(48000)), REALS4[0]);
-    assert_eq!(bed.real_of(&syn(48001)), REALS4[1]);
     bed.reconfigure(&web([1, 2, 3]));
-    assert_eq!(bed.real_of(&syn(48002)), REALS4[2], "1:2:3 starts with the heaviest, from the start");
+    // 1:2:3 is rs3 rs2 rs3 rs1 rs2 rs3: without a restart the second turn would be rs2.
+    assert_eq!(bed.real_of(&syn(48001)), REALS4[2], "the walk starts again at the first slot");
+    assert_eq!(bed.real_of(&syn(48002)), REALS4[1]);
 }
 
 #[test]

@@ -49,7 +49,13 @@ fn spread(lab: &Lab, counts: &HashMap<String, usize>) -> Vec<usize> {
 fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Result<()> {
     let (_one, lab) = lab();
     lab.count_client_traffic()?;
+    let rx_vlan_offload = || -> Result<bool> {
+        let features = lab.on_director(&["ethtool", "-k", "eth0"])?;
+        Ok(features.lines().any(|line| line == "rx-vlan-offload: on"))
+    };
+    assert!(rx_vlan_offload()?, "a veth strips VLAN tags by default");
     let agent = lab.start_agent(&lab.config("wrr", &WEIGHTS))?;
+    assert!(!rx_vlan_offload()?, "attached, the agent keeps 802.1Q tags in the frames lb_ingress reads");
 
     for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
         let replies = lab.http_get(&url(vip), REQUESTS)?;
@@ -98,6 +104,7 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     let status = agent.stop()?;
     assert!(status.success(), "lb-agent exits cleanly on SIGTERM: {status}");
     assert!(std::fs::read_to_string(log)?.contains("detached lb_ingress from eth0"), "it detached itself");
+    assert!(rx_vlan_offload()?, "and gave the interface its VLAN offload back");
     let links = lab.on_director(&["ip", "link", "show", "dev", "eth0"])?;
     assert!(!links.contains("xdp"), "SIGTERM detached the program: {links}");
     Ok(())
