@@ -11,6 +11,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::Hash,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -287,54 +288,33 @@ impl Director {
     }
 
     fn write_reals(&mut self, reals: HashMap<u32, RealServer>) -> Result<()> {
-        for (id, real) in reals {
-            if self.written.reals.get(&id) != Some(&real) {
-                self.dataplane.set_real(id, &real)?;
-                self.written.reals.insert(id, real);
-            }
-        }
-        Ok(())
+        let dataplane = &mut self.dataplane;
+        write_changed(&mut self.written.reals, reals, |id, real| dataplane.set_real(*id, real))
     }
 
     /// Points each service at its sequence, then removes the services no longer
     /// configured.
     fn publish_services(&mut self, services: &HashMap<ServiceKey, Service>) -> Result<()> {
-        for (key, service) in services {
-            if self.written.services.get(key) != Some(service) {
-                self.dataplane.set_service(key, service)?;
-                self.written.services.insert(*key, *service);
-                // A new sequence starts from its first slot, as IPVS restarts its walk
-                // when a service's real servers change.
-                self.dataplane.reset_cursor(service.index)?;
-            }
-        }
-        let removed: Vec<ServiceKey> =
-            self.written.services.keys().filter(|key| !services.contains_key(key)).copied().collect();
-        for key in removed {
-            self.dataplane.remove_service(&key)?;
-            self.written.services.remove(&key);
-        }
-        Ok(())
+        let dataplane = &mut self.dataplane;
+        write_changed(&mut self.written.services, services.clone(), |key, service| {
+            dataplane.set_service(key, service)?;
+            // A new sequence starts from its first slot, as IPVS restarts its walk when
+            // a service's real servers change.
+            dataplane.reset_cursor(service.index)
+        })?;
+        remove_unwanted(&mut self.written.services, services, |key| dataplane.remove_service(key))
     }
 
     fn add_interfaces(&mut self, interfaces: &HashMap<InterfaceKey, Interface>) -> Result<()> {
-        for (key, interface) in interfaces {
-            if self.written.interfaces.get(key) != Some(interface) {
-                self.dataplane.set_interface(key, interface)?;
-                self.written.interfaces.insert(*key, *interface);
-            }
-        }
-        Ok(())
+        let dataplane = &mut self.dataplane;
+        write_changed(&mut self.written.interfaces, interfaces.clone(), |key, interface| {
+            dataplane.set_interface(key, interface)
+        })
     }
 
     fn remove_interfaces(&mut self, interfaces: &HashMap<InterfaceKey, Interface>) -> Result<()> {
-        let stale: Vec<InterfaceKey> =
-            self.written.interfaces.keys().filter(|key| !interfaces.contains_key(key)).copied().collect();
-        for key in stale {
-            self.dataplane.remove_interface(&key)?;
-            self.written.interfaces.remove(&key);
-        }
-        Ok(())
+        let dataplane = &mut self.dataplane;
+        remove_unwanted(&mut self.written.interfaces, interfaces, |key| dataplane.remove_interface(key))
     }
 
     /// The running services and real servers with their counters, in config order.
@@ -373,6 +353,35 @@ impl Director {
     }
 }
 
+/// Writes each entry of `wanted` that `written` does not hold as it is, and records it.
+fn write_changed<K: Copy + Eq + Hash, V: Copy + PartialEq>(
+    written: &mut HashMap<K, V>,
+    wanted: HashMap<K, V>,
+    mut write: impl FnMut(&K, &V) -> Result<()>,
+) -> Result<()> {
+    for (key, value) in wanted {
+        if written.get(&key) != Some(&value) {
+            write(&key, &value)?;
+            written.insert(key, value);
+        }
+    }
+    Ok(())
+}
+
+/// Removes each entry of `written` that `wanted` does not have, and forgets it.
+fn remove_unwanted<K: Copy + Eq + Hash, V>(
+    written: &mut HashMap<K, V>,
+    wanted: &HashMap<K, V>,
+    mut remove: impl FnMut(&K) -> Result<()>,
+) -> Result<()> {
+    let unwanted: Vec<K> = written.keys().filter(|key| !wanted.contains_key(key)).copied().collect();
+    for key in unwanted {
+        remove(&key)?;
+        written.remove(&key);
+    }
+    Ok(())
+}
+
 /// The services and real servers that `config` no longer has.
 fn removed(config: &Config, ids: &Ids) -> (Vec<String>, Vec<RealOwner>) {
     let services: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
@@ -391,7 +400,7 @@ fn removed(config: &Config, ids: &Ids) -> (Vec<String>, Vec<RealOwner>) {
 
 /// The owner's id, reclaiming ids retired before `settled` that `in_use` does not
 /// name when none is free. Records the id in `fresh` if it is new to the owner.
-fn assign<K: Clone + Eq + std::hash::Hash>(
+fn assign<K: Clone + Eq + Hash>(
     registry: &mut Registry<K>,
     owner: &K,
     fresh: &mut Vec<u32>,
