@@ -51,10 +51,12 @@ fn wrr_sequence(candidates: &[Candidate]) -> Vec<u32> {
 fn fit_weights(candidates: &[Candidate]) -> Vec<Candidate> {
     let gcd = candidates.iter().map(|c| c.weight).fold(0, gcd).max(1);
     let cycle: u64 = candidates.iter().map(|c| u64::from(c.weight / gcd)).sum();
-    let room = u64::from(MAX_SEQUENCE_LEN) - candidates.len() as u64;
     if cycle <= u64::from(MAX_SEQUENCE_LEN) {
         return candidates.to_vec();
     }
+    // Room for the scaled cycle, less one slot per real server that rounding up to a
+    // weight of 1 may add.
+    let room = u64::from(MAX_SEQUENCE_LEN) - candidates.len() as u64;
     log::warn!("a wrr cycle of {cycle} entries does not fit {MAX_SEQUENCE_LEN}; weights are scaled down in proportion");
     candidates
         .iter()
