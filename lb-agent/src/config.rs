@@ -67,6 +67,16 @@ pub struct VirtualService {
     /// The forwarding method of the real servers that do not name their own.
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// Full-NAT: the director's addresses its connections leave from towards the real
+    /// servers (each family in use needs one of its own).
+    #[serde(default)]
+    pub local_addresses: Vec<IpAddr>,
+    /// Full-NAT: the local ports a connection may take, inclusive.
+    #[serde(default = "default_local_port_range")]
+    pub local_port_range: [u16; 2],
+    /// Full-NAT: carry the client's address to the real server in a TCP option (TOA).
+    #[serde(default)]
+    pub toa: bool,
     #[serde(default)]
     pub reals: Vec<Real>,
 }
@@ -75,6 +85,9 @@ pub struct VirtualService {
 #[serde(deny_unknown_fields)]
 pub struct Real {
     pub address: IpAddr,
+    /// The port the real server serves on, when NAT or Full-NAT maps the service's port
+    /// to another; the service's port by default.
+    pub port: Option<u16>,
     /// ipvsadm's default weight is 1; 0 quiesces the real server (no new connections).
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -149,7 +162,11 @@ impl TryFrom<Forwarding> for lb_common::real::Forwarding {
     fn try_from(forwarding: Forwarding) -> Result<Self, Unsupported> {
         match forwarding {
             Forwarding::Dr => Ok(Self::Dr),
-            other => Err(Unsupported { what: "forwarding method", name: other.to_string(), supported: "dr" }),
+            Forwarding::Nat => Ok(Self::Nat),
+            Forwarding::Fnat => Ok(Self::Fnat),
+            other => {
+                Err(Unsupported { what: "forwarding method", name: other.to_string(), supported: "dr, nat, fnat" })
+            }
         }
     }
 }
@@ -194,7 +211,7 @@ impl Config {
         let config: Self = serde_yaml::from_str(source).map_err(|err| syntax_error(&err, path))?;
         validate::check(&config).map_err(|invalid| ConfigError {
             file: path.to_owned(),
-            line: locate::line_of(source, &invalid.field),
+            line: locate::line_of_nearest(source, &invalid.field),
             field: invalid.field,
             message: invalid.message,
         })?;
@@ -239,6 +256,16 @@ impl VirtualService {
     pub fn forwarding_of(&self, real: &Real) -> Forwarding {
         real.forwarding.unwrap_or(self.forwarding)
     }
+
+    /// The port a real server of this service serves on.
+    pub fn port_of(&self, real: &Real) -> u16 {
+        real.port.unwrap_or(self.port)
+    }
+
+    /// The Full-NAT local addresses of the VIP's family, in the configuration's order.
+    pub fn local_addresses_of_family(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.local_addresses.iter().copied().filter(|local| local.is_ipv4() == self.vip.is_ipv4())
+    }
 }
 
 /// serde_yaml's message reads "field.path: what went wrong at line L column C"; split it
@@ -268,6 +295,12 @@ fn default_api_socket() -> PathBuf {
 
 fn default_connection_table_size() -> u32 {
     lb_common::CONN_TABLE_SIZE
+}
+
+/// Linux's own default for `ip_local_port_range` starts at 32768; a director's local
+/// addresses serve only its Full-NAT connections, so it may use every unprivileged port.
+fn default_local_port_range() -> [u16; 2] {
+    [1024, 65535]
 }
 
 fn default_weight() -> u32 {

@@ -69,6 +69,7 @@ struct Maps {
     sched_ring: Array<MapData, u32>,
     sched_cursor: Array<MapData, SchedCursor>,
     conns: HashMap<MapData, FlowKey, Conn>,
+    local_addresses: Array<MapData, [u8; 16]>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     verdict_stats: PerCpuArray<MapData, u64>,
@@ -111,6 +112,7 @@ impl Dataplane {
             sched_ring: typed(&mut ebpf, names::SCHED_RING)?,
             sched_cursor: typed(&mut ebpf, names::SCHED_CURSOR)?,
             conns: typed(&mut ebpf, names::CONNS)?,
+            local_addresses: typed(&mut ebpf, names::LOCAL_ADDRESSES)?,
             service_stats: typed(&mut ebpf, names::SERVICE_STATS)?,
             real_stats: typed(&mut ebpf, names::REAL_STATS)?,
             verdict_stats: typed(&mut ebpf, names::VERDICT_STATS)?,
@@ -224,6 +226,14 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes Full-NAT local addresses from slot `start` on.
+    pub fn write_local_addresses(&mut self, start: u32, addresses: &[[u8; 16]]) -> Result<()> {
+        for (slot, address) in (start..).zip(addresses) {
+            self.maps.local_addresses.set(slot, address, 0).context("writing LOCAL_ADDRESSES")?;
+        }
+        Ok(())
+    }
+
     /// Starts the service's walk over its sequence from the first slot.
     pub fn reset_cursor(&mut self, index: u32) -> Result<()> {
         self.maps.sched_cursor.set(index, SchedCursor::default(), 0).context("writing SCHED_CURSOR")
@@ -319,6 +329,8 @@ fn sum(map: &PerCpuArray<MapData, Counters>, index: u32) -> Result<Counters> {
         packets: total.packets + cpu.packets,
         bytes: total.bytes + cpu.bytes,
         conns: total.conns + cpu.conns,
+        out_packets: total.out_packets + cpu.out_packets,
+        out_bytes: total.out_bytes + cpu.out_bytes,
     }))
 }
 

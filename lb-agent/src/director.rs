@@ -19,15 +19,15 @@ use std::{
 use anyhow::{Context, Result, anyhow};
 use lb_api::{RealStatus, ServiceStatus, Stats};
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
+    FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
     interface::{Interface, InterfaceKey},
     real::{Forwarding, RealServer},
-    service::{Scheduler, Service, ServiceKey},
+    service::{SERVICE_TOA, Scheduler, Service, ServiceKey},
     stats::{Counters, Reason},
 };
 
 use crate::{
-    config::{Config, Protocol, VirtualService},
+    config::{Config, Protocol, Real, VirtualService},
     dataplane::Dataplane,
     neighbour::{Link, Links},
     registry::Registry,
@@ -66,6 +66,8 @@ struct Written {
     reals: HashMap<u32, RealServer>,
     /// Per service index: where its sequence is, and the sequence.
     sequences: HashMap<u32, (Slots, Vec<u32>)>,
+    /// Per service index: the first slot of its Full-NAT local addresses, and them.
+    locals: HashMap<u32, (u32, Vec<[u8; 16]>)>,
 }
 
 /// Everything one change writes, computed before anything is written.
@@ -82,6 +84,8 @@ struct Plan {
     services: HashMap<ServiceKey, Service>,
     /// Sequences to write: (service index, slots, sequence).
     sequences: Vec<(u32, Slots, Vec<u32>)>,
+    /// Local addresses to write: (service index, first slot, addresses).
+    locals: Vec<(u32, u32, Vec<[u8; 16]>)>,
 }
 
 impl Director {
@@ -195,6 +199,7 @@ impl Director {
             reals: HashMap::new(),
             services: HashMap::new(),
             sequences: Vec::new(),
+            locals: Vec::new(),
         };
         plan.ids.ring.recycle(settled);
         for service in &config.services {
@@ -210,9 +215,9 @@ impl Director {
                     Ok(self.dataplane.conn_references()?.reals)
                 })
                 .with_context(|| format!("service {}: all {MAX_REALS} real-server ids are taken", service.name))?;
-                let link = links.reals.get(&real.address);
                 let forwarding = Forwarding::try_from(service.forwarding_of(real))?;
-                plan.reals.insert(id, real_server(real.address, forwarding, link));
+                let link = usable_link(links.reals.get(&real.address), forwarding);
+                plan.reals.insert(id, real_server(service, real, forwarding, link));
                 if link.is_some() {
                     candidates.push(Candidate { id, weight: real.weight });
                 }
@@ -228,9 +233,27 @@ impl Director {
                     slots
                 }
             };
-            plan.services.insert(service_key(service), service_value(index, scheduler, &slots));
+            let locals = self.place_locals(index, service, &mut plan);
+            plan.services.insert(service_key(service), service_value(index, scheduler, &slots, service, locals));
         }
         Ok(plan)
+    }
+
+    /// Where the service's Full-NAT local addresses are: where they are written if
+    /// unchanged, else the other of its two banks, which no published value names.
+    fn place_locals(&self, index: u32, service: &VirtualService, plan: &mut Plan) -> (u32, u8) {
+        let locals: Vec<[u8; 16]> = service.local_addresses_of_family().map(|local| address_bytes(local).0).collect();
+        let len = locals.len() as u8;
+        let first_bank = index * 2 * MAX_LOCAL_ADDRESSES;
+        let start = match self.written.locals.get(&index) {
+            Some((start, written)) if *written == locals => return (*start, len),
+            Some((start, _)) if *start == first_bank => first_bank + MAX_LOCAL_ADDRESSES,
+            _ => first_bank,
+        };
+        if !locals.is_empty() {
+            plan.locals.push((index, start, locals));
+        }
+        (start, len)
     }
 
     /// Writes what `plan` changes. The plan's ids are ours from the first write on: if
@@ -247,6 +270,7 @@ impl Director {
             reals,
             services,
             sequences,
+            locals,
         } = plan;
         self.ids = ids;
         for index in fresh_services {
@@ -266,6 +290,10 @@ impl Director {
             self.dataplane.write_sequence(&slots, &sequence)?;
             superseded.extend(self.written.sequences.insert(index, (slots, sequence)).map(|(old, _)| old));
         }
+        for (index, start, addresses) in locals {
+            self.dataplane.write_local_addresses(start, &addresses)?;
+            self.written.locals.insert(index, (start, addresses));
+        }
         self.publish_services(&services)?;
         self.write_reals(unreachable)?;
         self.remove_interfaces(&interfaces)?;
@@ -275,6 +303,7 @@ impl Director {
         let unused: Vec<u32> = self.written.sequences.keys().filter(|index| !used.contains(index)).copied().collect();
         superseded
             .extend(unused.iter().filter_map(|index| self.written.sequences.remove(index)).map(|(slots, _)| slots));
+        self.written.locals.retain(|index, _| used.contains(index));
         for slots in superseded {
             self.ids.ring.release(slots, now);
         }
@@ -330,7 +359,7 @@ impl Director {
             let id = self.ids.reals.get(&(service.name.clone(), real.address)).context("running real without an id")?;
             reals.push(RealStatus {
                 address: real.address,
-                port: service.port,
+                port: service.port_of(real),
                 weight: real.weight,
                 forwarding: service.forwarding_of(real).to_string(),
                 resolved: self.written.reals.get(&id).is_some_and(|r| r.ifindex != 0),
@@ -426,26 +455,55 @@ fn service_key(service: &VirtualService) -> ServiceKey {
     ServiceKey { vip, port: service.port.to_be_bytes(), protocol, family }
 }
 
-fn service_value(index: u32, scheduler: Scheduler, slots: &Slots) -> Service {
+fn service_value(
+    index: u32,
+    scheduler: Scheduler,
+    slots: &Slots,
+    service: &VirtualService,
+    (locals_start, locals_len): (u32, u8),
+) -> Service {
+    let [first, last] = service.local_port_range;
     Service {
         index,
         sequence_start: slots.start,
         sequence_len: slots.end - slots.start,
         scheduler: scheduler as u8,
-        _pad: [0; 3],
+        flags: if service.toa { SERVICE_TOA } else { 0 },
+        locals_len,
+        _pad: 0,
+        locals_start,
+        local_port_first: first,
+        local_port_count: last - first + 1,
+        _spare: [0; 8],
     }
 }
 
-fn real_server(address: IpAddr, forwarding: Forwarding, link: Option<&Link>) -> RealServer {
-    let (address, family) = address_bytes(address);
+/// The link the data path may use for a real server: direct routing only sends frames
+/// on the real server's own link, so a real server behind a gateway is not reachable
+/// by it.
+fn usable_link(link: Option<&Link>, forwarding: Forwarding) -> Option<&Link> {
+    link.filter(|link| link.gateway.is_none() || forwarding != Forwarding::Dr)
+}
+
+fn real_server(service: &VirtualService, real: &Real, forwarding: Forwarding, link: Option<&Link>) -> RealServer {
+    let (address, family) = address_bytes(real.address);
+    // The port is named only where it differs from the service's: 0 lets a port-0
+    // service's connections keep the port each client asked for.
+    let port = real.port.filter(|port| *port != service.port).unwrap_or(0);
     RealServer {
         address,
+        tunnel_source: [0; 16],
         mac: link.map_or([0; 6], |link| link.mac),
         director_mac: link.map_or([0; 6], |link| link.director_mac),
         ifindex: link.map_or(0, |link| link.ifindex),
+        port: port.to_be_bytes(),
+        vlan: link.map_or(0, |link| link.vlan),
         family,
         forwarding: forwarding as u8,
-        vlan: link.map_or(0, |link| link.vlan),
+        flags: 0,
+        _pad: 0,
+        mtu: 0,
+        _spare: [0; 6],
     }
 }
 
@@ -462,5 +520,11 @@ pub fn address_bytes(address: IpAddr) -> ([u8; 16], u8) {
 }
 
 fn stats(counters: Counters) -> Stats {
-    Stats { conns: counters.conns, in_packets: counters.packets, in_bytes: counters.bytes }
+    Stats {
+        conns: counters.conns,
+        in_packets: counters.packets,
+        in_bytes: counters.bytes,
+        out_packets: counters.out_packets,
+        out_bytes: counters.out_bytes,
+    }
 }

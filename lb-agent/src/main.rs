@@ -198,10 +198,20 @@ async fn apply(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, config:
         }
         sleep(Duration::from_millis(100)).await;
     };
-    for address in addresses.iter().filter(|address| !links.reals.contains_key(address)) {
-        log::warn!(
-            "real server {address} is not resolved on an attached interface yet; it takes no connections until it is"
-        );
+    for (address, why) in &links.unresolved {
+        log::warn!("real server {address} is not reachable yet: {why}; it takes no connections until it is");
+    }
+    for (service, real) in config.services.iter().flat_map(|s| s.reals.iter().map(move |r| (s, r))) {
+        if let Some(gateway) = links.reals.get(&real.address).and_then(|link| link.gateway)
+            && service.forwarding_of(real) == config::Forwarding::Dr
+        {
+            log::warn!(
+                "service {}: real server {} is reached through the gateway {gateway}; direct routing needs it on a \
+                 link the director is attached to, so it takes no connections",
+                service.name,
+                real.address
+            );
+        }
     }
     lock(director).apply(config, links)
 }

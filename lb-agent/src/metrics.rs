@@ -66,49 +66,26 @@ impl Collector for LbCollector {
         drop(director);
 
         let service_labels = |s: &lb_api::ServiceStatus| [("service", s.name.clone())];
-        family(
-            &mut encoder,
-            "lb_service_packets",
-            "Packets forwarded to a virtual service's real servers.",
-            services.iter().map(|s| (service_labels(s), s.stats.in_packets)),
-        )?;
-        family(
-            &mut encoder,
-            "lb_service_bytes",
-            "Bytes (IP packets) forwarded for a virtual service.",
-            services.iter().map(|s| (service_labels(s), s.stats.in_bytes)),
-        )?;
-        family(
-            &mut encoder,
-            "lb_service_connections",
-            "New connections scheduled for a virtual service.",
-            services.iter().map(|s| (service_labels(s), s.stats.conns)),
-        )?;
-
+        for (name, help, value) in TRAFFIC {
+            let help = format!("{help}, for a virtual service.");
+            family(
+                &mut encoder,
+                &format!("lb_service_{name}"),
+                &help,
+                services.iter().map(|s| (service_labels(s), value(&s.stats))),
+            )?;
+        }
         let reals: Vec<([(&str, String); 2], &lb_api::Stats)> = services
             .iter()
             .flat_map(|s| {
                 s.reals.iter().map(|r| ([("service", s.name.clone()), ("real", r.address.to_string())], &r.stats))
             })
             .collect();
-        family(
-            &mut encoder,
-            "lb_real_packets",
-            "Packets forwarded to a real server.",
-            reals.iter().map(|(labels, stats)| (labels.clone(), stats.in_packets)),
-        )?;
-        family(
-            &mut encoder,
-            "lb_real_bytes",
-            "Bytes (IP packets) forwarded to a real server.",
-            reals.iter().map(|(labels, stats)| (labels.clone(), stats.in_bytes)),
-        )?;
-        family(
-            &mut encoder,
-            "lb_real_connections",
-            "New connections scheduled to a real server.",
-            reals.iter().map(|(labels, stats)| (labels.clone(), stats.conns)),
-        )?;
+        for (name, help, value) in TRAFFIC {
+            let help = format!("{help}, for a real server.");
+            let members = reals.iter().map(|(labels, stats)| (labels.clone(), value(stats)));
+            family(&mut encoder, &format!("lb_real_{name}"), &help, members)?;
+        }
 
         let (passed, dropped): (Vec<_>, Vec<_>) = reasons.into_iter().partition(|(reason, _)| reason.is_pass());
         family(
@@ -126,6 +103,16 @@ impl Collector for LbCollector {
         Ok(())
     }
 }
+
+/// The traffic counters of services and real servers: (name, help, value).
+type Traffic = (&'static str, &'static str, fn(&lb_api::Stats) -> u64);
+const TRAFFIC: [Traffic; 5] = [
+    ("packets", "Packets from clients forwarded", |stats| stats.in_packets),
+    ("bytes", "Bytes (IP packets) from clients forwarded", |stats| stats.in_bytes),
+    ("connections", "New connections scheduled", |stats| stats.conns),
+    ("out_packets", "Replies forwarded back to clients (NAT, Full-NAT)", |stats| stats.out_packets),
+    ("out_bytes", "Bytes (IP packets) of replies forwarded back to clients (NAT, Full-NAT)", |stats| stats.out_bytes),
+];
 
 /// One counter family: `name_total{labels} value` per member.
 fn family<const N: usize>(

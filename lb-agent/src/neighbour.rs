@@ -1,11 +1,13 @@
-//! Where each real server is on the link, from the kernel's neighbour table: the
+//! How each real server is reached, from the kernel's routing and neighbour tables: the
 //! director never asks the operator for a MAC address.
 //!
-//! A real server's address is looked up on the attached interfaces and on the VLANs
-//! configured on them; a missing or failed entry is solicited (netlink `NTF_USE`: the
-//! kernel then sends ARP or neighbour solicitation itself), and a stale one is
-//! re-probed, so a real server whose MAC changes is followed. Changes in the table
-//! wake the agent through [`watch`].
+//! The routing table names the interface and the next hop (the real server itself when
+//! it is on-link, else a gateway); that interface must be an attached one or a VLAN
+//! over one, and only the next hop's neighbour entry there counts, so an entry on
+//! another link (a real server answering ARP on every link it has) never wins. A
+//! missing or failed entry is solicited (netlink `NTF_USE`: the kernel then sends ARP
+//! or neighbour solicitation itself), and a stale one is re-probed, so a next hop whose
+//! MAC changes is followed. Changes in the table wake the agent through [`watch`].
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,11 +18,12 @@ use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
     Handle, IpVersion,
-    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
-        RouteNetlinkMessage,
+        AddressFamily, RouteNetlinkMessage,
         link::{InfoData, InfoVlan, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
     },
     sys::{AsyncSocket, SocketAddr},
 };
@@ -31,19 +34,30 @@ use tokio::sync::mpsc;
 pub struct Link {
     /// The attached interface it is reached through.
     pub ifindex: u32,
-    /// The 802.1Q VLAN it is on there, 0 for none.
+    /// The 802.1Q VLAN the next hop is on there, 0 for none.
     pub vlan: u16,
+    /// The next hop's MAC: the real server's own when it is on-link.
     pub mac: [u8; 6],
     /// The MAC of the director's device on that link (the interface, or its VLAN).
     pub director_mac: [u8; 6],
+    /// The gateway the route names, when the real server is not on-link.
+    pub gateway: Option<IpAddr>,
 }
 
-/// What the data path needs to know of the links: each resolved real server, and the
-/// MAC of each of the director's devices, by (attached ifindex, VLAN).
+/// What the data path needs to know of the links: each resolved real server, the MAC of
+/// each of the director's devices, by (attached ifindex, VLAN), and why each real server
+/// that did not resolve did not.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Links {
     pub reals: HashMap<IpAddr, Link>,
     pub interfaces: BTreeMap<(u32, u16), [u8; 6]>,
+    pub unresolved: BTreeMap<IpAddr, String>,
+}
+
+/// What the routing table says of a destination.
+struct Route {
+    device: u32,
+    gateway: Option<IpAddr>,
 }
 
 /// Whether a look at the table may also ask the kernel to resolve what is missing or
@@ -86,9 +100,10 @@ impl Neighbours {
         Ok(Self { handle })
     }
 
-    /// The links of `addresses` on the `attached` interfaces (ifindexes). An address
-    /// without a usable entry is left out (and solicited if `solicit` says so); a later
-    /// call finds it.
+    /// The links of `addresses` through the `attached` interfaces, by the routing
+    /// table. An address without a usable route and neighbour entry is left out (with
+    /// the reason in `unresolved`, and its next hop solicited if `solicit` says so); a
+    /// later call finds it.
     pub async fn resolve(&self, addresses: &[IpAddr], attached: &[u32], solicit: Solicit) -> Result<Links> {
         let ports = self.ports(attached).await?;
         let table = self.table().await?;
@@ -97,25 +112,69 @@ impl Neighbours {
             links.interfaces.insert((port.attached, port.vlan), port.mac);
         }
         for &address in addresses {
-            let mut seen = false;
-            for port in &ports {
-                let Some(entry) = table.get(&(port.device, address)) else { continue };
-                seen = true;
-                if let (Some(mac), true, false) = (entry.mac, usable(entry.state), links.reals.contains_key(&address)) {
-                    let link = Link { ifindex: port.attached, vlan: port.vlan, mac, director_mac: port.mac };
+            let route = match self.route(address).await {
+                Ok(route) => route,
+                Err(why) => {
+                    links.unresolved.insert(address, why);
+                    continue;
+                }
+            };
+            let Some(port) = ports.iter().find(|port| port.device == route.device) else {
+                let why = format!(
+                    "its route leaves through interface {} (ifindex {}), which the director is not attached to",
+                    interface_name(route.device),
+                    route.device
+                );
+                links.unresolved.insert(address, why);
+                continue;
+            };
+            let next_hop = route.gateway.unwrap_or(address);
+            let entry = table.get(&(port.device, next_hop));
+            match entry {
+                Some(Entry { state, mac: Some(mac) }) if usable(*state) => {
+                    let link = Link {
+                        ifindex: port.attached,
+                        vlan: port.vlan,
+                        mac: *mac,
+                        director_mac: port.mac,
+                        gateway: route.gateway,
+                    };
                     links.reals.insert(address, link);
                 }
-                if solicit == Solicit::Yes && needs_probe(entry.state) {
-                    self.solicit(port.device, address).await;
+                _ => {
+                    let why = format!("its next hop {next_hop} has no link-layer address yet");
+                    links.unresolved.insert(address, why);
                 }
             }
-            if solicit == Solicit::Yes && !seen {
-                for port in &ports {
-                    self.solicit(port.device, address).await;
-                }
+            if solicit == Solicit::Yes && entry.is_none_or(|entry| needs_probe(entry.state)) {
+                self.solicit(port.device, next_hop).await;
             }
         }
         Ok(links)
+    }
+
+    /// The route the kernel would take to `address` (RTM_GETROUTE for one destination,
+    /// as `ip route get` asks), or why there is none to use.
+    async fn route(&self, address: IpAddr) -> Result<Route, String> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = match address {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        message.header.destination_prefix_length = if address.is_ipv4() { 32 } else { 128 };
+        message.attributes.push(RouteAttribute::Destination(address.into()));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
+        request.header.flags = NLM_F_REQUEST;
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(request).map_err(|err| format!("asking for its route: {err}"))?;
+        while let Some(reply) = replies.next().await {
+            match reply.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => return route_of(&route),
+                NetlinkPayload::Error(err) => return Err(format!("no route to it ({err})")),
+                _ => {}
+            }
+        }
+        Err("no route to it".to_owned())
     }
 
     /// Asks the kernel to resolve (or re-verify) `address` on `device`. A real server
@@ -164,6 +223,36 @@ impl Neighbours {
         }
         Ok(table)
     }
+}
+
+fn route_of(route: &RouteMessage) -> Result<Route, String> {
+    if route.header.kind == RouteType::Local {
+        return Err("it is one of the director's own addresses".to_owned());
+    }
+    let mut device = None;
+    let mut gateway = None;
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Oif(index) => device = Some(*index),
+            RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
+            _ => {}
+        }
+    }
+    let device = device.ok_or("its route names no interface")?;
+    Ok(Route { device, gateway })
+}
+
+/// The name of interface `index`, for messages.
+fn interface_name(index: u32) -> String {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
+    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+    if found.is_null() {
+        return format!("#{index}");
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned()
 }
 
 /// `link` as a port: an attached interface, or a VLAN whose parent is attached.

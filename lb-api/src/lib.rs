@@ -51,13 +51,16 @@ pub struct RealStatus {
     pub stats: Stats,
 }
 
-/// Traffic counted by the director, in ipvsadm's terms. Direct routing never sees the
-/// replies, so there are no outbound counters.
+/// Traffic counted by the director, in ipvsadm's terms. Only replies that come back
+/// through the director (NAT, Full-NAT) count as outbound; direct routing and tunnels
+/// never see them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub conns: u64,
     pub in_packets: u64,
     pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

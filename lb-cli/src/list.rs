@@ -25,9 +25,10 @@ pub fn render(services: &[ServiceStatus]) -> String {
     out
 }
 
-/// Direct routing never sees the replies: OutPkts and OutBytes stay 0, as in ipvsadm.
+/// OutPkts and OutBytes count replies through the director (NAT, Full-NAT); direct
+/// routing and tunnels never see them, so they stay 0 there, as in ipvsadm.
 fn stats(stats: &Stats) -> String {
-    columns([stats.conns, stats.in_packets, 0, stats.in_bytes, 0].map(|n| n.to_string()))
+    columns([stats.conns, stats.in_packets, stats.out_packets, stats.in_bytes, stats.out_bytes].map(|n| n.to_string()))
 }
 
 fn columns<S: AsRef<str>>(cells: [S; 5]) -> String {
@@ -55,7 +56,7 @@ mod tests {
             weight: 1,
             forwarding: "dr".into(),
             resolved: true,
-            stats: Stats { conns, in_packets, in_bytes },
+            stats: Stats { conns, in_packets, in_bytes, out_packets: in_packets - 1, out_bytes: 2 * in_bytes },
         };
         let services = vec![
             ServiceStatus {
@@ -64,7 +65,7 @@ mod tests {
                 vip: "203.0.113.10".parse().unwrap(),
                 port: 80,
                 scheduler: "wrr".into(),
-                stats: Stats { conns: 4, in_packets: 24, in_bytes: 1452 },
+                stats: Stats { conns: 4, in_packets: 24, in_bytes: 1452, out_packets: 22, out_bytes: 2904 },
                 reals: vec![real("198.18.1.11", 1, 6, 363), real("198.18.1.12", 3, 18, 1089)],
             },
             ServiceStatus {
@@ -80,9 +81,9 @@ mod tests {
         let expected = "\
 Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
   -> RemoteAddress:Port
-TCP  203.0.113.10:80                     4       24        0     1452        0
-  -> 198.18.1.11:80                      1        6        0      363        0
-  -> 198.18.1.12:80                      3       18        0     1089        0
+TCP  203.0.113.10:80                     4       24       22     1452     2904
+  -> 198.18.1.11:80                      1        6        5      363      726
+  -> 198.18.1.12:80                      3       18       17     1089     2178
 UDP  [2001:db8:100::10]:53               0        0        0        0        0
 ";
         let rendered = render(&services);

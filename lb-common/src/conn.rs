@@ -1,6 +1,9 @@
-//! The connection table: one entry per flow, so a connection stays on its real server.
+//! The connection table: one entry per flow and direction, so a connection stays on its
+//! real server, and a NAT or Full-NAT reply finds what to rewrite back.
 
-/// A flow's 5-tuple as the client sent it; either family, unused address bytes zero.
+/// A flow's 5-tuple as its packets carry it; either family, unused address bytes zero.
+/// A client's flow is keyed as the client sent it; the reply direction of a NAT or
+/// Full-NAT connection as the real server sends it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -14,9 +17,18 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// What the director remembers of a flow: enough to forward and count its packets
-/// without looking its service up again, even after the service is removed (as IPVS
-/// lets a removed service's connections finish).
+/// `Conn::flags`: the entry is for packets from the real server back to the client.
+pub const CONN_REPLY: u8 = 1 << 0;
+/// `Conn::flags`: a FIN or RST was seen: the connection is closing, and ages faster.
+pub const CONN_CLOSING: u8 = 1 << 1;
+
+/// What the director remembers of a flow: enough to forward, rewrite and count its
+/// packets without looking its service up again, even after the service is removed (as
+/// IPVS lets a removed service's connections finish).
+///
+/// The rewrite is fixed when the connection opens, so a reload that changes a real
+/// server's port or method never changes what an established connection's packets
+/// become.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conn {
@@ -24,8 +36,33 @@ pub struct Conn {
     pub real: u32,
     /// The index of the service it was scheduled by, for the counters.
     pub service: u32,
+    /// The [`crate::real::Forwarding`] the connection was opened with.
+    pub forwarding: u8,
+    /// `CONN_*` bits.
+    pub flags: u8,
+    /// Reserved for the TCP state (IPVS's state table).
+    pub state: u8,
+    pub _pad: u8,
+    /// When a packet of the flow was last seen, in seconds of the kernel's monotonic
+    /// clock; the agent ages entries by it.
+    pub last_seen: u32,
+    /// The source the packet leaves with, when the method rewrites it (Full-NAT's
+    /// local address towards the real server; the VIP towards the client).
+    pub src: [u8; 16],
+    /// The destination it leaves with, when rewritten (the real server's address for
+    /// NAT and Full-NAT; the client's for a Full-NAT reply).
+    pub dst: [u8; 16],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub _spare: [u8; 4],
+}
+
+impl Conn {
+    pub const fn is_reply(&self) -> bool {
+        self.flags & CONN_REPLY != 0
+    }
 }
 
 // The layout is the contract: no implicit padding, the same size on both sides.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Conn>() == 8);
+const _: () = assert!(core::mem::size_of::<Conn>() == 56);

@@ -35,6 +35,11 @@ pub const SCHED_RING_SLOTS: u32 = 1 << 20;
 pub const MAX_SEQUENCE_LEN: u32 = 1 << 16;
 /// Default size of the connection table; the agent may resize it before loading.
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Full-NAT local addresses of one service, per family.
+pub const MAX_LOCAL_ADDRESSES: u32 = 16;
+/// Slots of `LOCAL_ADDRESSES`: two banks per service, so a changed list is written
+/// where no packet reads and then published with the service's value.
+pub const LOCAL_ADDRESS_SLOTS: u32 = 2 * MAX_SERVICES * MAX_LOCAL_ADDRESSES;
 
 /// Names of the maps and programs in the object, shared so neither side spells them twice.
 pub mod names {
@@ -45,6 +50,7 @@ pub mod names {
     pub const SCHED_RING: &str = "SCHED_RING";
     pub const SCHED_CURSOR: &str = "SCHED_CURSOR";
     pub const CONNS: &str = "CONNS";
+    pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const VERDICT_STATS: &str = "VERDICT_STATS";

@@ -1,17 +1,28 @@
 //! Real servers: where the data path sends a scheduled packet, and how.
 
-/// How a packet reaches its real server.
+/// How a packet reaches its real server (ipvsadm's `-g`, `-i`, `-m`, and Full-NAT).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forwarding {
     /// Direct routing: only the Ethernet addresses change.
     Dr = 0,
+    /// IP tunnel: the packet is encapsulated towards the real server.
+    Tun = 1,
+    /// NAT: the destination becomes the real server's; replies come back through the
+    /// director, which puts the VIP back.
+    Nat = 2,
+    /// Full-NAT: the source becomes a local address of the director's too, so replies
+    /// come back to it whatever the real server's routes.
+    Fnat = 3,
 }
 
 impl Forwarding {
     pub const fn from_u8(value: u8) -> Option<Self> {
         match value {
             0 => Some(Self::Dr),
+            1 => Some(Self::Tun),
+            2 => Some(Self::Nat),
+            3 => Some(Self::Fnat),
             _ => None,
         }
     }
@@ -21,23 +32,36 @@ impl Forwarding {
 ///
 /// An id is bound to one (service, address) for as long as any connection may use it,
 /// so a connection entry that records the id keeps its real server across reloads.
+/// One cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RealServer {
     pub address: [u8; 16],
-    /// The real server's link-layer address, from the director's neighbour table.
+    /// The outer source address of tunnelled packets (`tun`); zero otherwise.
+    pub tunnel_source: [u8; 16],
+    /// The link-layer address of the next hop towards the real server (the real server
+    /// itself when on-link), from the director's routing and neighbour tables.
     pub mac: [u8; 6],
     /// The link-layer address of the director's interface that reaches it.
     pub director_mac: [u8; 6],
     /// That interface; 0 while the real server is not resolved.
     pub ifindex: u32,
+    /// The port the real server serves on, network order (NAT and Full-NAT may map the
+    /// service's port to another one).
+    pub port: [u8; 2],
+    /// The 802.1Q VLAN the next hop is on, 0 for none: a frame is forwarded only from
+    /// the same VLAN, as the data path does not re-tag frames.
+    pub vlan: u16,
     pub family: u8,
     /// A [`Forwarding`].
     pub forwarding: u8,
-    /// The 802.1Q VLAN the real server is on, 0 for none: a frame is forwarded only
-    /// from the same VLAN, as direct routing keeps the real server on the client's link.
-    pub vlan: u16,
+    /// Reserved for per-real-server options.
+    pub flags: u8,
+    pub _pad: u8,
+    /// The MTU of the interface towards the real server, for tunnelled packets.
+    pub mtu: u16,
+    pub _spare: [u8; 6],
 }
 
 // The layout is the contract: no implicit padding, the same size on both sides.
-const _: () = assert!(core::mem::size_of::<RealServer>() == 36);
+const _: () = assert!(core::mem::size_of::<RealServer>() == 64);

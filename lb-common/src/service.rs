@@ -32,10 +32,15 @@ impl Scheduler {
     }
 }
 
+/// `Service::flags`: Full-NAT connections carry the client's address to the real server
+/// in a TCP option (TOA).
+pub const SERVICE_TOA: u8 = 1 << 0;
+
 /// The value of a service: where its statistics and scheduling state live.
 ///
-/// The agent publishes a new value only after the sequence it points at is fully
-/// written, so a packet sees either the old sequence or the new one, never a mix.
+/// The agent publishes a new value only after the sequence and local addresses it
+/// points at are fully written, so a packet sees either the old ones or the new ones,
+/// never a mix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Service {
@@ -47,7 +52,18 @@ pub struct Service {
     pub sequence_len: u32,
     /// A [`Scheduler`].
     pub scheduler: u8,
-    pub _pad: [u8; 3],
+    /// `SERVICE_*` bits.
+    pub flags: u8,
+    /// Full-NAT: how many local addresses the service has, from `locals_start` in
+    /// `LOCAL_ADDRESSES`.
+    pub locals_len: u8,
+    pub _pad: u8,
+    pub locals_start: u32,
+    /// Full-NAT: the local ports a connection may take, `local_port_first` and the
+    /// `local_port_count - 1` after it (host order).
+    pub local_port_first: u16,
+    pub local_port_count: u16,
+    pub _spare: [u8; 8],
 }
 
 /// A service's position in its sequence, in `SCHED_CURSOR`. One counter for all CPUs,
@@ -62,5 +78,5 @@ pub struct SchedCursor {
 
 // The layout is the contract: no implicit padding, the same size on both sides.
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Service>() == 16);
+const _: () = assert!(core::mem::size_of::<Service>() == 32);
 const _: () = assert!(core::mem::size_of::<SchedCursor>() == 64);

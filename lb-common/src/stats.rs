@@ -4,99 +4,107 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Packets from clients, forwarded to real servers.
     pub packets: u64,
     /// Bytes of the IP packets (the Ethernet header not included), as IPVS counts them.
     pub bytes: u64,
     /// New connections scheduled.
     pub conns: u64,
+    /// Replies from real servers that came back through the director (NAT, Full-NAT).
+    pub out_packets: u64,
+    pub out_bytes: u64,
 }
 
-/// Why a packet was passed to the kernel or dropped instead of forwarded. The value is
-/// the packet's slot in `VERDICT_STATS`.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed.
-    NotIp = 0,
-    /// Neither TCP nor UDP (ICMP, neighbour discovery, ...): passed.
-    NotTcpUdp = 1,
-    /// An IPv4 fragment or an IPv6 packet with a fragment header: passed.
-    Fragment = 2,
-    /// TCP or UDP, but no virtual service at that address: passed.
-    NotAService = 3,
-    /// The frame ends inside the Ethernet or VLAN header: dropped.
-    TruncatedEthernet = 4,
-    /// Bad IP version, header length, total length or IPv4 header checksum: dropped.
-    MalformedIp = 5,
-    /// The packet ends inside the TCP or UDP header: dropped.
-    TruncatedL4 = 6,
-    /// The service has no real server that takes new connections: dropped.
-    NoRealServer = 7,
-    /// The real server has no resolved link-layer address (yet, or any more): dropped.
-    RealUnresolved = 8,
-    /// IPv6 with extension headers (hop-by-hop, routing, ...), not walked yet: passed.
-    Ipv6Extension = 9,
+/// One table for every reason: its slot, its metrics label, and whether the packet went
+/// on to the kernel (`pass`) or was dropped.
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident = $slot:literal, $label:literal, $verdict:ident;)*) => {
+        /// Why a packet was passed to the kernel or dropped instead of forwarded. The
+        /// value is the packet's slot in `VERDICT_STATS`.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $($(#[$doc])* $name = $slot,)*
+        }
+
+        impl Reason {
+            pub const ALL: &[Reason] = &[$(Self::$name),*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Whether the packet went on to the kernel (else it was dropped).
+            pub const fn is_pass(self) -> bool {
+                match self {
+                    $(Self::$name => reasons!(@pass $verdict),)*
+                }
+            }
+
+            /// The `reason` label of the metrics.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $(Self::$name => $label,)*
+                }
+            }
+        }
+    };
+    (@pass pass) => { true };
+    (@pass drop) => { false };
+}
+
+reasons! {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NotIp = 0, "not_ip", pass;
+    /// Neither TCP nor UDP (ICMP, neighbour discovery, ...).
+    NotTcpUdp = 1, "not_tcp_udp", pass;
+    /// An IPv4 fragment or an IPv6 packet with a fragment header.
+    Fragment = 2, "fragment", pass;
+    /// TCP or UDP, but no virtual service at that address and no known connection.
+    NotAService = 3, "not_a_service", pass;
+    /// The frame ends inside the Ethernet or VLAN header.
+    TruncatedEthernet = 4, "truncated_ethernet", drop;
+    /// Bad IP version, header length, total length or IPv4 header checksum.
+    MalformedIp = 5, "malformed_ip", drop;
+    /// The packet ends inside the TCP or UDP header.
+    TruncatedL4 = 6, "truncated_l4", drop;
+    /// The service has no real server that takes new connections.
+    NoRealServer = 7, "no_real_server", drop;
+    /// The real server has no resolved link-layer address (yet, or any more).
+    RealUnresolved = 8, "real_unresolved", drop;
+    /// IPv6 with extension headers (hop-by-hop, routing, ...), not walked yet.
+    Ipv6Extension = 9, "ipv6_extension_header", pass;
     /// For a service, but the frame is addressed to another host's MAC: passed, so the
     /// kernel discards it as it discards any frame for another host.
-    OtherHost = 10,
-    /// A TCP segment without SYN for a flow the director does not know: dropped (only a
-    /// SYN opens a connection, as in IPVS).
-    NoConnection = 11,
-    /// From another VLAN than the chosen real server's: dropped (the data path does not
-    /// re-tag frames yet); the client's next SYN may be scheduled elsewhere.
-    VlanMismatch = 12,
-    /// The real server's forwarding method is one this program does not know (an
-    /// agent newer than the program): dropped.
-    UnsupportedForwarding = 13,
+    OtherHost = 10, "other_host", pass;
+    /// A TCP segment without SYN for a flow the director does not know (only a SYN
+    /// opens a connection, as in IPVS).
+    NoConnection = 11, "no_connection", drop;
+    /// From another VLAN than the next hop's (the data path does not re-tag frames);
+    /// the client's next SYN may be scheduled elsewhere.
+    VlanMismatch = 12, "vlan_mismatch", drop;
+    /// A forwarding method this program does not know (an agent newer than the
+    /// program).
+    UnsupportedForwarding = 13, "unsupported_forwarding", drop;
+    /// Full-NAT: every local port tried for the new connection is taken.
+    LocalPortsExhausted = 14, "local_ports_exhausted", drop;
+    /// Full-NAT: the service has no local address of the packet's family.
+    NoLocalAddress = 15, "no_local_address", drop;
+    /// A reply's next hop towards the client has no neighbour entry yet.
+    NextHopUnresolved = 16, "next_hop_unresolved", drop;
+    /// The director has no route for a reply towards its client (or forwarding is
+    /// disabled on the interface it came by).
+    NoRoute = 17, "no_route", drop;
+    /// The connection table refused the new connection's entries: NAT and Full-NAT
+    /// packets never leave without them.
+    ConnInsertFailed = 18, "conn_insert_failed", drop;
 }
 
-impl Reason {
-    pub const COUNT: u32 = 14;
-    pub const ALL: [Reason; Self::COUNT as usize] = [
-        Self::NotIp,
-        Self::NotTcpUdp,
-        Self::Fragment,
-        Self::NotAService,
-        Self::TruncatedEthernet,
-        Self::MalformedIp,
-        Self::TruncatedL4,
-        Self::NoRealServer,
-        Self::RealUnresolved,
-        Self::Ipv6Extension,
-        Self::OtherHost,
-        Self::NoConnection,
-        Self::VlanMismatch,
-        Self::UnsupportedForwarding,
-    ];
-
-    /// Whether the packet went on to the kernel (else it was dropped).
-    pub const fn is_pass(self) -> bool {
-        matches!(
-            self,
-            Self::NotIp | Self::NotTcpUdp | Self::Fragment | Self::NotAService | Self::Ipv6Extension | Self::OtherHost
-        )
+// Each reason's slot is its place in `ALL`, so the agent reads the slots in order.
+const _: () = {
+    let mut slot = 0;
+    while slot < Reason::ALL.len() {
+        assert!(Reason::ALL[slot] as usize == slot);
+        slot += 1;
     }
-
-    /// The `reason` label of the metrics.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::NotIp => "not_ip",
-            Self::NotTcpUdp => "not_tcp_udp",
-            Self::Fragment => "fragment",
-            Self::NotAService => "not_a_service",
-            Self::TruncatedEthernet => "truncated_ethernet",
-            Self::MalformedIp => "malformed_ip",
-            Self::TruncatedL4 => "truncated_l4",
-            Self::NoRealServer => "no_real_server",
-            Self::RealUnresolved => "real_unresolved",
-            Self::Ipv6Extension => "ipv6_extension_header",
-            Self::OtherHost => "other_host",
-            Self::NoConnection => "no_connection",
-            Self::VlanMismatch => "vlan_mismatch",
-            Self::UnsupportedForwarding => "unsupported_forwarding",
-        }
-    }
-}
+};
 
 // The layout is the contract: no implicit padding, the same size on both sides.
-const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+const _: () = assert!(core::mem::size_of::<Counters>() == 40);

@@ -1,26 +1,78 @@
-//! The connection table: a known flow keeps its real server; a new one is remembered
-//! once it has been forwarded.
+//! The connection table: a known flow keeps its real server (and its rewrite); a new
+//! one is remembered before its first packet leaves.
 
-use lb_common::conn::{Conn, FlowKey};
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use lb_common::{
+    IPPROTO_TCP,
+    conn::{CONN_CLOSING, Conn, FlowKey},
+    stats::Reason,
+};
 
-use crate::maps::CONNS;
+use crate::{
+    maps::CONNS,
+    parse::{Packet, TCP_FIN, TCP_RST},
+};
 
-/// Where a packet's flow goes, and whether the flow is new.
-pub struct Scheduled {
-    pub real: u32,
-    pub service: u32,
-    pub new: bool,
+/// The entry of a known flow, in the map (its packets refresh it in place).
+#[inline(always)]
+pub fn lookup(flow: &FlowKey) -> Option<&'static mut Conn> {
+    // SAFETY: a map value stays valid for the whole run of the program (RCU), and only
+    // this packet's run writes these fields through this reference.
+    CONNS.get_ptr_mut(flow).map(|conn| unsafe { &mut *conn })
+}
+
+/// Notes that `packet` was seen: when, and whether the connection is closing. Each
+/// field is written only when it changes, so a busy flow does not keep dirtying a
+/// cache line that other CPUs read.
+#[inline(always)]
+pub fn touch(conn: &mut Conn, packet: &Packet) {
+    let now = now();
+    if conn.last_seen != now {
+        conn.last_seen = now;
+    }
+    if packet.flow.protocol == IPPROTO_TCP
+        && packet.tcp_flags & (TCP_FIN | TCP_RST) != 0
+        && conn.flags & CONN_CLOSING == 0
+    {
+        conn.flags |= CONN_CLOSING;
+    }
+}
+
+/// Remembers a flow. `only_new` refuses a key that is already there (a Full-NAT local
+/// port in use).
+#[inline(always)]
+pub fn insert(flow: &FlowKey, conn: &Conn, only_new: bool) -> Result<(), Reason> {
+    let flags = if only_new { aya_ebpf::bindings::BPF_NOEXIST } else { aya_ebpf::bindings::BPF_ANY };
+    CONNS.insert(flow, conn, u64::from(flags)).map_err(|_| Reason::ConnInsertFailed)
 }
 
 #[inline(always)]
-pub fn lookup(flow: &FlowKey) -> Option<Scheduled> {
-    let conn = unsafe { *CONNS.get_ptr(flow)? };
-    Some(Scheduled { real: conn.real, service: conn.service, new: false })
+pub fn remove(flow: &FlowKey) {
+    let _ = CONNS.remove(flow);
 }
 
+/// Seconds of the kernel's monotonic clock, as the agent reads it to age entries.
 #[inline(always)]
-pub fn remember(flow: &FlowKey, scheduled: &Scheduled) {
-    // A full table evicts its least recently used flow; an insert cannot fail otherwise,
-    // and if it did the next packet would simply be scheduled again.
-    let _ = CONNS.insert(flow, Conn { real: scheduled.real, service: scheduled.service }, 0);
+pub fn now() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// An entry with nothing rewritten (direct routing, tunnels), seen now.
+#[inline(always)]
+pub fn plain(real: u32, service: u32, forwarding: u8) -> Conn {
+    Conn {
+        real,
+        service,
+        forwarding,
+        flags: 0,
+        state: 0,
+        _pad: 0,
+        last_seen: now(),
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: [0; 2],
+        dst_port: [0; 2],
+        _spare: [0; 4],
+    }
 }

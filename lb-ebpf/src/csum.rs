@@ -1,6 +1,7 @@
-//! Internet checksums (RFC 1071).
+//! Internet checksums: verifying an IPv4 header (RFC 1071), and updating a checksum
+//! for rewritten bytes without summing the packet again (RFC 1624).
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 
 use crate::parse::header;
 
@@ -16,11 +17,52 @@ pub fn ipv4_header_intact(ctx: &XdpContext, offset: usize, len: usize) -> bool {
             break;
         }
         let Some(word) = header::<[u8; 4]>(ctx, offset + at) else { return false };
+        // SAFETY: `header` checked the four bytes are within the frame.
         let word = unsafe { *word };
         sum += u32::from(u16::from_be_bytes([word[0], word[1]])) + u32::from(u16::from_be_bytes([word[2], word[3]]));
         at += 4;
     }
     fold(sum) == 0xffff
+}
+
+/// The change that replacing bytes makes to a one's complement sum: the sum of the
+/// old words complemented and of the new ones (RFC 1624, eqn. 3's `~m + m'`).
+///
+/// Kept in the machine's byte order, as `bpf_csum_diff` sums: a one's complement sum is
+/// the same in either order (RFC 1071), so the checksum field is read and written in
+/// that order too.
+#[derive(Clone, Copy, Default)]
+pub struct Delta(u32);
+
+impl Delta {
+    /// The change of replacing the `N` bytes at `old` (in the frame) by `new`, which
+    /// must not overlap them. `N` is a multiple of 4.
+    #[inline(always)]
+    pub fn diff<const N: usize>(self, old: *const [u8; N], new: *const [u8; N]) -> Self {
+        // SAFETY: both point at `N` readable bytes (the frame, checked by the caller,
+        // and a map value or the stack), which the helper only reads.
+        let sum = unsafe { bpf_csum_diff(old.cast_mut().cast(), N as u32, new.cast_mut().cast(), N as u32, self.0) };
+        Self(u32::from(fold(sum as u32)))
+    }
+
+    /// The change of replacing two bytes.
+    #[inline(always)]
+    pub fn replace(self, old: [u8; 2], new: [u8; 2]) -> Self {
+        let sum = self.0 + u32::from(!u16::from_ne_bytes(old)) + u32::from(u16::from_ne_bytes(new));
+        Self(u32::from(fold(sum)))
+    }
+
+    #[inline(always)]
+    pub fn and(self, other: Self) -> Self {
+        Self(u32::from(fold(self.0 + other.0)))
+    }
+
+    /// The checksum field `check` updated by this change: `HC' = ~(~HC + ~m + m')`.
+    #[inline(always)]
+    pub fn apply(self, check: [u8; 2]) -> [u8; 2] {
+        let sum = u32::from(!u16::from_ne_bytes(check)) + self.0;
+        (!fold(sum)).to_ne_bytes()
+    }
 }
 
 /// The 32-bit one's complement sum folded to 16 bits.

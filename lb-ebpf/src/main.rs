@@ -1,8 +1,9 @@
 //! `lb_ingress`: the director's XDP program on its client-facing interfaces.
 //!
-//! A packet's journey, one module a step: `parse` → `conn` (a known flow) or `service`
-//! and `sched` (a new one) → `forward` → `stats`. Anything that is not for a virtual
-//! service goes on to the kernel untouched, so the director stays a normal host.
+//! A packet's journey, one module a step: `parse` → `conn` (a known flow, or a NAT
+//! reply) or `service` and `sched` (a new one) → `forward` → `stats`. Anything that is
+//! not for a virtual service goes on to the kernel untouched, so the director stays a
+//! normal host.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
@@ -21,7 +22,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::stats::Reason;
+use lb_common::{conn::Conn, stats::Reason};
 
 #[xdp]
 pub fn lb_ingress(ctx: XdpContext) -> u32 {
@@ -39,18 +40,48 @@ fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
     let packet = parse::packet(ctx)?;
     // Connections first, as IPVS does: an established flow needs no service lookup
     // and outlives its service's removal.
-    let conn = match conn::lookup(&packet.flow) {
-        Some(known) => known,
-        None => {
-            let service = service::lookup(ctx, &packet)?;
-            sched::new_connection(ctx, &packet, &service)?
-        }
-    };
-    let action = forward::to_real(ctx, &packet, conn.real)?;
-    if conn.new {
-        conn::remember(&packet.flow, &conn);
+    if let Some(conn) = conn::lookup(&packet.flow) {
+        conn::touch(conn, &packet);
+        return if conn.is_reply() { reply(ctx, &packet, conn) } else { established(ctx, &packet, conn) };
     }
-    stats::count_forwarded(&conn, packet.ip_len);
+    new_flow(ctx, &packet)
+}
+
+// The three paths are functions of their own (BPF-to-BPF calls), each with its own
+// stack frame: inlined into one, their locals would not fit the 512 bytes of stack.
+
+/// The first packet of a flow the director does not know.
+#[inline(never)]
+fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
+    let service = service::lookup(ctx, packet)?;
+    let id = sched::new_connection(ctx, packet, &service)?;
+    let real = forward::reachable(ctx, packet, id)?;
+    let opening = maps::OPENING.get_ptr_mut(0).ok_or(Reason::ConnInsertFailed)?;
+    // SAFETY: a per-CPU value, used by this CPU's packet only, for this call.
+    let maps::Opening { conn, reply } = unsafe { &mut *opening };
+    forward::open(packet, &service, id, real, conn, reply)?;
+    let action = forward::to_real(ctx, packet, conn, real)?;
+    stats::count_request(conn, packet.ip_len, true);
+    Ok(action)
+}
+
+/// A client's packet of a known connection.
+#[inline(never)]
+fn established(ctx: &XdpContext, packet: &parse::Packet, conn: &Conn) -> Result<u32, Reason> {
+    let real = forward::reachable(ctx, packet, conn.real)?;
+    let action = forward::to_real(ctx, packet, conn, real)?;
+    stats::count_request(conn, packet.ip_len, false);
+    Ok(action)
+}
+
+/// A real server's reply through the director (NAT, Full-NAT).
+#[inline(never)]
+fn reply(ctx: &XdpContext, packet: &parse::Packet, conn: &Conn) -> Result<u32, Reason> {
+    if !service::addressed_to_director(ctx, packet.vlan) {
+        return Err(Reason::OtherHost);
+    }
+    let action = forward::to_client(ctx, packet, conn)?;
+    stats::count_reply(conn, packet.ip_len);
     Ok(action)
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    CONN_TABLE_SIZE, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
+    CONN_TABLE_SIZE, LOCAL_ADDRESS_SLOTS, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
     conn::{Conn, FlowKey},
     interface::{Interface, InterfaceKey},
     real::RealServer,
@@ -38,10 +38,27 @@ pub static SCHED_RING: Array<u32> = Array::with_max_entries(SCHED_RING_SLOTS, 0)
 #[map]
 pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVICES, 0);
 
-/// Flows and the real server each was scheduled to. One LRU list for all CPUs, so the
-/// whole table serves whichever CPUs the flows land on.
+/// Flows and the real server each was scheduled to; for NAT and Full-NAT also the
+/// reply direction. One LRU list for all CPUs, so the whole table serves whichever CPUs
+/// the flows land on.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+
+/// Full-NAT local addresses, each service owning runs of slots named by its `Service`
+/// value (two banks, so a changed list is written where no packet reads).
+#[map]
+pub static LOCAL_ADDRESSES: Array<[u8; 16]> = Array::with_max_entries(LOCAL_ADDRESS_SLOTS, 0);
+
+/// Per CPU, the entries of the connection being opened: with the rest of a new flow's
+/// path they would not fit the 512 bytes of stack.
+#[map]
+pub static OPENING: PerCpuArray<Opening> = PerCpuArray::with_max_entries(1, 0);
+
+/// A new connection's entries, for each direction.
+pub struct Opening {
+    pub conn: Conn,
+    pub reply: Conn,
+}
 
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);

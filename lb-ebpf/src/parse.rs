@@ -1,5 +1,6 @@
-//! From the frame's bytes to a flow: Ethernet (one 802.1Q tag), IPv4 with any header
-//! length or IPv6, then the TCP or UDP ports.
+//! From the frame's bytes to a flow, in layers: Ethernet (one 802.1Q tag), IPv4 with
+//! any header length or IPv6, then the TCP or UDP ports. The offsets of the headers are
+//! kept, so a rewrite needs no second parse.
 //!
 //! Malformed or truncated headers are refused here with a [`Reason`], so no later step
 //! ever reads past the frame or forwards something it did not understand.
@@ -25,9 +26,21 @@ pub struct Packet {
     pub ip_len: u32,
     /// The 802.1Q VLAN id, 0 for an untagged (or priority-tagged) frame.
     pub vlan: u16,
+    /// Where the IP header starts in the frame.
+    pub l3: usize,
+    /// Where the TCP or UDP header starts.
+    pub l4: usize,
+    /// The TCP flags byte; 0 for UDP.
+    pub tcp_flags: u8,
     /// Whether the packet may open a connection: any UDP datagram, a TCP SYN without RST.
     pub opens_connection: bool,
 }
+
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS: usize = 13;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 
 /// Where the IP packet starts, and what the Ethernet header says is in it.
 struct Link {
@@ -69,8 +82,9 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
     } else {
         return Err(Reason::NotIp);
     };
-    let opens_connection = ports(ctx, &transport, &mut flow)?;
-    Ok(Packet { flow, ip_len, vlan, opens_connection })
+    let tcp_flags = ports(ctx, &transport, &mut flow)?;
+    let opens_connection = flow.protocol == IPPROTO_UDP || tcp_flags & (TCP_SYN | TCP_RST) == TCP_SYN;
+    Ok(Packet { flow, ip_len, vlan, l3, l4: transport.offset, tcp_flags, opens_connection })
 }
 
 /// The ether type of the payload and where it starts, past one optional VLAN tag.
@@ -131,9 +145,9 @@ fn ipv6(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u
     Ok((transport, (Ipv6Hdr::LEN + payload_len) as u32))
 }
 
-/// Reads the ports into `flow`; returns whether the packet may open a connection.
+/// Reads the ports into `flow`; returns the TCP flags (0 for UDP).
 #[inline(always)]
-fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<bool, Reason> {
+fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<u8, Reason> {
     match flow.protocol {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = header(ctx, transport.offset).ok_or(Reason::TruncatedL4)?;
@@ -144,7 +158,9 @@ fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<
             }
             flow.src_port = tcp.source;
             flow.dst_port = tcp.dest;
-            Ok(tcp.syn() != 0 && tcp.rst() == 0)
+            // SAFETY: within the header checked above (the flags are its 14th byte).
+            let flags: *const u8 = header(ctx, transport.offset + TCP_FLAGS).ok_or(Reason::TruncatedL4)?;
+            Ok(unsafe { *flags })
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = header(ctx, transport.offset).ok_or(Reason::TruncatedL4)?;
@@ -155,7 +171,7 @@ fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<
             }
             flow.src_port = udp.src;
             flow.dst_port = udp.dst;
-            Ok(true)
+            Ok(0)
         }
         _ => Err(Reason::NotTcpUdp),
     }

@@ -12,15 +12,14 @@ use lb_common::{
 };
 
 use crate::{
-    conn::Scheduled,
     maps::{SCHED_CURSOR, SCHED_RING},
     parse::Packet,
 };
 
-/// A real server for the first packet of a flow. Only a packet that may open a
-/// connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS.
+/// A real server (its id) for the first packet of a flow. Only a packet that may open
+/// a connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS.
 #[inline(always)]
-pub fn new_connection(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<Scheduled, Reason> {
+pub fn new_connection(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<u32, Reason> {
     if !packet.opens_connection {
         return Err(Reason::NoConnection);
     }
@@ -29,7 +28,7 @@ pub fn new_connection(ctx: &XdpContext, packet: &Packet, service: &Service) -> R
         None => return Err(Reason::NoRealServer),
     };
     log_new_connection(ctx, packet, service, real);
-    Ok(Scheduled { real, service: service.index, new: true })
+    Ok(real)
 }
 
 #[inline(always)]

@@ -45,7 +45,7 @@ fn by_address(flow: &FlowKey) -> Result<Service, Reason> {
 /// by (the receiving interface, or the VLAN over it): a VLAN the director has no
 /// device on is not the director's either.
 #[inline(always)]
-fn addressed_to_director(ctx: &XdpContext, vlan: u16) -> bool {
+pub fn addressed_to_director(ctx: &XdpContext, vlan: u16) -> bool {
     let Some(eth) = header::<EthHdr>(ctx, 0) else { return false };
     let destination = unsafe { (*eth).dst_addr };
     let key = InterfaceKey { ifindex: ctx.ingress_ifindex() as u32, vlan, _pad: [0; 2] };

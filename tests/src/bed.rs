@@ -93,13 +93,16 @@ pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Res
         .filter_map(|real| {
             let address = real.address.to_string();
             let (ifindex, vlan) = reach(&address)?;
-            Some((real.address, Link { ifindex, vlan, mac: real_mac(&address), director_mac: DIRECTOR_MAC }))
+            Some((
+                real.address,
+                Link { ifindex, vlan, mac: real_mac(&address), director_mac: DIRECTOR_MAC, gateway: None },
+            ))
         })
         .collect();
     // The director's devices: the ingress interface, and the VLANs real servers are on.
     let mut interfaces = BTreeMap::from([((INGRESS, 0), DIRECTOR_MAC)]);
     interfaces.extend(reals.values().map(|link| ((link.ifindex, link.vlan), DIRECTOR_MAC)));
-    let links = Links { reals, interfaces };
+    let links = Links { reals, interfaces, unresolved: Default::default() };
     director.apply_maps(config, links)
 }
 

@@ -13,6 +13,18 @@ enum Frame {
     Sequence { path: String, next: usize },
 }
 
+/// The line of `field`, or of the nearest enclosing field written in the file when it
+/// is not (a missing field is reported where it belongs).
+pub fn line_of_nearest(source: &str, field: &str) -> Option<usize> {
+    let mut path = field;
+    loop {
+        if let Some(line) = line_of(source, path) {
+            return Some(line);
+        }
+        path = &path[..path.rfind(['.', '['])?];
+    }
+}
+
 /// The 1-based line of `field`: where its key is written, or where a sequence item starts.
 pub fn line_of(source: &str, field: &str) -> Option<usize> {
     let mut parser = Parser::new_from_str(source);

@@ -98,9 +98,9 @@ fn unsupported_scheduler_and_forwarding_say_so() {
     let err = refused(&with_line(10, "    scheduler: lc"));
     assert_eq!((err.line, err.field.as_str()), (Some(10), "services[0].scheduler"));
     assert_eq!(err.message, "scheduler `lc` is not supported yet (supported: rr, wrr)");
-    let err = refused(&with_line(11, "    forwarding: masq"));
+    let err = refused(&with_line(11, "    forwarding: ipip"));
     assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].forwarding"));
-    assert!(err.message.contains("`nat` is not supported yet"), "{err}");
+    assert!(err.message.contains("`tun` is not supported yet"), "{err}");
     let err = refused(&with_line(10, "    scheduler: fastest"));
     assert!(err.message.contains("unknown variant `fastest`"), "{err}");
 }
@@ -146,4 +146,41 @@ fn restart_only_fields_are_named() {
     new.metrics_listen = "127.0.0.1:1".parse().unwrap();
     new.connection_table_size = 4096;
     assert_eq!(old.restart_only_changes(&new), vec!["metrics_listen", "connection_table_size"]);
+}
+
+#[test]
+fn nat_and_fnat_real_servers_may_map_the_port_and_dr_may_not() {
+    let nat = with_line(11, "    forwarding: masq").replace("weight: 2 }", "weight: 2, port: 8080 }");
+    let config = parse(&nat).unwrap();
+    let web = &config.services[0];
+    assert_eq!((web.forwarding_of(&web.reals[1]), web.port_of(&web.reals[1])), (Forwarding::Nat, 8080));
+    assert_eq!(web.port_of(&web.reals[0]), 80, "the service's port by default");
+
+    let err = refused(&EXAMPLE.replace("weight: 2 }", "weight: 2, port: 8080 }"));
+    assert_eq!((err.line, err.field.as_str()), (Some(14), "services[0].reals[1].port"));
+    assert!(err.message.contains("dr does not rewrite the packet") && err.message.contains("nat or fnat"), "{err}");
+    let same_port = EXAMPLE.replace("weight: 2 }", "weight: 2, port: 80 }");
+    assert!(parse(&same_port).is_ok(), "naming the service's own port is no mapping");
+}
+
+#[test]
+fn fnat_needs_a_local_address_of_the_vips_family() {
+    let fnat = with_line(11, "    forwarding: fnat");
+    let err = refused(&fnat);
+    assert_eq!((err.line, err.field.as_str()), (Some(6), "services[0].local_addresses"));
+    assert!(err.message.contains("IPv4"), "{err}");
+    let v6_only = fnat.replace("    reals:", "    local_addresses: [\"2001:db8:21::100\"]\n    reals:");
+    assert_eq!(refused(&v6_only).field, "services[0].local_addresses");
+    let both = fnat.replace(
+        "    reals:",
+        "    local_addresses: [198.18.21.100, 198.18.21.101, \"2001:db8:21::100\"]\n    toa: true\n    reals:",
+    );
+    let config = parse(&both).unwrap();
+    let web = &config.services[0];
+    assert!(web.toa);
+    assert_eq!(web.local_port_range, [1024, 65535]);
+    let locals: Vec<String> = web.local_addresses_of_family().map(|a| a.to_string()).collect();
+    assert_eq!(locals, ["198.18.21.100", "198.18.21.101"]);
+    let err = refused(&both.replace("    toa: true", "    local_port_range: [2000, 1000]"));
+    assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].local_port_range"));
 }

@@ -2,9 +2,9 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use lb_common::{MAX_REALS, MAX_SERVICES};
+use lb_common::{MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES};
 
-use super::{Config, Forwarding, VirtualService};
+use super::{Config, Forwarding, Real, VirtualService};
 
 /// IPVS limits weights to this (ipvsadm -w 0..65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -92,6 +92,7 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
     lb_common::service::Scheduler::try_from(service.scheduler)
         .map_err(|unsupported| invalid(format!("{at}.scheduler"), unsupported.to_string()))?;
     check_forwarding(&format!("{at}.forwarding"), service.forwarding)?;
+    check_full_nat(at, service)?;
     for (j, real) in service.reals.iter().enumerate() {
         let at = format!("{at}.reals[{j}]");
         check_address(&format!("{at}.address"), real.address)?;
@@ -99,11 +100,14 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
             return Err(invalid(
                 format!("{at}.address"),
                 format!(
-                    "{} and the VIP {} are of different IP versions; direct routing keeps the packet as it is",
-                    real.address, service.vip
+                    "{} and the VIP {} are of different IP versions; {} keeps the packet's IP version",
+                    real.address,
+                    service.vip,
+                    service.forwarding_of(real)
                 ),
             ));
         }
+        check_real_port(&at, service, real)?;
         if service.reals[..j].iter().any(|other| other.address == real.address) {
             return Err(invalid(format!("{at}.address"), format!("{} is listed twice", real.address)));
         }
@@ -116,6 +120,64 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
         if let Some(forwarding) = real.forwarding {
             check_forwarding(&format!("{at}.forwarding"), forwarding)?;
         }
+    }
+    Ok(())
+}
+
+/// A port of its own only where the packet is rewritten (NAT, Full-NAT), and not on a
+/// port-0 service, whose connections keep the port the client asked for.
+fn check_real_port(at: &str, service: &VirtualService, real: &Real) -> Result<(), Invalid> {
+    let Some(port) = real.port else { return Ok(()) };
+    let forwarding = service.forwarding_of(real);
+    if port == service.port {
+        return Ok(());
+    }
+    if !matches!(forwarding, Forwarding::Nat | Forwarding::Fnat) {
+        return Err(invalid(
+            format!("{at}.port"),
+            format!(
+                "{forwarding} does not rewrite the packet, so the real server serves the service's port {}; \
+                 port mapping needs nat or fnat",
+                service.port
+            ),
+        ));
+    }
+    if service.port == 0 || port == 0 {
+        return Err(invalid(
+            format!("{at}.port"),
+            "a port-0 service keeps the port each client asks for; a real server of it cannot map it to another",
+        ));
+    }
+    Ok(())
+}
+
+/// Full-NAT needs a local address of the VIP's family, and a range of local ports.
+fn check_full_nat(at: &str, service: &VirtualService) -> Result<(), Invalid> {
+    for (k, local) in service.local_addresses.iter().enumerate() {
+        check_address(&format!("{at}.local_addresses[{k}]"), *local)?;
+    }
+    let [first, last] = service.local_port_range;
+    if first == 0 || first > last {
+        return Err(invalid(
+            format!("{at}.local_port_range"),
+            format!("[{first}, {last}] is not a range of ports (first from 1, first <= last)"),
+        ));
+    }
+    let locals = service.local_addresses_of_family().count();
+    if locals > MAX_LOCAL_ADDRESSES as usize {
+        return Err(invalid(
+            format!("{at}.local_addresses"),
+            format!("at most {MAX_LOCAL_ADDRESSES} local addresses of one IP version fit"),
+        ));
+    }
+    let full_nat = service.reals.iter().any(|real| service.forwarding_of(real) == Forwarding::Fnat)
+        || service.forwarding == Forwarding::Fnat;
+    if full_nat && locals == 0 {
+        let version = if service.vip.is_ipv4() { "IPv4" } else { "IPv6" };
+        return Err(invalid(
+            format!("{at}.local_addresses"),
+            format!("fnat needs a local address of the VIP's IP version ({version}) for its connections to leave from"),
+        ));
     }
     Ok(())
 }

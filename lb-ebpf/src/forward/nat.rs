@@ -1,0 +1,150 @@
+//! LVS-NAT: the director is the real servers' gateway. A client's packet leaves with
+//! the real server's address and port as its destination; the real server's reply
+//! comes back through the director, which puts the VIP and the service's port back as
+//! its source. Checksums are updated for the changed bytes only (RFC 1624).
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    FAMILY_IPV4, IPPROTO_TCP,
+    conn::{CONN_REPLY, Conn},
+    real::RealServer,
+    stats::Reason,
+};
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+use super::client;
+use crate::{
+    conn,
+    csum::Delta,
+    parse::{Packet, header},
+};
+
+/// An address and a port a packet is rewritten to.
+pub type Endpoint<'a> = (&'a [u8; 16], [u8; 2]);
+
+/// Completes a new NAT connection's entry (`conn`, the client direction's) and writes
+/// the reply's, which holds the VIP and port to put back. A function of its own, for
+/// the stack's sake.
+#[inline(never)]
+pub fn open(packet: &Packet, real: &RealServer, conn: &mut Conn, reply: &mut Conn) -> Result<(), Reason> {
+    conn.dst = real.address;
+    conn.dst_port = super::real_port(packet, real);
+    *reply = *conn;
+    reply.flags = CONN_REPLY;
+    reply.src = packet.flow.dst;
+    reply.src_port = packet.flow.dst_port;
+    reply.dst = [0; 16];
+    reply.dst_port = [0; 2];
+    conn::insert(&super::reply_key(packet, conn), reply, false)
+}
+
+#[inline(always)]
+pub fn to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer) -> Result<u32, Reason> {
+    rewrite(ctx, packet, None, Some((&conn.dst, conn.dst_port)))?;
+    Ok(super::transmit(ctx, real))
+}
+
+#[inline(always)]
+pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, Reason> {
+    let next_hop = client::next_hop(ctx, packet, &conn.src, &packet.flow.dst)?;
+    rewrite(ctx, packet, Some((&conn.src, conn.src_port)), None)?;
+    Ok(client::transmit(ctx, &next_hop))
+}
+
+/// Rewrites the packet's source and/or destination (address and port), with the IPv4
+/// header checksum and the TCP or UDP checksum (whose pseudo-header holds the
+/// addresses) updated to match. A function of its own, for the stack's sake.
+#[inline(never)]
+pub fn rewrite(ctx: &XdpContext, packet: &Packet, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<(), Reason> {
+    let addresses = if packet.flow.family == FAMILY_IPV4 {
+        rewrite_ipv4(ctx, packet.l3, src, dst)?
+    } else {
+        rewrite_ipv6(ctx, packet.l3, src, dst)?
+    };
+    if packet.flow.protocol == IPPROTO_TCP {
+        let tcp = header::<TcpHdr>(ctx, packet.l4).ok_or(Reason::TruncatedL4)?.cast_mut();
+        // SAFETY: `header` checked the TCP header is within the frame.
+        let tcp = unsafe { &mut *tcp };
+        let ports = replace_ports(&mut tcp.source, &mut tcp.dest, src, dst);
+        tcp.check = addresses.and(ports).apply(tcp.check);
+    } else {
+        let udp = header::<UdpHdr>(ctx, packet.l4).ok_or(Reason::TruncatedL4)?.cast_mut();
+        // SAFETY: `header` checked the UDP header is within the frame.
+        let udp = unsafe { &mut *udp };
+        let ports = replace_ports(&mut udp.src, &mut udp.dst, src, dst);
+        // An IPv4 datagram sent without a checksum (zero) keeps none; a computed zero
+        // is sent as all ones, as zero would mean "none".
+        if udp.check != [0; 2] || packet.flow.family != FAMILY_IPV4 {
+            let check = addresses.and(ports).apply(udp.check);
+            udp.check = if check == [0; 2] { [0xff; 2] } else { check };
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites the IPv4 addresses and the header checksum; returns the change to the
+/// pseudo-header's sum.
+#[inline(always)]
+fn rewrite_ipv4(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<Delta, Reason> {
+    let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
+    // SAFETY: `header` checked the IPv4 header is within the frame.
+    let ip = unsafe { &mut *ip };
+    let mut delta = Delta::default();
+    if let Some((address, _)) = src {
+        delta = replace_address(delta, &mut ip.src_addr, first_four(address));
+    }
+    if let Some((address, _)) = dst {
+        delta = replace_address(delta, &mut ip.dst_addr, first_four(address));
+    }
+    ip.check = delta.apply(ip.check);
+    Ok(delta)
+}
+
+/// Rewrites the IPv6 addresses (IPv6 has no header checksum); returns the change to
+/// the pseudo-header's sum.
+#[inline(always)]
+fn rewrite_ipv6(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<Delta, Reason> {
+    let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
+    // SAFETY: `header` checked the IPv6 header is within the frame.
+    let ip = unsafe { &mut *ip };
+    let mut delta = Delta::default();
+    if let Some((address, _)) = src {
+        delta = replace_address(delta, &mut ip.src_addr, address);
+    }
+    if let Some((address, _)) = dst {
+        delta = replace_address(delta, &mut ip.dst_addr, address);
+    }
+    Ok(delta)
+}
+
+#[inline(always)]
+fn replace_address<const N: usize>(delta: Delta, field: &mut [u8; N], new: &[u8; N]) -> Delta {
+    let delta = delta.diff(field, new);
+    *field = *new;
+    delta
+}
+
+/// An IPv4 address as the maps store it: the first four of 16 bytes.
+#[inline(always)]
+fn first_four(address: &[u8; 16]) -> &[u8; 4] {
+    // SAFETY: the first four bytes of a 16-byte array, with the array's lifetime.
+    unsafe { &*address.as_ptr().cast::<[u8; 4]>() }
+}
+
+#[inline(always)]
+fn replace_ports(source: &mut [u8; 2], dest: &mut [u8; 2], src: Option<Endpoint>, dst: Option<Endpoint>) -> Delta {
+    let mut delta = Delta::default();
+    if let Some((_, port)) = src {
+        delta = delta.replace(*source, port);
+        *source = port;
+    }
+    if let Some((_, port)) = dst {
+        delta = delta.replace(*dest, port);
+        *dest = port;
+    }
+    delta
+}
