@@ -124,3 +124,48 @@ pub fn service(name: &str, vip: &str, port: u16, protocol: &str, scheduler: &str
     }
     yaml + "    ] }\n"
 }
+
+/// The MAC of the director's interface towards clients in a [`Routes`] namespace.
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+
+/// A network namespace in which NAT and Full-NAT replies find their way back: the
+/// director's `bpf_fib_lookup` answers from the routing and neighbour tables of the
+/// namespace the test run is issued in. It has an interface `clients` (MAC
+/// [`ROUTER_MAC`]) on 198.18.1.0/24 and 2001:db8:1::/64, forwarding on, and permanent
+/// neighbour entries for the clients 198.18.1.1 and 2001:db8:1::1 (MAC
+/// [`crate::packet::CLIENT_MAC`]), so a reply to them leaves through `clients`; other
+/// addresses there have no neighbour entry, and 198.19.0.0/16 no route.
+pub struct Routes {
+    netns: crate::netns::Netns,
+    /// The ifindex of `clients`.
+    pub clients: u32,
+}
+
+impl Routes {
+    pub fn new() -> Result<Self> {
+        let netns = crate::netns::Netns::create(format!("{}-routes", crate::netns::unique_prefix()))?;
+        let mac = ROUTER_MAC.map(|byte| format!("{byte:02x}")).join(":");
+        let client_mac = crate::packet::CLIENT_MAC.map(|byte| format!("{byte:02x}")).join(":");
+        for argv in [
+            // No dummy devices on these kernels: a veth pair with both ends up.
+            vec!["ip", "link", "add", "clients", "address", &mac, "type", "veth", "peer", "name", "far-end"],
+            vec!["ip", "link", "set", "far-end", "up"],
+            vec!["ip", "link", "set", "clients", "up"],
+            vec!["ip", "addr", "add", "198.18.1.2/24", "dev", "clients"],
+            vec!["ip", "addr", "add", "2001:db8:1::2/64", "dev", "clients", "nodad"],
+            vec!["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+            vec!["ip", "neigh", "add", "198.18.1.1", "lladdr", &client_mac, "dev", "clients", "nud", "permanent"],
+            vec!["ip", "neigh", "add", "2001:db8:1::1", "lladdr", &client_mac, "dev", "clients", "nud", "permanent"],
+        ] {
+            netns.run(&argv)?;
+        }
+        let index = netns.run(&["cat", "/sys/class/net/clients/ifindex"])?;
+        let clients = String::from_utf8_lossy(&index.stdout).trim().parse()?;
+        Ok(Self { netns, clients })
+    }
+
+    /// Runs `frame` once through `program`, from inside the namespace.
+    pub fn run(&self, program: &Xdp, frame: &[u8]) -> Result<Run> {
+        self.netns.within(|| run(program, frame))
+    }
+}

@@ -51,6 +51,14 @@ pub fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The same frame between other MAC addresses.
+pub fn with_macs(frame: &[u8], destination: [u8; 6], source: [u8; 6]) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    frame[..6].copy_from_slice(&destination);
+    frame[6..12].copy_from_slice(&source);
+    frame
+}
+
 /// The same frame with an 802.1Q tag after the source MAC.
 pub fn vlan_tagged(frame: &[u8], vid: u16) -> Vec<u8> {
     let mut tagged = frame[..12].to_vec();
