@@ -36,15 +36,39 @@ pub struct Host {
     pub mac: String,
 }
 
+/// How the director is wired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arms {
+    /// Client, director and real servers on one segment, set up for LVS-DR.
+    One,
+    /// Clients on one segment (the director's `eth0`), real servers on another
+    /// (198.18.21.0/24, 2001:db8:21::/64, the director's `eth1` at .1 and ::1) with
+    /// the director as their default gateway (`gateway: true`, LVS-NAT) or with no
+    /// route beyond their segment at all (`gateway: false`, for Full-NAT).
+    Two { gateway: bool },
+}
+
+/// The director's address on the real servers' segment of a two-armed lab.
+pub const INSIDE4: Ipv4Addr = Ipv4Addr::new(198, 18, 21, 1);
+pub const INSIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x21, 0, 0, 0, 0, 1);
+/// The director's Full-NAT local addresses in a two-armed lab.
+pub const LOCAL4: Ipv4Addr = Ipv4Addr::new(198, 18, 21, 100);
+pub const LOCAL6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x21, 0, 0, 0, 0, 0x100);
+/// The port real servers also serve HTTP on, for port mapping.
+pub const MAPPED_HTTP_PORT: u16 = 8080;
+/// Bytes of the file real servers serve at `/big`.
+pub const BIG_FILE_LEN: usize = 4 << 20;
+
 pub struct Lab {
+    pub arms: Arms,
     pub client: Host,
     pub director: Host,
     pub reals: Vec<Host>,
     /// Scratch space: configurations, logs, nginx's files.
     pub dir: PathBuf,
     servers: Vec<Child>,
-    /// Holds `xdp_pass` on the switch side of the director's link.
-    _veth_helper: Ebpf,
+    /// Hold `xdp_pass` on the switch side of the director's links.
+    _veth_helpers: Vec<Ebpf>,
     _switch: Netns,
 }
 
@@ -101,23 +125,35 @@ pub struct Reply {
 }
 
 impl Lab {
-    /// Builds the lab with `reals` real servers, all serving HTTP, and waits until
-    /// each answers the client directly.
+    /// Builds the one-armed (LVS-DR) lab with `reals` real servers, all serving HTTP,
+    /// and waits until each answers the client directly.
     pub fn start(reals: usize) -> Result<Self> {
+        Self::start_with(reals, Arms::One)
+    }
+
+    /// Builds a lab wired as `arms` says, with `reals` real servers serving HTTP (on
+    /// port 80 and [`MAPPED_HTTP_PORT`]) and UDP, and waits until each answers.
+    pub fn start_with(reals: usize, arms: Arms) -> Result<Self> {
         ensure_root()?;
         remove_orphans();
         let prefix = netns::unique_prefix();
         let dir = std::env::temp_dir().join(format!("{SCRATCH}{prefix}"));
         fs::create_dir_all(&dir)?;
+        fs::write(dir.join("big.bin"), big_file())?;
 
         let switch = Netns::create(format!("{prefix}-switch"))?;
-        switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
-        switch.run(&["ip", "link", "set", "br0", "up"])?;
-        let host = |name: &str, last: u8| plug(&switch, &prefix, name, last);
-        let client = host("client", 1)?;
-        let director = host("director", 2)?;
+        for bridge in ["br0", "br1"] {
+            switch.run(&["ip", "link", "add", bridge, "type", "bridge"])?;
+            switch.run(&["ip", "link", "set", bridge, "up"])?;
+        }
+        let outside = Segment { bridge: "br0", subnet: 1 };
+        let inside = Segment { bridge: "br1", subnet: 21 };
+        let host = |name: &str, segment: &Segment, last: u8| plug(&switch, &prefix, name, segment, last);
+        let client = host("client", &outside, 1)?;
+        let director = host("director", &outside, 2)?;
+        let reals_on = if arms == Arms::One { &outside } else { &inside };
         let reals: Vec<Host> =
-            (0..reals).map(|i| host(&format!("rs{}", i + 1), 11 + i as u8)).collect::<Result<_>>()?;
+            (0..reals).map(|i| host(&format!("rs{}", i + 1), reals_on, 11 + i as u8)).collect::<Result<_>>()?;
 
         // The director owns the VIPs, as keepalived would give them to it; the client
         // reaches them on the segment, so the director answers ARP and ND for them.
@@ -126,9 +162,20 @@ impl Lab {
         client.netns.run(&["ip", "route", "add", "203.0.113.0/24", "dev", "eth0"])?;
         client.netns.run(&["ip", "-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
 
-        let veth_helper = attach_veth_helper(&switch, "director")?;
-        let mut lab =
-            Self { client, director, reals, dir, servers: Vec::new(), _veth_helper: veth_helper, _switch: switch };
+        let mut veth_helpers = vec![attach_veth_helper(&switch, "director")?];
+        if let Arms::Two { gateway } = arms {
+            veth_helpers.push(wire_inside(&switch, &director, &reals, gateway)?);
+        }
+        let mut lab = Self {
+            arms,
+            client,
+            director,
+            reals,
+            dir,
+            servers: Vec::new(),
+            _veth_helpers: veth_helpers,
+            _switch: switch,
+        };
         for i in 0..lab.reals.len() {
             lab.setup_real(i)?;
         }
@@ -136,11 +183,19 @@ impl Lab {
         Ok(lab)
     }
 
-    /// LVS-DR real-server set-up with the project's script, then nginx.
+    /// LVS-DR real-server set-up with the project's script (a NAT real server needs
+    /// none), then nginx and the UDP service.
     fn setup_real(&mut self, i: usize) -> Result<()> {
         let real = &self.reals[i];
         let script = workspace_root().join("deploy/realserver.sh");
-        real.netns.run(&["sh", &script.to_string_lossy(), "start", &VIP4.to_string(), &VIP6.to_string()])?;
+        // Behind a one-armed director the real servers answer from the VIPs; behind a
+        // two-armed one (NAT) they are addressed as themselves.
+        let udp_addresses = if self.arms == Arms::One {
+            real.netns.run(&["sh", &script.to_string_lossy(), "start", &VIP4.to_string(), &VIP6.to_string()])?;
+            [format!("{VIP4}:{UDP_PORT}"), format!("[{VIP6}]:{UDP_PORT}")]
+        } else {
+            [format!("{}:{UDP_PORT}", real.ipv4), format!("[{}]:{UDP_PORT}", real.ipv6)]
+        };
         let conf = self.dir.join(format!("{}-nginx.conf", real.name));
         fs::write(&conf, nginx_conf(&real.name, &self.dir))?;
         let log = fs::File::create(self.dir.join(format!("{}-nginx.log", real.name)))?;
@@ -157,7 +212,8 @@ impl Lab {
         let echo = real
             .netns
             .command(&binary("lb-udp-echo")?.to_string_lossy())
-            .args([real.name.clone(), format!("{VIP4}:{UDP_PORT}"), format!("[{VIP6}]:{UDP_PORT}")])
+            .arg(&real.name)
+            .args(udp_addresses)
             .spawn()
             .context("starting lb-udp-echo")?;
         self.servers.push(echo);
@@ -166,10 +222,10 @@ impl Lab {
 
     fn wait_for_servers(&self) -> Result<()> {
         for real in &self.reals {
-            let url = format!("http://{}/", real.ipv4);
+            let url = format!("http://{}:{MAPPED_HTTP_PORT}/", real.ipv4);
             wait_until(Duration::from_secs(10), &format!("{} to serve HTTP", real.name), || {
-                let replies = self.http_get(&url, 1)?;
-                Ok(replies[0].body == real.name)
+                let served = real.netns.command("curl").args(["--silent", "--max-time", "2", &url]).output()?;
+                Ok(served.stdout == real.name.as_bytes())
             })?;
         }
         Ok(())
@@ -224,29 +280,55 @@ impl Lab {
 
     /// The standard configuration: an IPv4 and an IPv6 web service (TCP) and DNS-like
     /// service (UDP) over every real server, with the given weights, scheduled by
-    /// `scheduler`.
+    /// `scheduler`, forwarded by direct routing.
     pub fn config(&self, scheduler: &str, weights: &[u32]) -> String {
-        let mut yaml = format!(
-            "interfaces:\n  - name: eth0\n    xdp_mode: native\nmetrics_listen: 127.0.0.1:9798\napi_socket: {}\nservices:\n",
-            self.api_socket().display()
-        );
+        self.config_for("dr", scheduler, weights, "")
+    }
+
+    /// Like [`Lab::config`], forwarded by `forwarding`, with `extra` (YAML lines
+    /// indented for a service's fields) in every service. NAT and Full-NAT web
+    /// services map port 80 to the real servers' [`MAPPED_HTTP_PORT`].
+    pub fn config_for(&self, forwarding: &str, scheduler: &str, weights: &[u32], extra: &str) -> String {
+        let mut yaml = String::from("interfaces:\n  - name: eth0\n    xdp_mode: native\n");
+        if self.arms != Arms::One {
+            yaml += "  - name: eth1\n    xdp_mode: native\n";
+        }
+        let _ =
+            write!(yaml, "metrics_listen: 127.0.0.1:9798\napi_socket: {}\nservices:\n", self.api_socket().display());
         let services = [
             ("web4", IpAddr::V4(VIP4), HTTP_PORT, "tcp"),
             ("web6", IpAddr::V6(VIP6), HTTP_PORT, "tcp"),
             ("dns4", IpAddr::V4(VIP4), UDP_PORT, "udp"),
             ("dns6", IpAddr::V6(VIP6), UDP_PORT, "udp"),
         ];
+        let mapped = matches!(forwarding, "nat" | "fnat");
         for (name, vip, port, protocol) in services {
             let _ = write!(
                 yaml,
-                "  - name: {name}\n    vip: {vip}\n    port: {port}\n    protocol: {protocol}\n    scheduler: {scheduler}\n    forwarding: dr\n    reals:\n"
+                "  - name: {name}\n    vip: {vip}\n    port: {port}\n    protocol: {protocol}\n    scheduler: {scheduler}\n    forwarding: {forwarding}\n{extra}    reals:\n"
             );
+            let real_port =
+                if mapped && protocol == "tcp" { format!(", port: {MAPPED_HTTP_PORT}") } else { String::new() };
             for (real, weight) in self.reals.iter().zip(weights) {
                 let address = if vip.is_ipv4() { IpAddr::V4(real.ipv4) } else { IpAddr::V6(real.ipv6) };
-                let _ = writeln!(yaml, "      - {{ address: {address}, weight: {weight} }}");
+                let _ = writeln!(yaml, "      - {{ address: {address}, weight: {weight}{real_port} }}");
             }
         }
         yaml
+    }
+
+    /// `path` from the client through the VIP, over one connection; the body.
+    pub fn fetch(&self, vip: IpAddr, path: &str) -> Result<Vec<u8>> {
+        let url = match vip {
+            IpAddr::V4(v4) => format!("http://{v4}:{HTTP_PORT}{path}"),
+            IpAddr::V6(v6) => format!("http://[{v6}]:{HTTP_PORT}{path}"),
+        };
+        let output =
+            self.client.netns.command("curl").args(["--silent", "--fail", "--max-time", "20", &url]).output()?;
+        if !output.status.success() {
+            bail!("curl {url} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(output.stdout)
     }
 
     /// Starts counting in the client (see [`ClientCounters`]).
@@ -433,42 +515,78 @@ impl Drop for Agent {
     }
 }
 
-/// A host namespace with `eth0` plugged into the switch's bridge.
-fn plug(switch: &Netns, prefix: &str, name: &str, last: u8) -> Result<Host> {
+/// An Ethernet segment of the lab: a bridge of the switch, and its subnets
+/// 198.18.SUBNET.0/24 and 2001:db8:SUBNET::/64.
+struct Segment {
+    bridge: &'static str,
+    subnet: u8,
+}
+
+/// A host namespace with `eth0` plugged into `segment`.
+fn plug(switch: &Netns, prefix: &str, name: &str, segment: &Segment, last: u8) -> Result<Host> {
     let netns = Netns::create(format!("{prefix}-{name}"))?;
+    let (ipv4, ipv6) = port(switch, &netns, "eth0", name, segment, last)?;
+    let link = String::from_utf8_lossy(&netns.run(&["cat", "/sys/class/net/eth0/address"])?.stdout).trim().to_owned();
+    Ok(Host { netns, name: name.to_owned(), ipv4, ipv6, mac: link })
+}
+
+/// An interface `device` of `netns` on `segment` (its switch-side end named
+/// `switch_port`), with the segment's addresses ending in `last`.
+fn port(
+    switch: &Netns,
+    netns: &Netns,
+    device: &str,
+    switch_port: &str,
+    segment: &Segment,
+    last: u8,
+) -> Result<(Ipv4Addr, Ipv6Addr)> {
     Command::new("ip")
-        .args([
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            netns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            name,
-            "netns",
-            switch.name(),
-        ])
+        .args(["link", "add", device, "netns", netns.name(), "type", "veth", "peer", "name", switch_port])
+        .args(["netns", switch.name()])
         .status()
         .context("creating a veth pair")?
         .success()
         .then_some(())
-        .ok_or_else(|| anyhow!("creating the veth pair of {name}"))?;
-    switch.run(&["ip", "link", "set", name, "master", "br0", "up"])?;
-    let ipv4 = Ipv4Addr::new(198, 18, 1, last);
-    // 2001:db8:1::11 beside 198.18.1.11: the last group reads as the IPv4 byte does.
-    let group = u16::from_str_radix(&last.to_string(), 16).expect("decimal digits are hex digits");
-    let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, group);
-    netns.run(&["ip", "addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
-    netns.run(&["ip", "addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
-    netns.run(&["ip", "link", "set", "eth0", "up"])?;
+        .ok_or_else(|| anyhow!("creating the veth pair of {switch_port}"))?;
+    switch.run(&["ip", "link", "set", switch_port, "master", segment.bridge, "up"])?;
+    let ipv4 = Ipv4Addr::new(198, 18, segment.subnet, last);
+    // 2001:db8:1::11 beside 198.18.1.11: the groups read as the IPv4 bytes do.
+    let hex = |decimal: u8| u16::from_str_radix(&decimal.to_string(), 16).expect("decimal digits are hex digits");
+    let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, hex(segment.subnet), 0, 0, 0, 0, hex(last));
+    netns.run(&["ip", "addr", "add", &format!("{ipv4}/24"), "dev", device])?;
+    netns.run(&["ip", "addr", "add", &format!("{ipv6}/64"), "dev", device, "nodad"])?;
+    netns.run(&["ip", "link", "set", device, "up"])?;
     // A veth leaves TCP/UDP checksums to be finished by whoever transmits the packet
     // last; once XDP has sent a frame on, nobody does. Compute them here, as a NIC would.
-    netns.run(&["ethtool", "-K", "eth0", "tx", "off"])?;
-    let link = String::from_utf8_lossy(&netns.run(&["cat", "/sys/class/net/eth0/address"])?.stdout).trim().to_owned();
-    Ok(Host { netns, name: name.to_owned(), ipv4, ipv6, mac: link })
+    netns.run(&["ethtool", "-K", device, "tx", "off"])?;
+    Ok((ipv4, ipv6))
+}
+
+/// The director's second arm: `eth1` on the real servers' segment, forwarding on (its
+/// replies are routed by the kernel's tables), the Full-NAT local addresses, and the
+/// real servers' default routes through it when `gateway`.
+fn wire_inside(switch: &Netns, director: &Host, reals: &[Host], gateway: bool) -> Result<Ebpf> {
+    let inside = Segment { bridge: "br1", subnet: 21 };
+    port(switch, &director.netns, "eth1", "director1", &inside, 1)?;
+    let netns = &director.netns;
+    netns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+    // A director that routes tells clients on its link to go around it; not here.
+    netns.run(&["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.eth1.send_redirects=0"])?;
+    netns.run(&["ip", "addr", "add", &format!("{LOCAL4}/32"), "dev", "eth1"])?;
+    netns.run(&["ip", "addr", "add", &format!("{LOCAL6}/128"), "dev", "eth1", "nodad"])?;
+    if gateway {
+        for real in reals {
+            real.netns.run(&["ip", "route", "add", "default", "via", &INSIDE4.to_string()])?;
+            real.netns.run(&["ip", "-6", "route", "add", "default", "via", &INSIDE6.to_string()])?;
+        }
+    }
+    attach_veth_helper(switch, "director1")
+}
+
+/// The contents of `/big`: bytes that differ from position to position, so a
+/// reordered or corrupted transfer shows.
+pub fn big_file() -> Vec<u8> {
+    (0..BIG_FILE_LEN).map(|i| (i % 251) as u8).collect()
 }
 
 /// `xdp_pass` on the switch side of `port`: without an XDP program there, the kernel
@@ -492,7 +610,10 @@ fn nginx_conf(name: &str, dir: &Path) -> String {
          http {{\n  access_log off;\n  client_body_temp_path {dir}/{name}-body;\n  proxy_temp_path {dir}/{name}-proxy;\n\
          \x20 fastcgi_temp_path {dir}/{name}-fastcgi;\n  uwsgi_temp_path {dir}/{name}-uwsgi;\n  scgi_temp_path {dir}/{name}-scgi;\n\
          \x20 server {{\n    listen 80 default_server;\n    listen [::]:80 default_server;\n\
-         \x20   location / {{ default_type text/plain; return 200 \"{name}\"; }}\n  }}\n}}\n"
+         \x20   listen 8080;\n    listen [::]:8080;\n    client_max_body_size 16m;\n\
+         \x20   location / {{ default_type text/plain; return 200 \"{name}\"; }}\n\
+         \x20   location = /peer {{ default_type text/plain; return 200 \"$remote_addr $server_port\"; }}\n\
+         \x20   location = /big {{ alias {dir}/big.bin; }}\n  }}\n}}\n"
     )
 }
 
