@@ -166,6 +166,11 @@ impl Routes {
 
     /// Runs `frame` once through `program`, from inside the namespace.
     pub fn run(&self, program: &Xdp, frame: &[u8]) -> Result<Run> {
-        self.netns.within(|| run(program, frame))
+        self.within(|| run(program, frame))
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        self.netns.within(f)
     }
 }

@@ -11,29 +11,59 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{Context, Result, ensure};
 use aya::{Ebpf, programs::Xdp};
 use lb_tests::{
-    bed::{self, service},
+    bed::{self, Routes},
     packet::{self, TCP_ACK, TCP_SYN},
 };
 
 const SAMPLES: usize = 20_000;
 const WARMUP: usize = 2_000;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 const REALS4: [(&str, u32); 3] = [("198.18.1.11", 1), ("198.18.1.12", 2), ("198.18.1.13", 3)];
 const REALS6: [(&str, u32); 3] = [("2001:db8:1::11", 1), ("2001:db8:1::12", 2), ("2001:db8:1::13", 3)];
+/// Each method's VIPs: (method, IPv4 VIP, IPv6 VIP).
+const METHODS: [(&str, &str, &str); 3] = [
+    ("dr", "203.0.113.10", "2001:db8:100::10"),
+    ("nat", "203.0.113.11", "2001:db8:100::11"),
+    ("fnat", "203.0.113.12", "2001:db8:100::12"),
+];
 
 struct Case {
-    name: &'static str,
+    name: String,
     /// The frames, one per sample (cycled); new-flow cases need a new 5-tuple each.
     frames: Vec<Vec<u8>>,
     /// A frame lb_ingress sees first, untimed: the SYN that establishes the flow.
     opening: Option<Vec<u8>>,
+    /// What lb_ingress answers: `XDP_TX` towards a real server, `XDP_REDIRECT` for a
+    /// reply routed back to the client.
+    verdict: u32,
 }
 
 fn main() -> Result<()> {
-    let services = service("web4", "203.0.113.10", 80, "tcp", "wrr", &REALS4)
-        + &service("web6", "2001:db8:100::10", 80, "tcp", "wrr", &REALS6);
-    // Room for every new flow of every case, so no insert has to evict.
-    let table = (4 * (SAMPLES + WARMUP)) as u32;
+    // Replies find their way back by the routing tables of the namespace the runs are
+    // issued in.
+    let routes = Routes::new()?;
+    routes.within(bench)
+}
+
+fn bench() -> Result<()> {
+    let mut services = String::new();
+    for (method, vip4, vip6) in METHODS {
+        for (family, vip, reals) in [("4", vip4, &REALS4), ("6", vip6, &REALS6)] {
+            let reals: Vec<String> = reals
+                .iter()
+                .map(|(address, weight)| format!("{{ address: \"{address}\", weight: {weight} }}"))
+                .collect();
+            services += &format!(
+                "  - {{ name: {method}{family}, vip: \"{vip}\", port: 80, protocol: tcp, scheduler: wrr, \
+                 forwarding: {method}, local_addresses: [198.18.1.100, \"2001:db8:1::100\"], reals: [{}] }}\n",
+                reals.join(", ")
+            );
+        }
+    }
+    // Room for every new flow of every case (two entries for NAT and Full-NAT), so no
+    // insert has to evict.
+    let table = (16 * (SAMPLES + WARMUP)) as u32;
     let director = bed::director(&services, table, bed::on_ingress)?;
     let lb = director.dataplane().program();
     let mut testbed = Ebpf::load(lb_agent::dataplane::TESTBED_OBJECT).context("loading the test bed object")?;
@@ -46,14 +76,15 @@ fn main() -> Result<()> {
             ensure!(bed::run(lb, syn)?.verdict == XDP_TX, "{}: the opening SYN was not forwarded", case.name);
         }
     }
+    let base_frames: Vec<Vec<u8>> = cases[0].frames.clone();
 
     println!("ns per packet, median of {SAMPLES} single BPF_PROG_TEST_RUN runs each (after {WARMUP} warm-up runs)");
     println!("kernel {}, {} CPUs\n", kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
-    println!("{:<34} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
+    println!("{:<40} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
     for case in &cases {
-        let lb_ns = median(lb, &case.frames)?;
-        let base_ns = median(baseline, &case.frames)?;
-        println!("{:<34} {:>11.1} {:>13.1} {:>6.2}x", case.name, lb_ns, base_ns, lb_ns / base_ns);
+        let lb_ns = median(lb, &case.frames, case.verdict)?;
+        let base_ns = median(baseline, &base_frames, XDP_TX)?;
+        println!("{:<40} {:>11.1} {:>13.1} {:>6.2}x", case.name, lb_ns, base_ns, lb_ns / base_ns);
     }
     Ok(())
 }
@@ -64,39 +95,57 @@ fn cases() -> Vec<Case> {
         let vip: SocketAddr = format!("{vip}:80").parse().unwrap();
         packet::tcp_frame(client, vip, flags, b"")
     };
-    let new_flows = |client: &str, vip: &str, first_port: u16| {
+    let new_flows = |client: &str, vip: &str| {
         // Distinct (address, port) pairs: more flows than ports.
         (0..SAMPLES + WARMUP)
             .map(|i| {
                 let octet = i / 60000;
                 let client = client.replace("OCTET", &(octet + 1).to_string());
-                flow(&client, vip, first_port.wrapping_add((i % 60000) as u16), TCP_SYN)
+                flow(&client, vip, 1024 + (i % 60000) as u16, TCP_SYN)
             })
             .collect()
     };
-    let established = |name, client, vip| Case {
-        name,
-        frames: vec![flow(client, vip, 40000, TCP_ACK)],
-        opening: Some(flow(client, vip, 40000, TCP_SYN)),
-    };
-    vec![
-        established("IPv4 TCP, established flow", "198.18.1.1", "203.0.113.10"),
-        Case {
-            name: "IPv4 TCP, new flow (SYN)",
-            frames: new_flows("198.18.2.OCTET", "203.0.113.10", 1024),
-            opening: None,
-        },
-        established("IPv6 TCP, established flow", "[2001:db8:1::1]", "[2001:db8:100::10]"),
-        Case {
-            name: "IPv6 TCP, new flow (SYN)",
-            frames: new_flows("[2001:db8:2::OCTET]", "[2001:db8:100::10]", 1024),
-            opening: None,
-        },
-    ]
+    let mut cases = Vec::new();
+    for (method, vip4, vip6) in METHODS {
+        let families = [
+            ("IPv4", "198.18.1.1", vip4.to_owned(), "198.18.2.OCTET", REALS4[1].0),
+            ("IPv6", "[2001:db8:1::1]", format!("[{vip6}]"), "[2001:db8:2::OCTET]", REALS6[1].0),
+        ];
+        for (family, client, vip, new_clients, _) in &families {
+            cases.push(Case {
+                name: format!("{family} TCP {method}, established flow"),
+                frames: vec![flow(client, vip, 40000, TCP_ACK)],
+                opening: Some(flow(client, vip, 40000, TCP_SYN)),
+                verdict: XDP_TX,
+            });
+            cases.push(Case {
+                name: format!("{family} TCP {method}, new flow (SYN)"),
+                frames: new_flows(new_clients, vip),
+                opening: None,
+                verdict: XDP_TX,
+            });
+        }
+        if method == "nat" {
+            // Its opening SYN is the service's second (after the established case's):
+            // wrr's 1:2:3 cycle sends it to the second real server.
+            for (family, client, vip, _, real) in &families {
+                let real = if real.contains(':') { format!("[{real}]") } else { real.to_string() };
+                let reply_from: SocketAddr = format!("{real}:80").parse().unwrap();
+                let to: SocketAddr = format!("{client}:41000").parse().unwrap();
+                cases.push(Case {
+                    name: format!("{family} TCP nat, reply to the client"),
+                    frames: vec![packet::tcp_frame(reply_from, to, TCP_ACK, b"")],
+                    opening: Some(flow(client, vip, 41000, TCP_SYN)),
+                    verdict: XDP_REDIRECT,
+                });
+            }
+        }
+    }
+    cases
 }
 
 /// The median duration of single runs over `frames`, after a warm-up.
-fn median(program: &Xdp, frames: &[Vec<u8>]) -> Result<f64> {
+fn median(program: &Xdp, frames: &[Vec<u8>], verdict: u32) -> Result<f64> {
     let mut frames = frames.iter().cycle();
     for _ in 0..WARMUP {
         bed::run(program, frames.next().expect("cycled"))?;
@@ -104,7 +153,7 @@ fn median(program: &Xdp, frames: &[Vec<u8>]) -> Result<f64> {
     let mut samples: Vec<Duration> = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
         let run = bed::run(program, frames.next().expect("cycled"))?;
-        ensure!(run.verdict == XDP_TX, "a benchmark frame was not forwarded (verdict {})", run.verdict);
+        ensure!(run.verdict == verdict, "a benchmark frame was not forwarded (verdict {})", run.verdict);
         samples.push(run.duration);
     }
     samples.sort();
