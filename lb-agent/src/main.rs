@@ -198,6 +198,7 @@ async fn apply(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, config:
         }
         sleep(Duration::from_millis(100)).await;
     };
+    warn_if_not_forwarding(&config);
     for (address, why) in &links.unresolved {
         log::warn!("real server {address} is not reachable yet: {why}; it takes no connections until it is");
     }
@@ -231,6 +232,30 @@ async fn relink(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, solici
     };
     if let Err(err) = lock(director).relink(links) {
         log::error!("updating real servers' links: {err:#}");
+    }
+}
+
+/// NAT and Full-NAT replies are routed by the kernel's tables (`bpf_fib_lookup`), which
+/// answer only where the director forwards IP (as an LVS-NAT director always did).
+fn warn_if_not_forwarding(config: &Config) {
+    let rewriting = |service: &config::VirtualService| {
+        service
+            .reals
+            .iter()
+            .any(|real| matches!(service.forwarding_of(real), config::Forwarding::Nat | config::Forwarding::Fnat))
+    };
+    for (family, is_ipv4, sysctl) in
+        [("IPv4", true, "net/ipv4/ip_forward"), ("IPv6", false, "net/ipv6/conf/all/forwarding")]
+    {
+        let wanted = config.services.iter().any(|service| service.vip.is_ipv4() == is_ipv4 && rewriting(service));
+        let on = std::fs::read_to_string(format!("/proc/sys/{sysctl}")).is_ok_and(|value| value.trim() == "1");
+        if wanted && !on {
+            log::warn!(
+                "{family} forwarding is off ({}=0): replies of nat and fnat services cannot be routed back to \
+                 clients and are dropped (no_route) until it is on",
+                sysctl.replace('/', ".")
+            );
+        }
     }
 }
 

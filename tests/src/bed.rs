@@ -20,6 +20,12 @@ use lb_agent::{
 
 use crate::packet::DIRECTOR_MAC;
 
+/// XDP verdicts, as `BPF_PROG_TEST_RUN` reports them.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
 /// The loopback's ifindex: the interface frames arrive on in these runs (it exists in
 /// every namespace, and `XDP_TX` needs the real server behind the same interface).
 pub const INGRESS: u32 = 1;

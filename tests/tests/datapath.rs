@@ -14,14 +14,9 @@ use lb_agent::{
 };
 use lb_common::stats::Reason;
 use lb_tests::{
-    bed::{self, INGRESS, real_mac, service},
+    bed::{self, INGRESS, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac, service},
     packet::{self, DIRECTOR_MAC, L3, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const VIP4: &str = "203.0.113.10";
 const VIP6: &str = "2001:db8:100::10";

@@ -8,14 +8,9 @@ use std::net::SocketAddr;
 use lb_agent::director::Director;
 use lb_common::stats::Reason;
 use lb_tests::{
-    bed::{self, ROUTER_MAC, Routes, real_mac},
+    bed::{self, ROUTER_MAC, Routes, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac},
     packet::{self, CLIENT_MAC, DIRECTOR_MAC, TCP_ACK, TCP_SYN},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const VIP4: &str = "203.0.113.10";
 const VIP6: &str = "2001:db8:100::10";

@@ -175,12 +175,16 @@ fn fnat_needs_a_local_address_of_the_vips_family() {
         "    reals:",
         "    local_addresses: [198.18.21.100, 198.18.21.101, \"2001:db8:21::100\"]\n    toa: true\n    reals:",
     );
+    let err = refused(&both);
+    assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].toa"));
+    assert!(err.message.contains("not supported yet"), "{err}");
+    let both = both.replace("    toa: true", "    toa: false");
     let config = parse(&both).unwrap();
     let web = &config.services[0];
-    assert!(web.toa);
+    assert!(!web.toa);
     assert_eq!(web.local_port_range, [1024, 65535]);
     let locals: Vec<String> = web.local_addresses_of_family().map(|a| a.to_string()).collect();
     assert_eq!(locals, ["198.18.21.100", "198.18.21.101"]);
-    let err = refused(&both.replace("    toa: true", "    local_port_range: [2000, 1000]"));
+    let err = refused(&both.replace("    toa: false", "    local_port_range: [2000, 1000]"));
     assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].local_port_range"));
 }

@@ -156,6 +156,10 @@ fn check_full_nat(at: &str, service: &VirtualService) -> Result<(), Invalid> {
     for (k, local) in service.local_addresses.iter().enumerate() {
         check_address(&format!("{at}.local_addresses[{k}]"), *local)?;
     }
+    if service.toa {
+        // Refused until the data path inserts the option, so no operator relies on it.
+        return Err(invalid(format!("{at}.toa"), "TOA (the client's address in a TCP option) is not supported yet"));
+    }
     let [first, last] = service.local_port_range;
     if first == 0 || first > last {
         return Err(invalid(

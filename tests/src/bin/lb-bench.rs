@@ -11,14 +11,12 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{Context, Result, ensure};
 use aya::{Ebpf, programs::Xdp};
 use lb_tests::{
-    bed::{self, Routes},
+    bed::{self, Routes, XDP_REDIRECT, XDP_TX},
     packet::{self, TCP_ACK, TCP_SYN},
 };
 
 const SAMPLES: usize = 20_000;
 const WARMUP: usize = 2_000;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 const REALS4: [(&str, u32); 3] = [("198.18.1.11", 1), ("198.18.1.12", 2), ("198.18.1.13", 3)];
 const REALS6: [(&str, u32); 3] = [("2001:db8:1::11", 1), ("2001:db8:1::12", 2), ("2001:db8:1::13", 3)];
 /// Each method's VIPs: (method, IPv4 VIP, IPv6 VIP).
