@@ -10,6 +10,7 @@
 mod conn;
 mod csum;
 mod forward;
+mod header;
 mod maps;
 mod parse;
 mod sched;

@@ -5,7 +5,7 @@ use aya_ebpf::{bindings::xdp_action::XDP_TX, helpers::bpf_redirect, programs::Xd
 use lb_common::{real::RealServer, stats::Reason};
 use network_types::eth::EthHdr;
 
-use crate::parse::header;
+use crate::header::header;
 
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, real: &RealServer) -> Result<u32, Reason> {

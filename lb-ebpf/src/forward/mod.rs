@@ -9,10 +9,7 @@ use lb_common::{
 };
 use network_types::eth::EthHdr;
 
-use crate::{
-    maps::REALS,
-    parse::{Packet, header},
-};
+use crate::{header::header, maps::REALS, parse::Packet};
 
 #[inline(always)]
 pub fn to_real(ctx: &XdpContext, packet: &Packet, real: u32) -> Result<u32, Reason> {
