@@ -1,17 +1,12 @@
-//! `lb_decap` as userspace sees it: loading, attaching, the address maps, pins and
+//! `lb_decap` as userspace sees it: loading, attaching, the address maps and the
 //! counters. The only module of `lb-decap` that talks to aya.
 
-use std::{
-    collections::BTreeSet,
-    fs, io,
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray},
+    maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{Xdp, xdp::XdpLinkId},
 };
 use lb_agent::{
@@ -20,23 +15,12 @@ use lb_agent::{
 };
 use lb_common::decap::{AddressKey, PRESENT, Refusal, Traffic, names};
 
-/// The maps pinned for `lb-decap status`, which runs in another process.
-const PINNED: [&str; 4] = [names::VIPS, names::LOCAL, names::DECAPSULATED, names::REFUSED];
-
 pub struct Decapsulator {
     ebpf: Ebpf,
     /// What `DECAP_VIPS` and `DECAP_LOCAL` hold.
     vips: BTreeSet<IpAddr>,
     local: BTreeSet<IpAddr>,
     attached: Vec<(String, XdpLinkId)>,
-    pins: Option<Pins>,
-}
-
-/// The pins this process made, each with the id of the map it pinned, so that only
-/// pins still its own are removed (another instance may have replaced them).
-struct Pins {
-    dir: PathBuf,
-    maps: Vec<(PathBuf, u32)>,
 }
 
 /// What the counters say, summed over CPUs.
@@ -53,10 +37,11 @@ impl Counters {
     }
 }
 
-/// What a running `lb-decap` pinned: its VIPs, the host's addresses it knows, its
-/// counters.
+/// What `lb-decap status` reports: where it is attached, its VIPs, the host's
+/// addresses it knows, its counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Pinned {
+pub struct Snapshot {
+    pub interfaces: Vec<String>,
     pub vips: Vec<IpAddr>,
     pub local: Vec<IpAddr>,
     pub counters: Counters,
@@ -78,7 +63,7 @@ impl Decapsulator {
             .ok_or_else(|| anyhow!("the object has no program {}", names::PROGRAM))?
             .try_into()?;
         program.load().context("loading lb_decap (the verifier refused it?)")?;
-        Ok(Self { ebpf, vips: BTreeSet::new(), local: BTreeSet::new(), attached: Vec::new(), pins: None })
+        Ok(Self { ebpf, vips: BTreeSet::new(), local: BTreeSet::new(), attached: Vec::new() })
     }
 
     /// The loaded program, for `BPF_PROG_TEST_RUN` in tests.
@@ -120,55 +105,32 @@ impl Decapsulator {
         outcome
     }
 
-    /// Pins the maps in `dir` (created if missing) for `lb-decap status`. Pins found
-    /// there are replaced: an instance that did not stop cleanly left them.
-    pub fn pin(&mut self, dir: &Path) -> Result<()> {
-        fs::create_dir_all(dir).with_context(|| {
-            format!(
-                "creating {} (bpffs must be mounted at /sys/fs/bpf; `ip netns exec` hides it, `nsenter --net` does not)",
-                dir.display()
-            )
-        })?;
-        let pins = self.pins.insert(Pins { dir: dir.to_owned(), maps: Vec::new() });
-        for name in PINNED {
-            let path = dir.join(name);
-            if path.exists() {
-                log::warn!(
-                    "replacing {}: left by an lb-decap that did not stop cleanly, or another one uses this pin directory",
-                    path.display()
-                );
-                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-            }
-            let map = self.ebpf.map(name).ok_or_else(|| anyhow!("the object has no map {name}"))?;
-            map.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
-            let id = MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.id();
-            pins.maps.push((path, id));
-        }
-        Ok(())
-    }
-
-    /// Removes the pins that are still this process's, and their directory once empty.
-    pub fn unpin(&mut self) {
-        let Some(pins) = self.pins.take() else { return };
-        for (path, id) in pins.maps {
-            match MapInfo::from_pin(&path) {
-                Ok(info) if info.id() == id => {
-                    if let Err(err) = fs::remove_file(&path) {
-                        log::warn!("removing {}: {err}", path.display());
-                    }
-                }
-                _ => log::warn!("{} is no longer this process's pin; left in place", path.display()),
-            }
-        }
-        if let Err(err) = fs::remove_dir(&pins.dir)
-            && err.kind() != io::ErrorKind::NotFound
-        {
-            log::warn!("removing {}: {err}", pins.dir.display());
-        }
-    }
-
+    /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        counters(self.map(names::DECAPSULATED)?, self.map(names::REFUSED)?)
+        let decapsulated: PerCpuArray<&MapData, Traffic> = self.map(names::DECAPSULATED)?.try_into()?;
+        let refused: PerCpuArray<&MapData, u64> = self.map(names::REFUSED)?.try_into()?;
+        let per_cpu = decapsulated.get(&0, 0).context("reading DECAP_STATS")?;
+        let decapsulated = per_cpu.iter().fold(Traffic::default(), |total, cpu| Traffic {
+            packets: total.packets + cpu.packets,
+            bytes: total.bytes + cpu.bytes,
+        });
+        let refused = Refusal::ALL
+            .iter()
+            .map(|&refusal| {
+                let per_cpu = refused.get(&(refusal as u32), 0).context("reading DECAP_REFUSED")?;
+                Ok((refusal, per_cpu.iter().sum()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Counters { decapsulated, refused })
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot {
+            interfaces: self.attached.iter().map(|(interface, _)| interface.clone()).collect(),
+            vips: self.vips.iter().copied().collect(),
+            local: self.local.iter().copied().collect(),
+            counters: self.counters()?,
+        })
     }
 
     fn map(&self, name: &str) -> Result<&Map> {
@@ -178,58 +140,6 @@ impl Decapsulator {
     fn program_mut(&mut self) -> &mut Xdp {
         self.ebpf.program_mut(names::PROGRAM).and_then(|program| program.try_into().ok()).expect("loaded in load()")
     }
-}
-
-impl Drop for Decapsulator {
-    /// Pins outlive the process: remove them on every way out. (Links go with the
-    /// program's file descriptors.)
-    fn drop(&mut self) {
-        self.unpin();
-    }
-}
-
-/// Reads what the `lb-decap` that pinned its maps in `dir` holds.
-pub fn read_pinned(dir: &Path) -> Result<Pinned> {
-    let open = |name: &str| -> Result<MapData> {
-        let path = dir.join(name);
-        MapData::from_pin(&path).with_context(|| {
-            format!(
-                "no lb-decap pinned at {} (is one running in this network namespace? `ip netns exec` hides \
-                 /sys/fs/bpf: use `nsenter --net`)",
-                path.display()
-            )
-        })
-    };
-    let addresses = |map: Map| -> Result<Vec<IpAddr>> {
-        let map: HashMap<&MapData, AddressKey, u8> = (&map).try_into()?;
-        let keys: Vec<AddressKey> = map.keys().collect::<Result<_, MapError>>()?;
-        let mut addresses: Vec<IpAddr> = keys.iter().filter_map(AddressKey::ip).collect();
-        addresses.sort();
-        Ok(addresses)
-    };
-    Ok(Pinned {
-        vips: addresses(Map::HashMap(open(names::VIPS)?))?,
-        local: addresses(Map::HashMap(open(names::LOCAL)?))?,
-        counters: counters(&Map::PerCpuArray(open(names::DECAPSULATED)?), &Map::PerCpuArray(open(names::REFUSED)?))?,
-    })
-}
-
-fn counters(decapsulated: &Map, refused: &Map) -> Result<Counters> {
-    let decapsulated: PerCpuArray<&MapData, Traffic> = decapsulated.try_into()?;
-    let refused: PerCpuArray<&MapData, u64> = refused.try_into()?;
-    let per_cpu = decapsulated.get(&0, 0).context("reading DECAP_STATS")?;
-    let decapsulated = per_cpu.iter().fold(Traffic::default(), |total, cpu| Traffic {
-        packets: total.packets + cpu.packets,
-        bytes: total.bytes + cpu.bytes,
-    });
-    let refused = Refusal::ALL
-        .iter()
-        .map(|&refusal| {
-            let per_cpu = refused.get(&(refusal as u32), 0).context("reading DECAP_REFUSED")?;
-            Ok((refusal, per_cpu.iter().sum()))
-        })
-        .collect::<Result<_>>()?;
-    Ok(Counters { decapsulated, refused })
 }
 
 /// Makes the map `name` hold exactly `wanted`, adding before removing (an address that

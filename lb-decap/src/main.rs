@@ -1,14 +1,13 @@
 //! `lb-decap`: runs `lb_decap` on a real server behind a tunnelling director until
 //! SIGTERM or SIGINT; `lb-decap status` prints what a running one counted.
 //!
-//!   lb-decap [--interface IF ...] [--xdp-mode native|generic|auto] [--pin-dir DIR]
-//!            [--pid-file FILE] VIP [VIP ...]
-//!   lb-decap status [--pin-dir DIR]
+//!   lb-decap [--interface IF ...] [--xdp-mode native|generic|auto] [--pid-file FILE]
+//!            VIP [VIP ...]
+//!   lb-decap status
 
 use std::{
-    fs,
+    fs, io,
     net::IpAddr,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -18,12 +17,14 @@ use clap::{Args, Parser, Subcommand};
 use lb_agent::config::XdpMode;
 use lb_decap::{
     addresses::{self, Netlink},
-    decapsulator::{self, Decapsulator},
+    decapsulator::Decapsulator,
     status,
 };
 use tokio::{
+    io::AsyncWriteExt,
+    net::UnixStream,
     signal::unix::{SignalKind, signal},
-    time::{interval, sleep},
+    time::{interval, sleep, timeout},
 };
 
 #[derive(Parser)]
@@ -42,13 +43,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the VIPs, local addresses and counters of the lb-decap running in this
-    /// network namespace (Prometheus' text format).
-    Status {
-        /// Where that lb-decap pinned its maps.
-        #[arg(long, value_name = "DIR")]
-        pin_dir: Option<PathBuf>,
-    },
+    /// Print the interfaces, VIPs, local addresses and counters of the lb-decap running
+    /// in this network namespace (Prometheus' text format).
+    Status,
 }
 
 #[derive(Args)]
@@ -61,10 +58,6 @@ struct Run {
     /// the driver has it).
     #[arg(long, value_enum, default_value_t)]
     xdp_mode: XdpMode,
-    /// Where to pin the maps for `lb-decap status`. Default: /sys/fs/bpf/lb-decap-net<N>,
-    /// N naming this network namespace (bpffs is shared by all of them).
-    #[arg(long, value_name = "DIR")]
-    pin_dir: Option<PathBuf>,
     /// Write the process id to FILE once attached (and remove it on exit), so that a
     /// script can wait until decapsulation runs.
     #[arg(long, value_name = "FILE")]
@@ -80,6 +73,8 @@ struct Run {
 const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// How long address events are gathered before the addresses are read once for all.
 const EVENT_SETTLE: Duration = Duration::from_millis(20);
+/// How long a status client may take to read what it asked for.
+const STATUS_WRITE_WAIT: Duration = Duration::from_secs(2);
 
 #[tokio::main]
 async fn main() {
@@ -87,7 +82,7 @@ async fn main() {
     let filter = env_logger::Env::default().default_filter_or("info,netlink_packet_route=error");
     env_logger::Builder::from_env(filter).init();
     let outcome = match cli.command {
-        Some(Command::Status { pin_dir }) => print_status(pin_dir),
+        Some(Command::Status) => status::fetch().map(|text| print!("{text}")),
         None => run(cli.run).await,
     };
     if let Err(err) = outcome {
@@ -100,17 +95,13 @@ fn parse_vip(text: &str) -> Result<IpAddr, String> {
     text.parse().map_err(|_| "expected a VIP: an IPv4 or IPv6 address such as 203.0.113.10 or 2001:db8::10".to_owned())
 }
 
-fn print_status(pin_dir: Option<PathBuf>) -> Result<()> {
-    let dir = pin_dir.map_or_else(default_pin_dir, Ok)?;
-    print!("{}", status::text(&decapsulator::read_pinned(&dir)?));
-    Ok(())
-}
-
 async fn run(args: Run) -> Result<()> {
     // Handled from the start: a stop that comes while attaching still detaches.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    // Bound first: it also tells a second lb-decap in this namespace that it is one.
+    let status_socket = status::bind()?;
     let netlink = Netlink::connect()?;
     let interfaces = if args.interfaces.is_empty() { netlink.default_interfaces().await? } else { args.interfaces };
     if interfaces.is_empty() {
@@ -124,18 +115,11 @@ async fn run(args: Run) -> Result<()> {
     for interface in &interfaces {
         decap.attach(interface, args.xdp_mode)?;
     }
-    let pin_dir = args.pin_dir.map_or_else(default_pin_dir, Ok)?;
-    decap.pin(&pin_dir)?;
     if let Some(pid_file) = &args.pid_file {
         write_pid_file(pid_file)?;
     }
     let vips: Vec<String> = args.vips.iter().map(IpAddr::to_string).collect();
-    log::info!(
-        "decapsulating for {} on {}; counters: lb-decap status --pin-dir {}",
-        vips.join(" "),
-        interfaces.join(" "),
-        pin_dir.display()
-    );
+    log::info!("decapsulating for {} on {}; counters: lb-decap status", vips.join(" "), interfaces.join(" "));
     let mut tick = interval(REFRESH_INTERVAL);
     loop {
         tokio::select! {
@@ -146,13 +130,13 @@ async fn run(args: Run) -> Result<()> {
             }
             _ = tick.tick() => keep_refreshing(&mut decap, &netlink).await,
             _ = hangup.recv() => keep_refreshing(&mut decap, &netlink).await,
+            Ok((client, _)) = status_socket.accept() => answer_status(&decap, client).await,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
     log::info!("stopping: detaching from every interface");
     let detached = decap.detach_all();
-    decap.unpin();
     if let Some(pid_file) = &args.pid_file {
         remove_pid_file(pid_file);
     }
@@ -178,11 +162,18 @@ async fn keep_refreshing(decap: &mut Decapsulator, netlink: &Netlink) {
     }
 }
 
-/// `/sys/fs/bpf/lb-decap-net<inode of this network namespace>`: every namespace's
-/// instance has its own, in the one bpffs they all share.
-fn default_pin_dir() -> Result<PathBuf> {
-    let netns = fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    Ok(PathBuf::from(format!("/sys/fs/bpf/lb-decap-net{}", netns.ino())))
+/// Writes the status to a client of the status socket, and hangs up.
+async fn answer_status(decap: &Decapsulator, mut client: UnixStream) {
+    let text = match decap.snapshot() {
+        Ok(snapshot) => status::text(&snapshot),
+        Err(err) => format!("# lb-decap: reading the counters failed: {err:#}\n"),
+    };
+    // A client that does not read is not waited for long.
+    if let Err(err) =
+        timeout(STATUS_WRITE_WAIT, client.write_all(text.as_bytes())).await.map_err(io::Error::from).and_then(|r| r)
+    {
+        log::warn!("answering a status request: {err}");
+    }
 }
 
 /// Written whole (a reader never sees half a number) once attached.
