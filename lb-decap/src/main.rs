@@ -119,7 +119,7 @@ async fn run(args: Run) -> Result<()> {
         write_pid_file(pid_file)?;
     }
     let vips: Vec<String> = args.vips.iter().map(IpAddr::to_string).collect();
-    log::info!("decapsulating for {} on {}; counters: lb-decap status", vips.join(" "), interfaces.join(" "));
+    log::info!("decapsulating for VIPs {} on {}; counters: lb-decap status", vips.join(" "), interfaces.join(" "));
     let mut tick = interval(REFRESH_INTERVAL);
     loop {
         tokio::select! {
@@ -146,11 +146,12 @@ async fn run(args: Run) -> Result<()> {
 /// Reads the host's addresses into `DECAP_LOCAL`.
 async fn refresh(decap: &mut Decapsulator, netlink: &Netlink) -> Result<()> {
     let change = decap.set_local(netlink.addresses().await?)?;
-    for address in change.added {
-        log::info!("local address {address}: tunnels to it are decapsulated");
+    let list = |addresses: &[IpAddr]| addresses.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(" ");
+    if !change.added.is_empty() {
+        log::info!("tunnels to these local addresses are decapsulated: {}", list(&change.added));
     }
-    for address in change.removed {
-        log::info!("local address {address} is gone");
+    if !change.removed.is_empty() {
+        log::info!("local addresses gone: {}", list(&change.removed));
     }
     Ok(())
 }
