@@ -508,7 +508,7 @@ fn parse_reply(line: &str) -> Result<Reply> {
 }
 
 /// Scratch directories are `/tmp/lb-lab-<namespace prefix>`.
-const SCRATCH: &str = "lb-lab-";
+pub const SCRATCH: &str = "lb-lab-";
 
 /// Removes every lab of this process (namespaces, processes in them, scratch
 /// directories); for signal handlers, where nothing is dropped.
@@ -523,7 +523,7 @@ pub fn remove_all() {
 }
 
 /// Removes what labs of processes that are gone left behind.
-fn remove_orphans() {
+pub fn remove_orphans() {
     netns::remove_orphans();
     for name in netns::names_in(std::env::temp_dir()) {
         if name.starts_with(SCRATCH) && netns::is_orphan(&name) {
@@ -561,7 +561,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn ensure_root() -> Result<()> {
+pub fn ensure_root() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab creates network namespaces and loads XDP programs: run it as root");
     }
