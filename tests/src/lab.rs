@@ -457,10 +457,16 @@ fn plug(switch: &Netns, prefix: &str, name: &str, last: u8) -> Result<Host> {
         .then_some(())
         .ok_or_else(|| anyhow!("creating the veth pair of {name}"))?;
     switch.run(&["ip", "link", "set", name, "master", "br0", "up"])?;
-    let ipv4 = Ipv4Addr::new(198, 18, 1, last);
-    // 2001:db8:1::11 beside 198.18.1.11: the last group reads as the IPv4 byte does.
-    let group = u16::from_str_radix(&last.to_string(), 16).expect("decimal digits are hex digits");
-    let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, group);
+    host_on_eth0(netns, name, 1, last)
+}
+
+/// `netns` as a host called `name`: its `eth0` addressed 198.18.`subnet`.`last`/24 and
+/// 2001:db8:`subnet`::`last`/64, up, computing its checksums in full.
+pub fn host_on_eth0(netns: Netns, name: &str, subnet: u8, last: u8) -> Result<Host> {
+    let ipv4 = Ipv4Addr::new(198, 18, subnet, last);
+    // 2001:db8:1::11 beside 198.18.1.11: the groups read as the IPv4 bytes do.
+    let group = |byte: u8| u16::from_str_radix(&byte.to_string(), 16).expect("decimal digits are hex digits");
+    let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, group(subnet), 0, 0, 0, 0, group(last));
     netns.run(&["ip", "addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
     netns.run(&["ip", "addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
     netns.run(&["ip", "link", "set", "eth0", "up"])?;

@@ -10,7 +10,7 @@
 
 use std::{
     fs, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     process::{Child, Command, Output},
@@ -60,8 +60,8 @@ impl TunLab {
             real.name(),
         ]))
         .context("creating the veth pair")?;
-        let sender = host(sender, "sender", 1)?;
-        let real = host(real, "rs1", 11)?;
+        let sender = lab::host_on_eth0(sender, "sender", 2, 1)?;
+        let real = lab::host_on_eth0(real, "rs1", 2, 11)?;
         // The director owns the VIPs: replies from them come from the link.
         sender.netns.run(&["ip", "route", "add", "203.0.113.0/24", "dev", "eth0"])?;
         sender.netns.run(&["ip", "-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
@@ -166,20 +166,6 @@ impl Drop for TunLab {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// `netns`'s `eth0` addressed as 198.18.2.`last` and 2001:db8:2::`last`.
-fn host(netns: Netns, name: &str, last: u8) -> Result<Host> {
-    let ipv4 = Ipv4Addr::new(198, 18, 2, last);
-    let group = u16::from_str_radix(&last.to_string(), 16).expect("decimal digits are hex digits");
-    let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, group);
-    netns.run(&["ip", "addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
-    netns.run(&["ip", "addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
-    netns.run(&["ip", "link", "set", "eth0", "up"])?;
-    // Checksums in full on the wire, as a NIC computes them (see ENVIRONMENT.md).
-    netns.run(&["ethtool", "-K", "eth0", "tx", "off"])?;
-    let mac = out(netns.run(&["cat", "/sys/class/net/eth0/address"])?).trim().to_owned();
-    Ok(Host { netns, name: name.to_owned(), ipv4, ipv6, mac })
 }
 
 fn out(output: Output) -> String {
