@@ -45,7 +45,7 @@ pub struct Interface {
 
 /// How the XDP program is attached: in the driver, in the generic (skb) path, or the
 /// driver's when it can and the generic one when not.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     Native,

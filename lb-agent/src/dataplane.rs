@@ -27,6 +27,9 @@ static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 /// The test bed's programs (the benchmark's baseline, the lab's veth helper), built
 /// beside it; a release agent leaves them out, as nothing in it refers to them.
 pub static TESTBED_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-testbed"));
+/// `lb_decap`, the real server's decapsulator (the `lb-decap` binary loads it), built
+/// beside it so the eBPF crate is built once for every program.
+pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
 
 /// How much the XDP program logs (aya-log), decided at load time. Anything but `off`
 /// costs a branch per log site on the packet path, and log records when they fire.
@@ -159,16 +162,7 @@ impl Dataplane {
 
     fn attach_new(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
         let ifindex = ifindex(interface)?;
-        let program = self.program_mut();
-        let link = match mode {
-            XdpMode::Native => program.attach_to_if_index(ifindex, AyaXdpMode::Driver),
-            XdpMode::Generic => program.attach_to_if_index(ifindex, AyaXdpMode::Skb),
-            XdpMode::Auto => program.attach_to_if_index(ifindex, AyaXdpMode::Driver).or_else(|err| {
-                log::warn!("{interface}: native XDP unavailable ({err}); attaching in generic mode");
-                program.attach_to_if_index(ifindex, AyaXdpMode::Skb)
-            }),
-        }
-        .with_context(|| format!("attaching lb_ingress to {interface} in {mode:?} mode"))?;
+        let link = attach_xdp(self.program_mut(), names::INGRESS_PROGRAM, interface, ifindex, mode)?;
         let restore_rx_vlan = see_vlan_tags(interface);
         log::info!("attached lb_ingress to {interface} (ifindex {ifindex}, {mode:?} mode)");
         self.attached.insert(interface.to_owned(), Attachment { ifindex, mode, link, restore_rx_vlan });
@@ -292,6 +286,20 @@ impl Dataplane {
             .and_then(|program| program.try_into().ok())
             .expect("loaded in Dataplane::load")
     }
+}
+
+/// Attaches `program` (called `name` in messages) to `interface`, whose index is
+/// `ifindex`. `auto` takes the driver's mode when the driver has one.
+pub fn attach_xdp(program: &mut Xdp, name: &str, interface: &str, ifindex: u32, mode: XdpMode) -> Result<XdpLinkId> {
+    match mode {
+        XdpMode::Native => program.attach_to_if_index(ifindex, AyaXdpMode::Driver),
+        XdpMode::Generic => program.attach_to_if_index(ifindex, AyaXdpMode::Skb),
+        XdpMode::Auto => program.attach_to_if_index(ifindex, AyaXdpMode::Driver).or_else(|err| {
+            log::warn!("{interface}: native XDP unavailable ({err}); attaching {name} in generic mode");
+            program.attach_to_if_index(ifindex, AyaXdpMode::Skb)
+        }),
+    }
+    .with_context(|| format!("attaching {name} to {interface} in {mode:?} mode"))
 }
 
 /// Turns the receive VLAN offload of `interface` off, so tags stay in the frames

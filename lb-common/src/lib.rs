@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod conn;
+pub mod decap;
 pub mod interface;
 pub mod real;
 pub mod service;

@@ -5,6 +5,7 @@
 
 use crate::{
     conn::{Conn, FlowKey},
+    decap::{AddressKey, Traffic},
     interface::{Interface, InterfaceKey},
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
@@ -20,3 +21,5 @@ unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for SchedCursor {}
 unsafe impl aya::Pod for Interface {}
 unsafe impl aya::Pod for InterfaceKey {}
+unsafe impl aya::Pod for AddressKey {}
+unsafe impl aya::Pod for Traffic {}

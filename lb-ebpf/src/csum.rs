@@ -3,7 +3,7 @@
 
 use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 
-use crate::parse::header;
+use crate::header::header;
 
 /// Whether the IPv4 header of `len` bytes at `offset` sums to all ones, as a header
 /// that arrived intact does.

@@ -11,6 +11,7 @@
 mod conn;
 mod csum;
 mod forward;
+mod header;
 mod maps;
 mod parse;
 mod sched;

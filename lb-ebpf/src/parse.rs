@@ -5,8 +5,6 @@
 //! Malformed or truncated headers are refused here with a [`Reason`], so no later step
 //! ever reads past the frame or forwards something it did not understand.
 
-use core::mem::size_of;
-
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, conn::FlowKey, stats::Reason};
 use network_types::{
@@ -17,7 +15,10 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::csum;
+use crate::{
+    csum,
+    header::{frame_len, header},
+};
 
 /// What the rest of the journey needs to know of a packet.
 pub struct Packet {
@@ -175,19 +176,4 @@ fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<
         }
         _ => Err(Reason::NotTcpUdp),
     }
-}
-
-/// A header of type `T` at `offset`, if the frame holds all of it.
-#[inline(always)]
-pub fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data() + offset;
-    if start + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some(start as *const T)
-}
-
-#[inline(always)]
-fn frame_len(ctx: &XdpContext) -> usize {
-    ctx.data_end() - ctx.data()
 }

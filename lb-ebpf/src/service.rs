@@ -11,8 +11,9 @@ use lb_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
+    header::header,
     maps::{INTERFACES, SERVICES},
-    parse::{Packet, header},
+    parse::Packet,
 };
 
 /// The service of a flow the director does not know yet.

@@ -525,21 +525,13 @@ struct Segment {
 /// A host namespace with `eth0` plugged into `segment`.
 fn plug(switch: &Netns, prefix: &str, name: &str, segment: &Segment, last: u8) -> Result<Host> {
     let netns = Netns::create(format!("{prefix}-{name}"))?;
-    let (ipv4, ipv6) = port(switch, &netns, "eth0", name, segment, last)?;
-    let link = String::from_utf8_lossy(&netns.run(&["cat", "/sys/class/net/eth0/address"])?.stdout).trim().to_owned();
-    Ok(Host { netns, name: name.to_owned(), ipv4, ipv6, mac: link })
+    create_port(switch, &netns, "eth0", name, segment)?;
+    host_on_eth0(netns, name, segment.subnet, last)
 }
 
 /// An interface `device` of `netns` on `segment` (its switch-side end named
-/// `switch_port`), with the segment's addresses ending in `last`.
-fn port(
-    switch: &Netns,
-    netns: &Netns,
-    device: &str,
-    switch_port: &str,
-    segment: &Segment,
-    last: u8,
-) -> Result<(Ipv4Addr, Ipv6Addr)> {
+/// `switch_port`), not addressed yet.
+fn create_port(switch: &Netns, netns: &Netns, device: &str, switch_port: &str, segment: &Segment) -> Result<()> {
     Command::new("ip")
         .args(["link", "add", device, "netns", netns.name(), "type", "veth", "peer", "name", switch_port])
         .args(["netns", switch.name()])
@@ -549,10 +541,24 @@ fn port(
         .then_some(())
         .ok_or_else(|| anyhow!("creating the veth pair of {switch_port}"))?;
     switch.run(&["ip", "link", "set", switch_port, "master", segment.bridge, "up"])?;
-    let ipv4 = Ipv4Addr::new(198, 18, segment.subnet, last);
+    Ok(())
+}
+
+/// `netns` as a host called `name`: its `eth0` addressed 198.18.`subnet`.`last`/24 and
+/// 2001:db8:`subnet`::`last`/64, up, computing its checksums in full.
+pub fn host_on_eth0(netns: Netns, name: &str, subnet: u8, last: u8) -> Result<Host> {
+    let (ipv4, ipv6) = address(&netns, "eth0", subnet, last)?;
+    let mac = String::from_utf8_lossy(&netns.run(&["cat", "/sys/class/net/eth0/address"])?.stdout).trim().to_owned();
+    Ok(Host { netns, name: name.to_owned(), ipv4, ipv6, mac })
+}
+
+/// Addresses `device` of `netns` with 198.18.`subnet`.`last`/24 and
+/// 2001:db8:`subnet`::`last`/64, brings it up, and has it compute its checksums in full.
+fn address(netns: &Netns, device: &str, subnet: u8, last: u8) -> Result<(Ipv4Addr, Ipv6Addr)> {
+    let ipv4 = Ipv4Addr::new(198, 18, subnet, last);
     // 2001:db8:1::11 beside 198.18.1.11: the groups read as the IPv4 bytes do.
-    let hex = |decimal: u8| u16::from_str_radix(&decimal.to_string(), 16).expect("decimal digits are hex digits");
-    let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, hex(segment.subnet), 0, 0, 0, 0, hex(last));
+    let group = |byte: u8| u16::from_str_radix(&byte.to_string(), 16).expect("decimal digits are hex digits");
+    let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, group(subnet), 0, 0, 0, 0, group(last));
     netns.run(&["ip", "addr", "add", &format!("{ipv4}/24"), "dev", device])?;
     netns.run(&["ip", "addr", "add", &format!("{ipv6}/64"), "dev", device, "nodad"])?;
     netns.run(&["ip", "link", "set", device, "up"])?;
@@ -567,7 +573,8 @@ fn port(
 /// real servers' default routes through it when `gateway`.
 fn wire_inside(switch: &Netns, director: &Host, reals: &[Host], gateway: bool) -> Result<Ebpf> {
     let inside = Segment { bridge: "br1", subnet: 21 };
-    port(switch, &director.netns, "eth1", "director1", &inside, 1)?;
+    create_port(switch, &director.netns, "eth1", "director1", &inside)?;
+    address(&director.netns, "eth1", inside.subnet, 1)?;
     let netns = &director.netns;
     netns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
     // A director that routes tells clients on its link to go around it; not here.
@@ -629,7 +636,7 @@ fn parse_reply(line: &str) -> Result<Reply> {
 }
 
 /// Scratch directories are `/tmp/lb-lab-<namespace prefix>`.
-const SCRATCH: &str = "lb-lab-";
+pub const SCRATCH: &str = "lb-lab-";
 
 /// Removes every lab of this process (namespaces, processes in them, scratch
 /// directories); for signal handlers, where nothing is dropped.
@@ -644,7 +651,7 @@ pub fn remove_all() {
 }
 
 /// Removes what labs of processes that are gone left behind.
-fn remove_orphans() {
+pub fn remove_orphans() {
     netns::remove_orphans();
     for name in netns::names_in(std::env::temp_dir()) {
         if name.starts_with(SCRATCH) && netns::is_orphan(&name) {
@@ -682,7 +689,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn ensure_root() -> Result<()> {
+pub fn ensure_root() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab creates network namespaces and loads XDP programs: run it as root");
     }

@@ -6,3 +6,4 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;
+pub mod tunlab;

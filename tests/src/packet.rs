@@ -11,8 +11,10 @@ pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IPIP: u8 = 4;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPV6: u8 = 41;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -40,6 +42,15 @@ pub fn ip_frame(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u
         (IpAddr::V6(_), IpAddr::V6(_)) => ethernet(ETHERTYPE_IPV6, &ipv6(src, dst, protocol, payload)),
         _ => panic!("mixed address families"),
     }
+}
+
+/// The IP packet of an untagged `frame` in an IP tunnel from `src` to `dst`, in a
+/// frame of the same MACs, as a tunnelling director sends it: an outer IPv4 header
+/// (protocol 4 around IPv4, 41 around IPv6) or IPv6 header (next header 4 or 41).
+pub fn tunnelled(src: IpAddr, dst: IpAddr, frame: &[u8]) -> Vec<u8> {
+    let inner = &frame[L3..];
+    let protocol = if inner[0] >> 4 == 6 { PROTO_IPV6 } else { PROTO_IPIP };
+    ip_frame(src, dst, protocol, inner)
 }
 
 pub fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {

@@ -1,5 +1,6 @@
-//! `cargo xtask install`: the files a director needs, where systemd and operators look
-//! for them. An existing configuration is never overwritten.
+//! `cargo xtask install`: the files a director (and a real server: lb-realserver,
+//! lb-decap) needs, where systemd and operators look for them. An existing
+//! configuration is never overwritten.
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
@@ -9,6 +10,7 @@ pub fn install(root: &Path, bin_dir: &Path, deploy: &Path) -> Result<()> {
     let at = |path: &str| root.join(path.trim_start_matches('/'));
     copy(&bin_dir.join("lb-agent"), &at("/usr/local/sbin/lb-agent"), 0o755)?;
     copy(&bin_dir.join("lbctl"), &at("/usr/local/sbin/lbctl"), 0o755)?;
+    copy(&bin_dir.join("lb-decap"), &at("/usr/local/sbin/lb-decap"), 0o755)?;
     copy(&deploy.join("realserver.sh"), &at("/usr/local/sbin/lb-realserver"), 0o755)?;
     copy(&deploy.join("lb-agent.service"), &at("/etc/systemd/system/lb-agent.service"), 0o644)?;
     copy(&deploy.join("../README.md"), &at("/usr/local/share/doc/lb/README.md"), 0o644)?;

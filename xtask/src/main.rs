@@ -23,7 +23,8 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (nightly rust-src, bpf-linker, Debian packages).
     Setup,
-    /// Build the eBPF object and the release binaries (lb-agent with the object embedded, lbctl).
+    /// Build the eBPF objects and the release binaries (lb-agent and lb-decap with their
+    /// objects embedded, lbctl).
     Build,
     /// rustfmt and clippy, the eBPF crate included.
     Lint,
@@ -76,7 +77,7 @@ fn run(task: Task) -> Result<()> {
 
 fn build() -> Result<()> {
     cargo(&["build", "--release", "--bins"])?;
-    for binary in ["lb-agent", "lbctl"] {
+    for binary in ["lb-agent", "lbctl", "lb-decap"] {
         let path = bin_dir().join(binary);
         if !path.exists() {
             bail!("the build did not produce {}", path.display());

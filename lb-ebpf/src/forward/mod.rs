@@ -14,11 +14,7 @@ use lb_common::{
 };
 use network_types::eth::EthHdr;
 
-use crate::{
-    conn,
-    maps::REALS,
-    parse::{Packet, header},
-};
+use crate::{conn, header::header, maps::REALS, parse::Packet};
 
 /// The real server `id`, if the data path can reach it from where `packet` came.
 #[inline(always)]

@@ -17,11 +17,7 @@ use network_types::{
 };
 
 use super::client;
-use crate::{
-    conn,
-    csum::Delta,
-    parse::{Packet, header},
-};
+use crate::{conn, csum::Delta, header::header, parse::Packet};
 
 /// An address and a port a packet is rewritten to.
 pub type Endpoint<'a> = (&'a [u8; 16], [u8; 2]);
