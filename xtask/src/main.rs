@@ -5,8 +5,9 @@ mod install;
 mod setup;
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -58,7 +59,7 @@ fn run(task: Task) -> Result<()> {
         Task::Test => {
             lint()?;
             build()?;
-            cargo(&["test", "--release"])
+            test()
         }
         Task::Demo => {
             build()?;
@@ -84,6 +85,41 @@ fn build() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every test of the workspace, then one closing line with the sums of cargo's
+/// per-binary results (the last binary cargo runs often has no tests of its own).
+fn test() -> Result<()> {
+    let mut child = Command::new("cargo")
+        .args(["test", "--release"])
+        .env("LB_BIN_DIR", bin_dir())
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().context("cargo test's output")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// The number just before `word` in `text` ("ok. 20 passed; 0 failed; ...").
+fn count_before(text: &str, word: &str) -> u64 {
+    text.split_once(word)
+        .and_then(|(before, _)| before.rsplit(' ').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or(0)
 }
 
 fn lint() -> Result<()> {
