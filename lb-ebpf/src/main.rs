@@ -42,7 +42,6 @@ fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
     // Connections first, as IPVS does: an established flow needs no service lookup
     // and outlives its service's removal.
     if let Some(conn) = conn::lookup(&packet.flow) {
-        conn::touch(conn, &packet);
         return if conn.is_reply() { reply(ctx, &packet, conn) } else { established(ctx, &packet, conn) };
     }
     new_flow(ctx, &packet)
@@ -68,20 +67,23 @@ fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
 
 /// A client's packet of a known connection.
 #[inline(never)]
-fn established(ctx: &XdpContext, packet: &parse::Packet, conn: &Conn) -> Result<u32, Reason> {
+fn established(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Result<u32, Reason> {
     let real = forward::reachable(ctx, packet, conn.real)?;
     let action = forward::to_real(ctx, packet, conn, real)?;
+    // Only a packet that was forwarded keeps its connection alive.
+    conn::touch(conn, packet);
     stats::count_request(conn, packet.ip_len, false);
     Ok(action)
 }
 
 /// A real server's reply through the director (NAT, Full-NAT).
 #[inline(never)]
-fn reply(ctx: &XdpContext, packet: &parse::Packet, conn: &Conn) -> Result<u32, Reason> {
+fn reply(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Result<u32, Reason> {
     if !service::addressed_to_director(ctx, packet.vlan) {
         return Err(Reason::OtherHost);
     }
     let action = forward::to_client(ctx, packet, conn)?;
+    conn::touch(conn, packet);
     stats::count_reply(conn, packet.ip_len);
     Ok(action)
 }

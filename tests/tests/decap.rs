@@ -8,12 +8,9 @@ use std::{collections::BTreeSet, net::IpAddr};
 use lb_common::decap::{Refusal, Traffic};
 use lb_decap::decapsulator::{Counters, Decapsulator};
 use lb_tests::{
-    bed,
+    bed::{self, XDP_DROP, XDP_PASS},
     packet::{self, L3, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, TCP_SYN},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 const VIP4: &str = "203.0.113.10";
 const VIP6: &str = "2001:db8:100::10";
