@@ -203,15 +203,25 @@ async fn apply(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, config:
         log::warn!("real server {address} is not reachable yet: {why}; it takes no connections until it is");
     }
     for (service, real) in config.services.iter().flat_map(|s| s.reals.iter().map(move |r| (s, r))) {
-        if let Some(gateway) = links.reals.get(&real.address).and_then(|link| link.gateway)
-            && service.forwarding_of(real) == config::Forwarding::Dr
-        {
-            log::warn!(
+        let Some(link) = links.reals.get(&real.address) else { continue };
+        match (service.forwarding_of(real), link.gateway) {
+            (config::Forwarding::Dr, Some(gateway)) => log::warn!(
                 "service {}: real server {} is reached through the gateway {gateway}; direct routing needs it on a \
                  link the director is attached to, so it takes no connections",
                 service.name,
                 real.address
-            );
+            ),
+            (config::Forwarding::Tun, _)
+                if link.source.is_none() && config.tunnel_source_for(real.address).is_none() =>
+            {
+                log::warn!(
+                    "service {}: real server {} has no tunnel source: the director has no address of its IP version \
+                     on the route to it, and `tunnel_source:` names none; it takes no connections",
+                    service.name,
+                    real.address
+                )
+            }
+            _ => {}
         }
     }
     lock(director).apply(config, links)

@@ -23,7 +23,7 @@ use rtnetlink::{
         AddressFamily, RouteNetlinkMessage,
         link::{InfoData, InfoVlan, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
     },
     sys::{AsyncSocket, SocketAddr},
 };
@@ -42,6 +42,11 @@ pub struct Link {
     pub director_mac: [u8; 6],
     /// The gateway the route names, when the real server is not on-link.
     pub gateway: Option<IpAddr>,
+    /// The largest packet the route carries: its own MTU, else the device's.
+    pub mtu: u16,
+    /// The director's address the route prefers as a source (`ip route get`'s `src`):
+    /// the default outer source of tunnelled packets.
+    pub source: Option<IpAddr>,
 }
 
 /// What the data path needs to know of the links: each resolved real server, the MAC of
@@ -58,6 +63,8 @@ pub struct Links {
 struct Route {
     device: u32,
     gateway: Option<IpAddr>,
+    mtu: Option<u32>,
+    source: Option<IpAddr>,
 }
 
 /// Whether a look at the table may also ask the kernel to resolve what is missing or
@@ -76,6 +83,7 @@ struct Port {
     attached: u32,
     vlan: u16,
     mac: [u8; 6],
+    mtu: u32,
 }
 
 /// A neighbour table entry, as far as we care.
@@ -138,6 +146,8 @@ impl Neighbours {
                         mac: *mac,
                         director_mac: port.mac,
                         gateway: route.gateway,
+                        mtu: route.mtu.unwrap_or(port.mtu).min(u32::from(u16::MAX)) as u16,
+                        source: route.source,
                     };
                     links.reals.insert(address, link);
                 }
@@ -231,16 +241,32 @@ fn route_of(route: &RouteMessage) -> Result<Route, String> {
     }
     let mut device = None;
     let mut gateway = None;
+    let mut mtu = None;
+    let mut source = None;
     for attribute in &route.attributes {
         match attribute {
             RouteAttribute::Oif(index) => device = Some(*index),
-            RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
-            RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Gateway(address) => gateway = ip_of(address),
+            RouteAttribute::PrefSource(address) => source = ip_of(address),
+            RouteAttribute::Metrics(metrics) => {
+                mtu = metrics.iter().find_map(|metric| match metric {
+                    RouteMetric::Mtu(mtu) if *mtu > 0 => Some(*mtu),
+                    _ => None,
+                })
+            }
             _ => {}
         }
     }
     let device = device.ok_or("its route names no interface")?;
-    Ok(Route { device, gateway })
+    Ok(Route { device, gateway, mtu, source })
+}
+
+fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
 }
 
 /// The name of interface `index`, for messages.
@@ -261,9 +287,11 @@ fn port(link: &LinkMessage, attached: &[u32]) -> Option<Port> {
     let mut mac = None;
     let mut parent = None;
     let mut vlan = None;
+    let mut mtu = 0;
     for attribute in &link.attributes {
         match attribute {
             LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::Mtu(value) => mtu = *value,
             LinkAttribute::Link(index) => parent = Some(*index),
             LinkAttribute::LinkInfo(infos) => vlan = vlan_id(infos),
             _ => {}
@@ -271,10 +299,12 @@ fn port(link: &LinkMessage, attached: &[u32]) -> Option<Port> {
     }
     let mac = mac?;
     if attached.contains(&device) {
-        return Some(Port { device, attached: device, vlan: 0, mac });
+        return Some(Port { device, attached: device, vlan: 0, mac, mtu });
     }
     match (parent, vlan) {
-        (Some(parent), Some(vlan)) if attached.contains(&parent) => Some(Port { device, attached: parent, vlan, mac }),
+        (Some(parent), Some(vlan)) if attached.contains(&parent) => {
+            Some(Port { device, attached: parent, vlan, mac, mtu })
+        }
         _ => None,
     }
 }

@@ -16,7 +16,7 @@ pub struct Counters {
 }
 
 /// One table for every reason: its slot, its metrics label, and whether the packet went
-/// on to the kernel (`pass`) or was dropped.
+/// on to the kernel (`pass`), was dropped, or was dropped and answered (`answer`).
 macro_rules! reasons {
     ($($(#[$doc:meta])* $name:ident = $slot:literal, $label:literal, $verdict:ident;)*) => {
         /// Why a packet was passed to the kernel or dropped instead of forwarded. The
@@ -31,11 +31,17 @@ macro_rules! reasons {
             pub const ALL: &[Reason] = &[$(Self::$name),*];
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
-            /// Whether the packet went on to the kernel (else it was dropped).
-            pub const fn is_pass(self) -> bool {
+            /// What became of the packet.
+            pub const fn verdict(self) -> Verdict {
                 match self {
-                    $(Self::$name => reasons!(@pass $verdict),)*
+                    $(Self::$name => reasons!(@verdict $verdict),)*
                 }
+            }
+
+            /// Whether the packet went on to the kernel (else it was dropped, or
+            /// replaced by the director's answer).
+            pub const fn is_pass(self) -> bool {
+                matches!(self.verdict(), Verdict::Pass)
             }
 
             /// The `reason` label of the metrics.
@@ -46,8 +52,20 @@ macro_rules! reasons {
             }
         }
     };
-    (@pass pass) => { true };
-    (@pass drop) => { false };
+    (@verdict pass) => { Verdict::Pass };
+    (@verdict drop) => { Verdict::Drop };
+    (@verdict answer) => { Verdict::Answer };
+}
+
+/// What the data path did with a packet it did not forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Left to the kernel.
+    Pass,
+    Drop,
+    /// Dropped, and the frame turned into the director's answer to its sender (an
+    /// ICMP error), sent back the way it came.
+    Answer,
 }
 
 reasons! {
@@ -95,6 +113,15 @@ reasons! {
     /// The connection table refused the new connection's entries: NAT and Full-NAT
     /// packets never leave without them.
     ConnInsertFailed = 18, "conn_insert_failed", drop;
+    /// IP tunnel: the packet would not fit the link towards its real server once
+    /// encapsulated. The client was sent ICMP "fragmentation needed" (IPv6: "packet too
+    /// big") with the MTU that fits.
+    TooBig = 19, "too_big", answer;
+    /// As `too_big`, but an IPv4 packet with options, which the data path does not
+    /// quote: dropped without an answer.
+    TooBigUnanswered = 20, "too_big_unanswered", drop;
+    /// The driver left no room in front of the frame for the headers to add.
+    NoHeadroom = 21, "no_headroom", drop;
 }
 
 // Each reason's slot is its place in `ALL`, so the agent reads the slots in order.

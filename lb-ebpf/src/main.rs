@@ -19,11 +19,14 @@ mod service;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::{conn::Conn, stats::Reason};
+use lb_common::{
+    conn::Conn,
+    stats::{Reason, Verdict},
+};
 
 #[xdp]
 pub fn lb_ingress(ctx: XdpContext) -> u32 {
@@ -31,7 +34,11 @@ pub fn lb_ingress(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             stats::count_reason(reason);
-            if reason.is_pass() { XDP_PASS } else { XDP_DROP }
+            match reason.verdict() {
+                Verdict::Pass => XDP_PASS,
+                Verdict::Drop => XDP_DROP,
+                Verdict::Answer => XDP_TX,
+            }
         }
     }
 }
@@ -54,12 +61,12 @@ fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
 #[inline(never)]
 fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
     let service = service::lookup(ctx, packet)?;
-    let id = sched::new_connection(ctx, packet, &service)?;
+    let id = sched::new_connection(ctx, packet, service)?;
     let real = forward::reachable(ctx, packet, id)?;
     let opening = maps::OPENING.get_ptr_mut(0).ok_or(Reason::ConnInsertFailed)?;
     // SAFETY: a per-CPU value, used by this CPU's packet only, for this call.
     let maps::Opening { conn, reply } = unsafe { &mut *opening };
-    forward::open(packet, &service, id, real, conn, reply)?;
+    forward::open(packet, service, id, real, conn, reply)?;
     let action = forward::to_real(ctx, packet, conn, real)?;
     stats::count_request(conn, packet.ip_len, true);
     Ok(action)

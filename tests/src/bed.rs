@@ -99,10 +99,16 @@ pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Res
         .filter_map(|real| {
             let address = real.address.to_string();
             let (ifindex, vlan) = reach(&address)?;
-            Some((
-                real.address,
-                Link { ifindex, vlan, mac: real_mac(&address), director_mac: DIRECTOR_MAC, gateway: None },
-            ))
+            let link = Link {
+                ifindex,
+                vlan,
+                mac: real_mac(&address),
+                director_mac: DIRECTOR_MAC,
+                gateway: None,
+                mtu: LINK_MTU,
+                source: Some(tunnel_source(real.address)),
+            };
+            Some((real.address, link))
         })
         .collect();
     // The director's devices: the ingress interface, and the VLANs real servers are on.
@@ -110,6 +116,18 @@ pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Res
     interfaces.extend(reals.values().map(|link| ((link.ifindex, link.vlan), DIRECTOR_MAC)));
     let links = Links { reals, interfaces, unresolved: Default::default() };
     director.apply_maps(config, links)
+}
+
+/// The MTU of every link towards real servers in the test bed.
+pub const LINK_MTU: u16 = 1500;
+/// The director's address towards real servers in the test bed, by IP version: what a
+/// route's preferred source would be, the outer source of tunnelled packets.
+pub const TUNNEL_SOURCE4: &str = "198.18.21.1";
+pub const TUNNEL_SOURCE6: &str = "2001:db8:21::1";
+
+pub fn tunnel_source(real: IpAddr) -> IpAddr {
+    let source = if real.is_ipv4() { TUNNEL_SOURCE4 } else { TUNNEL_SOURCE6 };
+    source.parse().expect("an address")
 }
 
 /// Each real server's MAC in the test bed, by address: one per address, so a forwarded

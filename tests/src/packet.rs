@@ -194,3 +194,63 @@ fn internet_checksum(bytes: &[u8], initial: u32) -> u16 {
 fn sum_words(bytes: &[u8]) -> u32 {
     bytes.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum()
 }
+
+/// The IP packet of an untagged `frame` in the tunnel a director builds towards a
+/// real server: an outer IPv4 header (id 0, don't fragment, TTL 64) or IPv6 header
+/// (hop limit 64, flow label 0: mask the program's with [`without_flow_label`]), with
+/// the inner packet's DSCP and ECN bits, in a frame of the same MACs.
+pub fn encapsulated(src: IpAddr, dst: IpAddr, frame: &[u8]) -> Vec<u8> {
+    let inner = &frame[L3..];
+    let traffic_class = if inner[0] >> 4 == 4 { inner[1] } else { (inner[0] << 4) | (inner[1] >> 4) };
+    let mut outer = tunnelled(src, dst, frame);
+    if src.is_ipv4() {
+        set_ipv4_fields(&mut outer, L3, traffic_class, 0, 0x4000);
+    } else {
+        outer[L3] = 0x60 | (traffic_class >> 4);
+        outer[L3 + 1] = traffic_class << 4;
+    }
+    outer
+}
+
+/// The frame with its outer IPv6 header's flow label zeroed (an untagged frame).
+pub fn without_flow_label(frame: &[u8]) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    if frame[L3] >> 4 == 6 {
+        frame[L3 + 1] &= 0xf0;
+        frame[L3 + 2] = 0;
+        frame[L3 + 3] = 0;
+    }
+    frame
+}
+
+/// Sets the TOS, identification and flags/fragment offset of the IPv4 header at `l3`,
+/// and its checksum to match.
+pub fn set_ipv4_fields(frame: &mut [u8], l3: usize, tos: u8, id: u16, frags: u16) {
+    frame[l3 + 1] = tos;
+    frame[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
+    frame[l3 + 6..l3 + 8].copy_from_slice(&frags.to_be_bytes());
+    refresh_ipv4_checksum(frame, l3);
+}
+
+/// An ICMP message (IPv4) of `kind` and `code`, with the 4 bytes after the checksum
+/// and the data given.
+pub fn icmp(kind: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(data);
+    let checksum = internet_checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    icmp
+}
+
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// An ICMPv6 message from `src` to `dst` (its checksum covers the pseudo-header).
+pub fn icmpv6(src: IpAddr, dst: IpAddr, kind: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(data);
+    let checksum = transport_checksum(src, dst, PROTO_ICMPV6, &icmp);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    icmp
+}

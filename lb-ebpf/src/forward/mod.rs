@@ -4,6 +4,8 @@
 mod client;
 mod fnat;
 mod nat;
+mod too_big;
+mod tun;
 
 use aya_ebpf::{bindings::xdp_action::XDP_TX, helpers::bpf_redirect, programs::XdpContext};
 use lb_common::{
@@ -46,13 +48,14 @@ pub fn open(
 ) -> Result<(), Reason> {
     *conn = conn::plain(id, service.index, real.forwarding);
     match Forwarding::from_u8(real.forwarding) {
-        Some(Forwarding::Dr) => {}
+        // Neither rewrites the packet: the real server answers the client itself.
+        Some(Forwarding::Dr | Forwarding::Tun) => {}
         Some(Forwarding::Nat) => nat::open(packet, real, conn, reply)?,
         Some(Forwarding::Fnat) => fnat::open(packet, service, real, conn, reply)?,
-        Some(Forwarding::Tun) | None => return Err(Reason::UnsupportedForwarding),
+        None => return Err(Reason::UnsupportedForwarding),
     }
     if let Err(reason) = conn::insert(&packet.flow, conn, false) {
-        if conn.forwarding != Forwarding::Dr as u8 {
+        if matches!(Forwarding::from_u8(conn.forwarding), Some(Forwarding::Nat | Forwarding::Fnat)) {
             conn::remove(&reply_key(packet, conn));
         }
         return Err(reason);
@@ -67,9 +70,16 @@ pub fn to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer
         // Direct routing: the real server has the VIP on a loopback and answers the
         // client itself, so only the Ethernet addresses change.
         Some(Forwarding::Dr) => Ok(transmit(ctx, real)),
+        Some(Forwarding::Tun) if packet.ip_len > u32::from(tun::inner_mtu(real)) => {
+            // Answered here rather than in `tun`, so the two frames are never on the
+            // stack together.
+            too_big::reply(ctx, packet, tun::inner_mtu(real))?;
+            Err(Reason::TooBig)
+        }
+        Some(Forwarding::Tun) => tun::to_real(ctx, packet, real),
         Some(Forwarding::Nat) => nat::to_real(ctx, packet, conn, real),
         Some(Forwarding::Fnat) => fnat::to_real(ctx, packet, conn, real),
-        Some(Forwarding::Tun) | None => Err(Reason::UnsupportedForwarding),
+        None => Err(Reason::UnsupportedForwarding),
     }
 }
 
@@ -107,6 +117,17 @@ fn reply_key(packet: &Packet, conn: &Conn) -> FlowKey {
     }
 }
 
+/// The frame's 802.1Q tag control, if it has one: a frame the data path builds from it
+/// keeps it.
+#[inline(always)]
+fn vlan_tci(ctx: &XdpContext, packet: &Packet) -> Option<[u8; 2]> {
+    if packet.l3 == EthHdr::LEN {
+        return None;
+    }
+    // SAFETY: `header` checked the two bytes are within the frame.
+    header::<[u8; 2]>(ctx, EthHdr::LEN).map(|tci| unsafe { *tci })
+}
+
 /// Sends the frame to the next hop towards `real`: from the director's interface that
 /// reaches it, back out the way it came (`XDP_TX`) or through another attached
 /// interface.
@@ -125,6 +146,13 @@ fn to_next_hop(ctx: &XdpContext, next_hop: [u8; 6], director: [u8; 6], ifindex: 
             (*eth).src_addr = director;
         }
     }
+    next_hop_action(ctx, ifindex)
+}
+
+/// Sends the frame out of `ifindex`: back out the way it came (`XDP_TX`) or through
+/// another attached interface.
+#[inline(always)]
+fn next_hop_action(ctx: &XdpContext, ifindex: u32) -> u32 {
     if ifindex as usize == ctx.ingress_ifindex() {
         return XDP_TX;
     }

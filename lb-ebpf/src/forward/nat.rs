@@ -126,7 +126,7 @@ fn replace_address<const N: usize>(delta: Delta, field: &mut [u8; N], new: &[u8;
 
 /// An IPv4 address as the maps store it: the first four of 16 bytes.
 #[inline(always)]
-fn first_four(address: &[u8; 16]) -> &[u8; 4] {
+pub fn first_four(address: &[u8; 16]) -> &[u8; 4] {
     // SAFETY: the first four bytes of a 16-byte array, with the array's lifetime.
     unsafe { &*address.as_ptr().cast::<[u8; 4]>() }
 }
