@@ -122,6 +122,11 @@ reasons! {
     TooBigUnanswered = 20, "too_big_unanswered", drop;
     /// The driver left no room in front of the frame for the headers to add.
     NoHeadroom = 21, "no_headroom", drop;
+    /// An ICMP error whose quoted packet is cut short or not IP of the error's own
+    /// version: the director cannot tell whose it is, so its kernel has it.
+    MalformedIcmp = 22, "malformed_icmp", pass;
+    /// An ICMP error about a flow that is no connection of the director's.
+    IcmpNoConnection = 23, "icmp_no_connection", pass;
 }
 
 // Each reason's slot is its place in `ALL`, so the agent reads the slots in order.

@@ -45,16 +45,24 @@ pub fn lb_ingress(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
-    let packet = parse::packet(ctx)?;
+    let mut packet = parse::Packet::empty();
+    parse::packet(ctx, &mut packet)?;
     // Connections first, as IPVS does: an established flow needs no service lookup
     // and outlives its service's removal.
     if let Some(conn) = conn::lookup(&packet.flow) {
-        return if conn.is_reply() { reply(ctx, &packet, conn) } else { established(ctx, &packet, conn) };
+        return match (packet.is_icmp_error(), conn.is_reply()) {
+            (false, false) => established(ctx, &packet, conn),
+            (false, true) => reply(ctx, &packet, conn),
+            (true, _) => icmp_error(ctx, &packet, conn),
+        };
+    }
+    if packet.is_icmp_error() {
+        return Err(Reason::IcmpNoConnection);
     }
     new_flow(ctx, &packet)
 }
 
-// The three paths are functions of their own (BPF-to-BPF calls), each with its own
+// The paths are functions of their own (BPF-to-BPF calls), each with its own
 // stack frame: inlined into one, their locals would not fit the 512 bytes of stack.
 
 /// The first packet of a flow the director does not know.
@@ -92,6 +100,27 @@ fn reply(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Result<u3
     let action = forward::to_client(ctx, packet, conn)?;
     conn::touch(conn, packet);
     stats::count_reply(conn, packet.ip_len);
+    Ok(action)
+}
+
+/// An ICMP error about a packet of a known connection: one that went to the client
+/// (the real server's, or for NAT and Full-NAT the director's rewritten reply) goes on
+/// to the real server; one that the director sent to a real server (NAT, Full-NAT)
+/// goes back to the client. Both are translated where the connection was rewritten,
+/// so path-MTU discovery and unreachable ports work through every method.
+#[inline(never)]
+fn icmp_error(ctx: &XdpContext, packet: &parse::Packet, conn: &Conn) -> Result<u32, Reason> {
+    if conn.is_reply() {
+        if !service::addressed_to_director(ctx, packet.vlan) {
+            return Err(Reason::OtherHost);
+        }
+        let action = forward::icmp::to_client(ctx, packet, conn)?;
+        stats::count_reply(conn, packet.ip_len);
+        return Ok(action);
+    }
+    let real = forward::reachable(ctx, packet, conn.real)?;
+    let action = forward::icmp::to_real(ctx, packet, conn, real)?;
+    stats::count_request(conn, packet.ip_len, false);
     Ok(action)
 }
 

@@ -1,6 +1,11 @@
 //! From the frame's bytes to a flow, in layers: Ethernet (one 802.1Q tag), IPv4 with
-//! any header length or IPv6, then the TCP or UDP ports. The offsets of the headers are
-//! kept, so a rewrite needs no second parse.
+//! any header length or IPv6, then the TCP or UDP ports, or an ICMP error's quoted
+//! header. The offsets of the headers are kept, so a rewrite needs no second parse.
+//!
+//! An ICMP or ICMPv6 error (unreachable, too big, time exceeded, parameter problem)
+//! quotes the header of the packet it is about, which went the other way: its flow is
+//! that packet's, reversed, so it finds the connection that packet belonged to (as
+//! Katran's `handle_icmp.h` does).
 //!
 //! Malformed or truncated headers are refused here with a [`Reason`], so no later step
 //! ever reads past the frame or forwards something it did not understand.
@@ -35,6 +40,40 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Whether the packet may open a connection: any UDP datagram, a TCP SYN without RST.
     pub opens_connection: bool,
+    /// An ICMP error: where the quoted IP header starts (0 for any other packet).
+    pub quoted_l3: u16,
+    /// Where the quoted TCP or UDP header starts (8 of its bytes are in the frame).
+    pub quoted_l4: u16,
+}
+
+impl Packet {
+    /// A packet of nothing yet, for [`packet`] to fill.
+    pub const fn empty() -> Self {
+        let flow = FlowKey {
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: [0; 2],
+            dst_port: [0; 2],
+            protocol: 0,
+            family: 0,
+            _pad: [0; 2],
+        };
+        Self {
+            flow,
+            ip_len: 0,
+            vlan: 0,
+            l3: 0,
+            l4: 0,
+            tcp_flags: 0,
+            opens_connection: false,
+            quoted_l3: 0,
+            quoted_l4: 0,
+        }
+    }
+
+    pub fn is_icmp_error(&self) -> bool {
+        self.quoted_l3 != 0
+    }
 }
 
 /// Offset of the flags byte in the TCP header.
@@ -58,34 +97,43 @@ struct Transport {
 }
 
 const IPV4_MF_OR_OFFSET: u16 = 0x3fff;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// Type, code, checksum and 4 bytes, then the quoted packet.
+const ICMP_HEADER: usize = 8;
+/// Destination unreachable (fragmentation needed among them), time exceeded, parameter
+/// problem.
+const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
+/// Destination unreachable, packet too big, time exceeded, parameter problem.
+const ICMPV6_ERRORS: [u8; 4] = [1, 2, 3, 4];
 const VLAN_ID: u16 = 0x0fff;
 const IPV6_NEXT_FRAGMENT: u8 = 44;
 /// IPv6 extension headers we do not walk yet (hop-by-hop, routing, destination
 /// options, AH, mobility, HIP, shim6).
 const IPV6_EXTENSIONS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
 
+/// Parses the frame into `packet`, which the caller gives (zeroed), so the packet is
+/// built where it stays rather than copied out of a result.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
+pub fn packet(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
     let Link { ether_type, vlan, l3 } = ethernet(ctx)?;
-    let mut flow = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
-        src_port: [0; 2],
-        dst_port: [0; 2],
-        protocol: 0,
-        family: 0,
-        _pad: [0; 2],
-    };
     let (transport, ip_len) = if ether_type == EtherType::Ipv4 as u16 {
-        ipv4(ctx, l3, &mut flow)?
+        ipv4(ctx, l3, &mut packet.flow)?
     } else if ether_type == EtherType::Ipv6 as u16 {
-        ipv6(ctx, l3, &mut flow)?
+        ipv6(ctx, l3, &mut packet.flow)?
     } else {
         return Err(Reason::NotIp);
     };
-    let tcp_flags = ports(ctx, &transport, &mut flow)?;
-    let opens_connection = flow.protocol == IPPROTO_UDP || tcp_flags & (TCP_SYN | TCP_RST) == TCP_SYN;
-    Ok(Packet { flow, ip_len, vlan, l3, l4: transport.offset, tcp_flags, opens_connection })
+    packet.ip_len = ip_len;
+    packet.vlan = vlan;
+    packet.l3 = l3;
+    packet.l4 = transport.offset;
+    if is_icmp(&packet.flow) {
+        return quoted(ctx, &transport, packet);
+    }
+    packet.tcp_flags = ports(ctx, &transport, &mut packet.flow)?;
+    packet.opens_connection = packet.flow.protocol == IPPROTO_UDP || packet.tcp_flags & (TCP_SYN | TCP_RST) == TCP_SYN;
+    Ok(())
 }
 
 /// The ether type of the payload and where it starts, past one optional VLAN tag.
@@ -144,6 +192,68 @@ fn ipv6(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u
     flow.dst = ip.dst_addr;
     let transport = Transport { offset: l3 + Ipv6Hdr::LEN, len: payload_len };
     Ok((transport, (Ipv6Hdr::LEN + payload_len) as u32))
+}
+
+/// ICMP in IPv4, ICMPv6 in IPv6.
+#[inline(always)]
+fn is_icmp(flow: &FlowKey) -> bool {
+    (flow.family == FAMILY_IPV4 && flow.protocol == IPPROTO_ICMP)
+        || (flow.family == FAMILY_IPV6 && flow.protocol == IPPROTO_ICMPV6)
+}
+
+/// An ICMP error's quoted packet, reversed into `packet.flow` (the family stays: an
+/// ICMP error quotes a packet of its own IP version). Other ICMP messages (echo,
+/// neighbour discovery) are not the data path's.
+#[inline(always)]
+fn quoted(ctx: &XdpContext, transport: &Transport, packet: &mut Packet) -> Result<(), Reason> {
+    let icmp: *const [u8; 2] = header(ctx, transport.offset).ok_or(Reason::MalformedIcmp)?;
+    // SAFETY: `header` checked the type and code are within the frame.
+    let [kind, _code] = unsafe { *icmp };
+    let ipv4 = packet.flow.family == FAMILY_IPV4;
+    let error = if ipv4 { ICMP_ERRORS.contains(&kind) } else { ICMPV6_ERRORS.contains(&kind) };
+    if !error {
+        return Err(Reason::NotTcpUdp);
+    }
+    let quoted_l3 = transport.offset + ICMP_HEADER;
+    let (quoted_l4, quoted_protocol) = if ipv4 {
+        let ip: *const Ipv4Hdr = header(ctx, quoted_l3).ok_or(Reason::MalformedIcmp)?;
+        // SAFETY: `header` checked the quoted IPv4 header is within the frame.
+        let ip = unsafe { &*ip };
+        let header_len = usize::from(ip.ihl());
+        if ip.version() != 4 || header_len < Ipv4Hdr::LEN {
+            return Err(Reason::MalformedIcmp);
+        }
+        packet.flow.src[..4].copy_from_slice(&ip.dst_addr);
+        packet.flow.dst[..4].copy_from_slice(&ip.src_addr);
+        (quoted_l3 + header_len, ip.proto)
+    } else {
+        let ip: *const Ipv6Hdr = header(ctx, quoted_l3).ok_or(Reason::MalformedIcmp)?;
+        // SAFETY: `header` checked the quoted IPv6 header is within the frame.
+        let ip = unsafe { &*ip };
+        if ip.vcf[0] >> 4 != 6 {
+            return Err(Reason::MalformedIcmp);
+        }
+        packet.flow.src = ip.dst_addr;
+        packet.flow.dst = ip.src_addr;
+        (quoted_l3 + Ipv6Hdr::LEN, ip.next_hdr)
+    };
+    if quoted_protocol != IPPROTO_TCP && quoted_protocol != IPPROTO_UDP {
+        return Err(Reason::NotTcpUdp);
+    }
+    // The ports, and the UDP checksum a translation updates: the 8 bytes every ICMP
+    // error quotes. They must lie within the ICMP message, not only the frame.
+    let ports: *const [[u8; 2]; 4] = header(ctx, quoted_l4).ok_or(Reason::MalformedIcmp)?;
+    if quoted_l4 + 8 > transport.offset + transport.len {
+        return Err(Reason::MalformedIcmp);
+    }
+    // SAFETY: `header` checked the 8 bytes are within the frame.
+    let [source, dest, _, _] = unsafe { *ports };
+    packet.flow.src_port = dest;
+    packet.flow.dst_port = source;
+    packet.flow.protocol = quoted_protocol;
+    packet.quoted_l3 = quoted_l3 as u16;
+    packet.quoted_l4 = quoted_l4 as u16;
+    Ok(())
 }
 
 /// Reads the ports into `flow`; returns the TCP flags (0 for UDP).

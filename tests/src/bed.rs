@@ -198,3 +198,29 @@ impl Routes {
         self.netns.within(f)
     }
 }
+
+/// A test bed whose runs are issued inside a [`Routes`] namespace, so NAT and Full-NAT
+/// replies find their way back to the client.
+pub struct RoutedBed {
+    pub director: Director,
+    pub routes: Routes,
+}
+
+impl RoutedBed {
+    /// A data path holding `services` (as [`director`] takes them), every real server
+    /// on the ingress interface.
+    pub fn new(services: &str) -> Self {
+        Self { director: director(services, 4096, on_ingress).unwrap(), routes: Routes::new().unwrap() }
+    }
+
+    /// The verdict and the frame out of one run of `frame`.
+    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let run = self.routes.run(self.director.dataplane().program(), frame).unwrap();
+        (run.verdict, run.frame)
+    }
+
+    /// How many packets `reason` counted so far.
+    pub fn reason(&self, reason: lb_common::stats::Reason) -> u64 {
+        self.director.reason_counts().unwrap().iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+}

@@ -5,10 +5,9 @@
 
 use std::net::SocketAddr;
 
-use lb_agent::director::Director;
 use lb_common::stats::Reason;
 use lb_tests::{
-    bed::{self, ROUTER_MAC, Routes, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac},
+    bed::{self, ROUTER_MAC, RoutedBed as Bed, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac},
     packet::{self, CLIENT_MAC, DIRECTOR_MAC, TCP_ACK, TCP_SYN},
 };
 
@@ -42,26 +41,6 @@ fn services(forwarding: &str, extra: &str) -> String {
         }
     }
     yaml
-}
-
-struct Bed {
-    director: Director,
-    routes: Routes,
-}
-
-impl Bed {
-    fn new(services: &str) -> Self {
-        Self { director: bed::director(services, 4096, bed::on_ingress).unwrap(), routes: Routes::new().unwrap() }
-    }
-
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let run = self.routes.run(self.director.dataplane().program(), frame).unwrap();
-        (run.verdict, run.frame)
-    }
-
-    fn reason(&self, reason: Reason) -> u64 {
-        self.director.reason_counts().unwrap().iter().find(|(r, _)| *r == reason).unwrap().1
-    }
 }
 
 /// What the real server receives: the frame as the client would have sent it to `dst`

@@ -3,6 +3,7 @@
 
 mod client;
 mod fnat;
+pub mod icmp;
 mod nat;
 mod too_big;
 mod tun;

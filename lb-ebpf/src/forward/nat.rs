@@ -85,7 +85,12 @@ pub fn rewrite(ctx: &XdpContext, packet: &Packet, src: Option<Endpoint>, dst: Op
 /// Rewrites the IPv4 addresses and the header checksum; returns the change to the
 /// pseudo-header's sum.
 #[inline(always)]
-fn rewrite_ipv4(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<Delta, Reason> {
+pub fn rewrite_ipv4(
+    ctx: &XdpContext,
+    l3: usize,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+) -> Result<Delta, Reason> {
     let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
     // SAFETY: `header` checked the IPv4 header is within the frame.
     let ip = unsafe { &mut *ip };
@@ -103,7 +108,12 @@ fn rewrite_ipv4(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<
 /// Rewrites the IPv6 addresses (IPv6 has no header checksum); returns the change to
 /// the pseudo-header's sum.
 #[inline(always)]
-fn rewrite_ipv6(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<Delta, Reason> {
+pub fn rewrite_ipv6(
+    ctx: &XdpContext,
+    l3: usize,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+) -> Result<Delta, Reason> {
     let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
     // SAFETY: `header` checked the IPv6 header is within the frame.
     let ip = unsafe { &mut *ip };
@@ -132,7 +142,7 @@ pub fn first_four(address: &[u8; 16]) -> &[u8; 4] {
 }
 
 #[inline(always)]
-fn replace_ports(source: &mut [u8; 2], dest: &mut [u8; 2], src: Option<Endpoint>, dst: Option<Endpoint>) -> Delta {
+pub fn replace_ports(source: &mut [u8; 2], dest: &mut [u8; 2], src: Option<Endpoint>, dst: Option<Endpoint>) -> Delta {
     let mut delta = Delta::default();
     if let Some((_, port)) = src {
         delta = delta.replace(*source, port);
