@@ -73,7 +73,8 @@ reasons! {
     NotIp = 0, "not_ip", pass;
     /// Neither TCP nor UDP (ICMP, neighbour discovery, ...).
     NotTcpUdp = 1, "not_tcp_udp", pass;
-    /// An IPv4 fragment or an IPv6 packet with a fragment header.
+    /// A fragment the data path does not follow: not TCP or UDP, or a later fragment
+    /// whose first was not forwarded (reordered, or not a virtual service's).
     Fragment = 2, "fragment", pass;
     /// TCP or UDP, but no virtual service at that address and no known connection.
     NotAService = 3, "not_a_service", pass;
@@ -117,8 +118,8 @@ reasons! {
     /// encapsulated. The client was sent ICMP "fragmentation needed" (IPv6: "packet too
     /// big") with the MTU that fits.
     TooBig = 19, "too_big", answer;
-    /// As `too_big`, but an IPv4 packet with options, which the data path does not
-    /// quote: dropped without an answer.
+    /// As `too_big`, but a fragment (its sender cannot make it smaller) or an IPv4
+    /// packet with options (which the data path does not quote): dropped unanswered.
     TooBigUnanswered = 20, "too_big_unanswered", drop;
     /// The driver left no room in front of the frame for the headers to add.
     NoHeadroom = 21, "no_headroom", drop;

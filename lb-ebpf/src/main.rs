@@ -11,6 +11,7 @@
 mod conn;
 mod csum;
 mod forward;
+mod fragments;
 mod header;
 mod maps;
 mod parse;
@@ -47,6 +48,13 @@ pub fn lb_ingress(ctx: XdpContext) -> u32 {
 fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
     let mut packet = parse::Packet::empty();
     parse::packet(ctx, &mut packet)?;
+    // Decided here, once: nothing on the other paths asks whether a packet is a
+    // fragment, so the verifier need not walk them once per kind of packet.
+    match packet.fragment {
+        parse::LATER_FRAGMENT => return later_fragment(ctx, &mut packet),
+        parse::FIRST_FRAGMENT => fragments::remember(&packet),
+        _ => {}
+    }
     // Connections first, as IPVS does: an established flow needs no service lookup
     // and outlives its service's removal.
     if let Some(conn) = conn::lookup(&packet.flow) {
@@ -120,6 +128,27 @@ fn icmp_error(ctx: &XdpContext, packet: &parse::Packet, conn: &Conn) -> Result<u
     }
     let real = forward::reachable(ctx, packet, conn.real)?;
     let action = forward::icmp::to_real(ctx, packet, conn, real)?;
+    stats::count_request(conn, packet.ip_len, false);
+    Ok(action)
+}
+
+/// A fragment without the transport header, the way its datagram's first fragment
+/// went (its ports remembered then); else the kernel's. Only addresses are rewritten:
+/// the first fragment's checksum update covers the whole datagram.
+#[inline(never)]
+fn later_fragment(ctx: &XdpContext, packet: &mut parse::Packet) -> Result<u32, Reason> {
+    fragments::take_ports(packet)?;
+    let conn = conn::lookup(&packet.flow).ok_or(Reason::Fragment)?;
+    if conn.is_reply() {
+        if !service::addressed_to_director(ctx, packet.vlan) {
+            return Err(Reason::OtherHost);
+        }
+        let action = forward::fragment_to_client(ctx, packet, conn)?;
+        stats::count_reply(conn, packet.ip_len);
+        return Ok(action);
+    }
+    let real = forward::reachable(ctx, packet, conn.real)?;
+    let action = forward::fragment_to_real(ctx, packet, conn, real)?;
     stats::count_request(conn, packet.ip_len, false);
     Ok(action)
 }

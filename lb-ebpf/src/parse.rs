@@ -40,6 +40,10 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Whether the packet may open a connection: any UDP datagram, a TCP SYN without RST.
     pub opens_connection: bool,
+    /// `FIRST_FRAGMENT` or `LATER_FRAGMENT` for a fragment of an IP datagram, else 0.
+    pub fragment: u8,
+    /// A fragment's IP identification (IPv4's 16 bits, IPv6's 32).
+    pub fragment_id: u32,
     /// An ICMP error: where the quoted IP header starts (0 for any other packet).
     pub quoted_l3: u16,
     /// Where the quoted TCP or UDP header starts (8 of its bytes are in the frame).
@@ -66,9 +70,21 @@ impl Packet {
             l4: 0,
             tcp_flags: 0,
             opens_connection: false,
+            fragment: 0,
+            fragment_id: 0,
             quoted_l3: 0,
             quoted_l4: 0,
         }
+    }
+
+    /// A fragment that carries the transport header (ports, checksum).
+    pub fn is_first_fragment(&self) -> bool {
+        self.fragment == FIRST_FRAGMENT
+    }
+
+    /// A fragment without the transport header: its ports come from its first one's.
+    pub fn is_later_fragment(&self) -> bool {
+        self.fragment == LATER_FRAGMENT
     }
 
     pub fn is_icmp_error(&self) -> bool {
@@ -97,6 +113,13 @@ struct Transport {
 }
 
 const IPV4_MF_OR_OFFSET: u16 = 0x3fff;
+const IPV4_OFFSET: u16 = 0x1fff;
+/// The offset bits of an IPv6 fragment header's offset-and-flags word.
+const IPV6_OFFSET: u16 = 0xfff8;
+const IPV6_FRAGMENT_HEADER: usize = 8;
+/// [`Packet::fragment`] values.
+pub const FIRST_FRAGMENT: u8 = 1;
+pub const LATER_FRAGMENT: u8 = 2;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 /// Type, code, checksum and 4 bytes, then the quoted packet.
@@ -118,9 +141,9 @@ const IPV6_EXTENSIONS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
 pub fn packet(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
     let Link { ether_type, vlan, l3 } = ethernet(ctx)?;
     let (transport, ip_len) = if ether_type == EtherType::Ipv4 as u16 {
-        ipv4(ctx, l3, &mut packet.flow)?
+        ipv4(ctx, l3, packet)?
     } else if ether_type == EtherType::Ipv6 as u16 {
-        ipv6(ctx, l3, &mut packet.flow)?
+        ipv6(ctx, l3, packet)?
     } else {
         return Err(Reason::NotIp);
     };
@@ -128,10 +151,19 @@ pub fn packet(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
     packet.vlan = vlan;
     packet.l3 = l3;
     packet.l4 = transport.offset;
-    if is_icmp(&packet.flow) {
+    if packet.fragment != 0 {
+        // Only TCP and UDP fragments are followed; the kernel reassembles the rest.
+        if packet.flow.protocol != IPPROTO_TCP && packet.flow.protocol != IPPROTO_UDP {
+            return Err(Reason::Fragment);
+        }
+        // A later fragment has no transport header: its ports are its first one's.
+        if packet.is_later_fragment() {
+            return Ok(());
+        }
+    } else if is_icmp(&packet.flow) {
         return quoted(ctx, &transport, packet);
     }
-    packet.tcp_flags = ports(ctx, &transport, &mut packet.flow)?;
+    packet.tcp_flags = ports(ctx, &transport, packet)?;
     packet.opens_connection = packet.flow.protocol == IPPROTO_UDP || packet.tcp_flags & (TCP_SYN | TCP_RST) == TCP_SYN;
     Ok(())
 }
@@ -150,7 +182,7 @@ fn ethernet(ctx: &XdpContext) -> Result<Link, Reason> {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u32), Reason> {
+fn ipv4(ctx: &XdpContext, l3: usize, packet: &mut Packet) -> Result<(Transport, u32), Reason> {
     let ip: *const Ipv4Hdr = header(ctx, l3).ok_or(Reason::MalformedIp)?;
     let ip = unsafe { &*ip };
     let header_len = usize::from(ip.ihl());
@@ -161,9 +193,12 @@ fn ipv4(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u
     if l3 + total_len > frame_len(ctx) || !csum::ipv4_header_intact(ctx, l3, header_len) {
         return Err(Reason::MalformedIp);
     }
-    if u16::from_be_bytes(ip.frags) & IPV4_MF_OR_OFFSET != 0 {
-        return Err(Reason::Fragment);
+    let frags = u16::from_be_bytes(ip.frags);
+    if frags & IPV4_MF_OR_OFFSET != 0 {
+        packet.fragment = if frags & IPV4_OFFSET == 0 { FIRST_FRAGMENT } else { LATER_FRAGMENT };
+        packet.fragment_id = u32::from(u16::from_be_bytes(ip.id));
     }
+    let flow = &mut packet.flow;
     flow.family = FAMILY_IPV4;
     flow.protocol = ip.proto;
     flow.src[..4].copy_from_slice(&ip.src_addr);
@@ -173,24 +208,38 @@ fn ipv4(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize, flow: &mut FlowKey) -> Result<(Transport, u32), Reason> {
+fn ipv6(ctx: &XdpContext, l3: usize, packet: &mut Packet) -> Result<(Transport, u32), Reason> {
     let ip: *const Ipv6Hdr = header(ctx, l3).ok_or(Reason::MalformedIp)?;
     let ip = unsafe { &*ip };
     let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
     if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame_len(ctx) {
         return Err(Reason::MalformedIp);
     }
-    if ip.next_hdr == IPV6_NEXT_FRAGMENT {
-        return Err(Reason::Fragment);
+    let mut next_header = ip.next_hdr;
+    let mut transport = Transport { offset: l3 + Ipv6Hdr::LEN, len: payload_len };
+    if next_header == IPV6_NEXT_FRAGMENT {
+        // Next header, reserved, offset (13 bits) and flags (M last), identification.
+        let fragment: *const [u8; 8] = header(ctx, transport.offset).ok_or(Reason::MalformedIp)?;
+        // SAFETY: `header` checked the fragment header is within the frame.
+        let [next, _, offset_high, offset_low_and_flags, id @ ..] = unsafe { *fragment };
+        if payload_len < IPV6_FRAGMENT_HEADER {
+            return Err(Reason::MalformedIp);
+        }
+        let first = u16::from_be_bytes([offset_high, offset_low_and_flags]) & IPV6_OFFSET == 0;
+        packet.fragment = if first { FIRST_FRAGMENT } else { LATER_FRAGMENT };
+        packet.fragment_id = u32::from_be_bytes(id);
+        next_header = next;
+        transport =
+            Transport { offset: transport.offset + IPV6_FRAGMENT_HEADER, len: payload_len - IPV6_FRAGMENT_HEADER };
     }
-    if IPV6_EXTENSIONS.contains(&ip.next_hdr) {
+    if IPV6_EXTENSIONS.contains(&next_header) || next_header == IPV6_NEXT_FRAGMENT {
         return Err(Reason::Ipv6Extension);
     }
+    let flow = &mut packet.flow;
     flow.family = FAMILY_IPV6;
-    flow.protocol = ip.next_hdr;
+    flow.protocol = next_header;
     flow.src = ip.src_addr;
     flow.dst = ip.dst_addr;
-    let transport = Transport { offset: l3 + Ipv6Hdr::LEN, len: payload_len };
     Ok((transport, (Ipv6Hdr::LEN + payload_len) as u32))
 }
 
@@ -258,7 +307,10 @@ fn quoted(ctx: &XdpContext, transport: &Transport, packet: &mut Packet) -> Resul
 
 /// Reads the ports into `flow`; returns the TCP flags (0 for UDP).
 #[inline(always)]
-fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<u8, Reason> {
+fn ports(ctx: &XdpContext, transport: &Transport, packet: &mut Packet) -> Result<u8, Reason> {
+    // A first fragment holds the start of its datagram only.
+    let first_fragment = packet.is_first_fragment();
+    let flow = &mut packet.flow;
     match flow.protocol {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = header(ctx, transport.offset).ok_or(Reason::TruncatedL4)?;
@@ -277,7 +329,8 @@ fn ports(ctx: &XdpContext, transport: &Transport, flow: &mut FlowKey) -> Result<
             let udp: *const UdpHdr = header(ctx, transport.offset).ok_or(Reason::TruncatedL4)?;
             let udp = unsafe { &*udp };
             let datagram_len = usize::from(u16::from_be_bytes(udp.len));
-            if UdpHdr::LEN > transport.len || datagram_len < UdpHdr::LEN || datagram_len > transport.len {
+            let cut = datagram_len > transport.len && !first_fragment;
+            if UdpHdr::LEN > transport.len || datagram_len < UdpHdr::LEN || cut {
                 return Err(Reason::TruncatedL4);
             }
             flow.src_port = udp.src;

@@ -254,3 +254,50 @@ pub fn icmpv6(src: IpAddr, dst: IpAddr, kind: u8, code: u8, rest: [u8; 4], data:
     icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
     icmp
 }
+
+/// The fragments of an IPv4 packet without options (as a router splits it), each
+/// carrying `chunk` bytes (a multiple of 8) of its payload but the last.
+pub fn ipv4_fragments(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment offsets count 8-byte units");
+    let (header, payload) = packet.split_at(20);
+    let chunks: Vec<&[u8]> = payload.chunks(chunk).collect();
+    let last = chunks.len() - 1;
+    let id = u16::from_be_bytes([header[4], header[5]]);
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let mut fragment = header.to_vec();
+            fragment[2..4].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
+            let more = if i < last { 0x2000 } else { 0 };
+            fragment.extend_from_slice(part);
+            set_ipv4_fields(&mut fragment, 0, header[1], id, more | (i * chunk / 8) as u16);
+            fragment
+        })
+        .collect()
+}
+
+/// The fragments of an IPv6 packet without extension headers, each with a fragment
+/// header of identification `id` and `chunk` bytes (a multiple of 8) of its payload
+/// but the last.
+pub fn ipv6_fragments(packet: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment offsets count 8-byte units");
+    let (header, payload) = packet.split_at(40);
+    let chunks: Vec<&[u8]> = payload.chunks(chunk).collect();
+    let last = chunks.len() - 1;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let mut fragment = header.to_vec();
+            fragment[4..6].copy_from_slice(&((8 + part.len()) as u16).to_be_bytes());
+            fragment[6] = 44;
+            let offset_and_more = ((i * chunk) as u16) | u16::from(i < last);
+            fragment.extend_from_slice(&[header[6], 0]);
+            fragment.extend_from_slice(&offset_and_more.to_be_bytes());
+            fragment.extend_from_slice(&id.to_be_bytes());
+            fragment.extend_from_slice(part);
+            fragment
+        })
+        .collect()
+}

@@ -84,6 +84,38 @@ pub fn to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer
     }
 }
 
+/// A later fragment (no transport header) of a connection's datagram, to its real
+/// server: addresses rewritten as the connection says, ports left to the first.
+#[inline(always)]
+pub fn fragment_to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer) -> Result<u32, Reason> {
+    match Forwarding::from_u8(conn.forwarding) {
+        Some(Forwarding::Dr) => Ok(transmit(ctx, real)),
+        // Its sender cannot make a fragment smaller: no answer.
+        Some(Forwarding::Tun) if packet.ip_len > u32::from(tun::inner_mtu(real)) => Err(Reason::TooBigUnanswered),
+        Some(Forwarding::Tun) => tun::to_real(ctx, packet, real),
+        Some(Forwarding::Nat) => {
+            nat::rewrite_addresses(ctx, packet, None, Some((&conn.dst, conn.dst_port)))?;
+            Ok(transmit(ctx, real))
+        }
+        Some(Forwarding::Fnat) => {
+            nat::rewrite_addresses(ctx, packet, Some((&conn.src, conn.src_port)), Some((&conn.dst, conn.dst_port)))?;
+            Ok(transmit(ctx, real))
+        }
+        None => Err(Reason::UnsupportedForwarding),
+    }
+}
+
+/// A later fragment of a real server's reply, back to the client (NAT, Full-NAT).
+#[inline(always)]
+pub fn fragment_to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, Reason> {
+    let fnat = conn.forwarding == Forwarding::Fnat as u8;
+    let client = if fnat { &conn.dst } else { &packet.flow.dst };
+    let next_hop = client::next_hop(ctx, packet, &conn.src, client)?;
+    let dst = if fnat { Some((&conn.dst, conn.dst_port)) } else { None };
+    nat::rewrite_addresses(ctx, packet, Some((&conn.src, conn.src_port)), dst)?;
+    Ok(client::transmit(ctx, &next_hop))
+}
+
 /// A real server's reply, back to the client with the VIP as its source.
 #[inline(always)]
 pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, Reason> {

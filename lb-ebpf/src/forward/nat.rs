@@ -56,11 +56,7 @@ pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, 
 /// addresses) updated to match. A function of its own, for the stack's sake.
 #[inline(never)]
 pub fn rewrite(ctx: &XdpContext, packet: &Packet, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<(), Reason> {
-    let addresses = if packet.flow.family == FAMILY_IPV4 {
-        rewrite_ipv4(ctx, packet.l3, src, dst)?
-    } else {
-        rewrite_ipv6(ctx, packet.l3, src, dst)?
-    };
+    let addresses = rewrite_addresses(ctx, packet, src, dst)?;
     if packet.flow.protocol == IPPROTO_TCP {
         let tcp = header::<TcpHdr>(ctx, packet.l4).ok_or(Reason::TruncatedL4)?.cast_mut();
         // SAFETY: `header` checked the TCP header is within the frame.
@@ -80,6 +76,22 @@ pub fn rewrite(ctx: &XdpContext, packet: &Packet, src: Option<Endpoint>, dst: Op
         }
     }
     Ok(())
+}
+
+/// Rewrites the packet's source and/or destination address (ports are ignored), with
+/// the IPv4 header checksum; returns the change to the pseudo-header's sum.
+#[inline(always)]
+pub fn rewrite_addresses(
+    ctx: &XdpContext,
+    packet: &Packet,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+) -> Result<Delta, Reason> {
+    if packet.flow.family == FAMILY_IPV4 {
+        rewrite_ipv4(ctx, packet.l3, src, dst)
+    } else {
+        rewrite_ipv6(ctx, packet.l3, src, dst)
+    }
 }
 
 /// Rewrites the IPv4 addresses and the header checksum; returns the change to the
