@@ -36,8 +36,32 @@ pub struct Config {
     /// director's address that the route to it prefers (`ip route get`'s `src`).
     #[serde(default, deserialize_with = "one_or_more")]
     pub tunnel_source: Vec<IpAddr>,
+    /// How long an idle connection is remembered (ipvsadm --set); a reload changes them
+    /// at once.
+    #[serde(default)]
+    pub timeouts: Timeouts,
     #[serde(default)]
     pub services: Vec<VirtualService>,
+}
+
+/// IPVS's connection timeouts (`ipvsadm --set tcp tcpfin udp`), in seconds: how long a
+/// connection may stay idle before the agent forgets it (and a Full-NAT connection's
+/// local port is free again). A field left out keeps IPVS's default.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A TCP connection.
+    pub tcp: u32,
+    /// A TCP connection once a FIN or RST was seen, either way.
+    pub tcp_fin: u32,
+    /// A UDP flow.
+    pub udp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { tcp: 900, tcp_fin: 120, udp: 300 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -27,7 +27,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, Protocol, Real, VirtualService},
+    config::{Config, Protocol, Real, Timeouts, VirtualService},
     dataplane::Dataplane,
     neighbour::{Link, Links},
     registry::Registry,
@@ -104,6 +104,12 @@ impl Director {
 
     pub fn running_config(&self) -> Option<&Config> {
         self.running.as_ref().map(|(config, _)| config)
+    }
+
+    /// The connection timeouts of the running configuration (IPVS's defaults before
+    /// the first).
+    pub fn timeouts(&self) -> Timeouts {
+        self.running_config().map_or_else(Timeouts::default, |config| config.timeouts)
     }
 
     /// Makes the director run `config`, with real servers reached over `links`: the

@@ -11,12 +11,12 @@ use axum::{Router, extract::State, http::header::CONTENT_TYPE, response::IntoRes
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
-    metrics::{MetricType, counter::ConstCounter},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 use tokio::net::TcpListener;
 
-use crate::director::Director;
+use crate::{director::Director, expiry};
 
 const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -28,9 +28,9 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves `/metrics` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, director: Arc<Mutex<Director>>) -> Result<()> {
+pub async fn serve(listener: TcpListener, director: Arc<Mutex<Director>>, expiry: Arc<expiry::Counts>) -> Result<()> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(LbCollector { director }));
+    registry.register_collector(Box::new(LbCollector { director, expiry }));
     let app = Router::new().route("/metrics", get(scrape)).with_state(Arc::new(registry));
     axum::serve(listener, app).await.context("serving metrics")
 }
@@ -45,6 +45,7 @@ async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
 
 struct LbCollector {
     director: Arc<Mutex<Director>>,
+    expiry: Arc<expiry::Counts>,
 }
 
 impl std::fmt::Debug for LbCollector {
@@ -100,6 +101,21 @@ impl Collector for LbCollector {
             "Packets the data path left to the kernel, by reason.",
             passed.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)),
         )?;
+
+        let expired = encoder.encode_descriptor(
+            "lb_connections_expired",
+            "Connections removed after their timeout (the two entries of a NAT or Full-NAT connection count once).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.expiry.expired()).encode(expired)?;
+        let entries = encoder.encode_descriptor(
+            "lb_connection_table_entries",
+            "Entries of the connection table at its last walk (two per NAT or Full-NAT connection).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::try_from(self.expiry.entries()).unwrap_or(i64::MAX)).encode(entries)?;
         Ok(())
     }
 }

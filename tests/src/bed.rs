@@ -90,7 +90,13 @@ pub fn director_on(dataplane: Dataplane, services: &str, reach: Reach) -> Result
 /// Applies new `services` to a test bed's director (the maps only: the program stays
 /// unattached).
 pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Result<()> {
-    let yaml = format!("interfaces: [{{ name: lo }}]\nservices:\n{services}");
+    reconfigure_with(director, "", services, reach)
+}
+
+/// Like [`reconfigure`], with top-level `settings` too (whole YAML lines, such as
+/// `timeouts: { udp: 1 }\n`).
+pub fn reconfigure_with(director: &mut Director, settings: &str, services: &str, reach: Reach) -> Result<()> {
+    let yaml = format!("interfaces: [{{ name: lo }}]\n{settings}services:\n{services}");
     let config = Config::parse(&yaml, Path::new("test-bed.yaml"))?;
     let reals: HashMap<IpAddr, Link> = config
         .services

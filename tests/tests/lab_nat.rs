@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::Mutex,
+    time::Duration,
 };
 
 use anyhow::{Result, ensure};
@@ -90,8 +91,32 @@ fn serves_both_ways(lab: &Lab, forwarding: &str, extra: &str) -> Result<(Vec<Str
         }
     }
     assert_eq!(metrics.value("lb_dropped_packets_total", &[("reason", "no_route")])?, 0.0);
+    forgets_idle_connections(lab, &agent, forwarding, extra)?;
     let peers = VIPS.iter().map(|vip| lab.fetch(*vip, "/peer")).collect::<Result<Vec<_>>>()?;
     Ok((peers.into_iter().map(|peer| String::from_utf8_lossy(&peer).into_owned()).collect(), metrics))
+}
+
+/// Once the traffic stops, and a reload has set timeouts of a second (at once), the
+/// agent's ager empties the connection table, and the metrics say so.
+fn forgets_idle_connections(lab: &Lab, agent: &lab::Agent, forwarding: &str, extra: &str) -> Result<()> {
+    let mut metrics = Samples::parse(&lab.metrics()?)?;
+    lab::wait_until(Duration::from_secs(10), "the ager to walk the connection table", || {
+        metrics = Samples::parse(&lab.metrics()?)?;
+        Ok(metrics.value("lb_connection_table_entries", &[])? > 0.0)
+    })?;
+    assert_eq!(metrics.value("lb_connections_expired_total", &[])?, 0.0, "{forwarding}: none idle for long yet");
+    let opened: f64 = metrics.all("lb_service_connections_total").map(|(_, value)| value).sum();
+    let config = lab.config_for(forwarding, "wrr", &[0, 1, 0], extra);
+    let outcome = agent.reload(&format!("timeouts: {{ tcp: 1, tcp_fin: 1, udp: 1 }}\n{config}"))?;
+    ensure!(outcome.contains("reloaded:"), "{outcome}");
+    let mut expired = 0.0;
+    lab::wait_until(Duration::from_secs(20), "the ager to empty the connection table", || {
+        let metrics = Samples::parse(&lab.metrics()?)?;
+        expired = metrics.value("lb_connections_expired_total", &[])?;
+        Ok(metrics.value("lb_connection_table_entries", &[])? == 0.0)
+    })?;
+    ensure!(expired >= opened, "{forwarding}: {expired} connections expired of the {opened} opened");
+    Ok(())
 }
 
 #[test]

@@ -59,6 +59,29 @@ fn defaults_are_ipvsadm_s() {
     assert_eq!(config.interfaces[0].xdp_mode, XdpMode::Auto);
     assert_eq!(config.metrics_listen, "127.0.0.1:9798".parse().unwrap());
     assert!(config.services.is_empty());
+    assert_eq!(config.timeouts, Timeouts { tcp: 900, tcp_fin: 120, udp: 300 }, "ipvsadm -L --timeout");
+}
+
+#[test]
+fn timeouts_left_out_keep_ipvs_defaults() {
+    let config = parse(&format!("timeouts: {{ udp: 1 }}\n{EXAMPLE}")).unwrap();
+    assert_eq!(config.timeouts, Timeouts { tcp: 900, tcp_fin: 120, udp: 1 });
+    let config = parse(&format!("timeouts: {{ tcp: 60, tcp_fin: 10, udp: 30 }}\n{EXAMPLE}")).unwrap();
+    assert_eq!(config.timeouts, Timeouts { tcp: 60, tcp_fin: 10, udp: 30 });
+}
+
+#[test]
+fn a_zero_or_unknown_timeout_names_its_line() {
+    let err = refused(&format!("{EXAMPLE}timeouts:\n  tcp: 900\n  tcp_fin: 0\n  udp: 300\n"));
+    assert_eq!((err.line, err.field.as_str()), (Some(17), "timeouts.tcp_fin"));
+    assert!(err.message.contains("at least 1"), "{err}");
+    let err = refused(&format!("timeouts: {{ tcp: 900, udp: 0 }}\n{EXAMPLE}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(1), "timeouts.udp"));
+    let err = refused(&format!("timeouts: {{ tcpfin: 120 }}\n{EXAMPLE}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(1), "timeouts"));
+    assert!(err.message.contains("unknown field `tcpfin`"), "{err}");
+    let err = refused(&format!("timeouts: {{ udp: -1 }}\n{EXAMPLE}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(1), "timeouts.udp"));
 }
 
 #[test]
@@ -165,6 +188,8 @@ fn restart_only_fields_are_named() {
     let old = parse(EXAMPLE).unwrap();
     let mut new = old.clone();
     assert!(old.restart_only_changes(&new).is_empty());
+    new.timeouts.tcp = 60;
+    assert!(old.restart_only_changes(&new).is_empty(), "timeouts are the agent's own: a reload changes them");
     new.metrics_listen = "127.0.0.1:1".parse().unwrap();
     new.connection_table_size = 4096;
     assert_eq!(old.restart_only_changes(&new), vec!["metrics_listen", "connection_table_size"]);

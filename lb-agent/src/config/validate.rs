@@ -4,7 +4,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES};
 
-use super::{Config, Forwarding, Real, VirtualService};
+use super::{Config, Forwarding, Real, Timeouts, VirtualService};
 
 /// IPVS limits weights to this (ipvsadm -w 0..65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -32,6 +32,7 @@ pub fn check(config: &Config) -> Result<(), Invalid> {
             format!("{} is too small (at least {MIN_CONNECTION_TABLE})", config.connection_table_size),
         ));
     }
+    check_timeouts(config)?;
     if config.services.len() > MAX_SERVICES as usize {
         return Err(invalid("services", format!("at most {MAX_SERVICES} services fit")));
     }
@@ -89,6 +90,16 @@ fn check_tunnel_source(config: &Config) -> Result<(), Invalid> {
                 format!("tunnel_source[{i}]"),
                 format!("{source}: {other} is already the tunnel source of its IP version; name one per version"),
             ));
+        }
+    }
+    Ok(())
+}
+
+fn check_timeouts(config: &Config) -> Result<(), Invalid> {
+    let Timeouts { tcp, tcp_fin, udp } = config.timeouts;
+    for (name, seconds) in [("tcp", tcp), ("tcp_fin", tcp_fin), ("udp", udp)] {
+        if seconds == 0 {
+            return Err(invalid(format!("timeouts.{name}"), "0 seconds is too short (at least 1)"));
         }
     }
     Ok(())
