@@ -21,7 +21,6 @@ use anyhow::{Context, Result};
 use lb_common::{
     IPPROTO_TCP,
     conn::{CONN_CLOSING, Conn, FlowKey},
-    real::Forwarding,
 };
 
 use crate::{config::Timeouts, dataplane::ConnTable};
@@ -225,46 +224,7 @@ fn idle(now: u32, conn: &Conn) -> u32 {
     now.saturating_sub(conn.last_seen)
 }
 
-/// The key of the reply entry of a NAT or Full-NAT client entry `conn` at `client`:
-/// from the real server to where the client's packets leave from (the client itself
-/// for NAT, the local address and port for Full-NAT). As the data path's
-/// `forward::reply_key` computes it.
-pub fn reply_key(client: &FlowKey, conn: &Conn) -> Option<FlowKey> {
-    let fnat = match Forwarding::from_u8(conn.forwarding)? {
-        Forwarding::Nat => false,
-        Forwarding::Fnat => true,
-        Forwarding::Dr | Forwarding::Tun => return None,
-    };
-    Some(FlowKey {
-        src: conn.dst,
-        dst: if fnat { conn.src } else { client.src },
-        src_port: conn.dst_port,
-        dst_port: if fnat { conn.src_port } else { client.src_port },
-        protocol: client.protocol,
-        family: client.family,
-        _pad: [0; 2],
-    })
-}
-
-/// The key of the client entry of a NAT or Full-NAT reply entry `conn` at `reply`:
-/// from the client to the VIP (which the reply entry puts back as the source). The
-/// client is the reply's destination for NAT; Full-NAT's reply entry holds it.
-pub fn client_key(reply: &FlowKey, conn: &Conn) -> Option<FlowKey> {
-    let (client, client_port) = match Forwarding::from_u8(conn.forwarding)? {
-        Forwarding::Nat => (reply.dst, reply.dst_port),
-        Forwarding::Fnat => (conn.dst, conn.dst_port),
-        Forwarding::Dr | Forwarding::Tun => return None,
-    };
-    Some(FlowKey {
-        src: client,
-        dst: conn.src,
-        src_port: client_port,
-        dst_port: conn.src_port,
-        protocol: reply.protocol,
-        family: reply.family,
-        _pad: [0; 2],
-    })
-}
+pub use lb_common::conn::{client_key, reply_key};
 
 /// Seconds of the clock the data path stamps entries with: `bpf_ktime_get_coarse_ns`
 /// reads CLOCK_MONOTONIC_COARSE.

@@ -3,6 +3,7 @@ use std::{collections::HashMap, net::IpAddr};
 use lb_common::{
     IPPROTO_UDP,
     conn::{CONN_REPLY, Conn, FlowKey},
+    real::Forwarding,
 };
 
 use super::*;

@@ -56,7 +56,7 @@ pub fn open(
         let port = u32::from(service.local_port_first) + ((seed >> 8) + probe / locals) % ports;
         conn.src = *local;
         conn.src_port = (port as u16).to_be_bytes();
-        if conn::insert(&super::reply_key(packet, conn), reply, true).is_ok() {
+        if conn::insert(&super::reply_key(packet, conn)?, reply, true).is_ok() {
             return Ok(());
         }
     }

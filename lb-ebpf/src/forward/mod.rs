@@ -56,8 +56,9 @@ pub fn open(
         None => return Err(Reason::UnsupportedForwarding),
     }
     if let Err(reason) = conn::insert(&packet.flow, conn, false) {
-        if matches!(Forwarding::from_u8(conn.forwarding), Some(Forwarding::Nat | Forwarding::Fnat)) {
-            conn::remove(&reply_key(packet, conn));
+        // NAT and Full-NAT wrote the reply's entry already.
+        if let Ok(key) = reply_key(packet, conn) {
+            conn::remove(&key);
         }
         return Err(reason);
     }
@@ -133,21 +134,11 @@ fn real_port(packet: &Packet, real: &RealServer) -> [u8; 2] {
     if real.port == [0; 2] { packet.flow.dst_port } else { real.port }
 }
 
-/// The key of the replies of a NAT or Full-NAT connection: from the real server to
-/// where the client's packets leave from (the client itself for NAT, the local address
-/// for Full-NAT).
+/// The key of the replies of a NAT or Full-NAT connection (the contract's, which the
+/// agent's ageing uses too).
 #[inline(always)]
-fn reply_key(packet: &Packet, conn: &Conn) -> FlowKey {
-    let fnat = conn.forwarding == Forwarding::Fnat as u8;
-    FlowKey {
-        src: conn.dst,
-        dst: if fnat { conn.src } else { packet.flow.src },
-        src_port: conn.dst_port,
-        dst_port: if fnat { conn.src_port } else { packet.flow.src_port },
-        protocol: packet.flow.protocol,
-        family: packet.flow.family,
-        _pad: [0; 2],
-    }
+fn reply_key(packet: &Packet, conn: &Conn) -> Result<FlowKey, Reason> {
+    lb_common::conn::reply_key(&packet.flow, conn).ok_or(Reason::UnsupportedForwarding)
 }
 
 /// The frame's 802.1Q tag control, if it has one: a frame the data path builds from it

@@ -35,7 +35,7 @@ pub fn open(packet: &Packet, real: &RealServer, conn: &mut Conn, reply: &mut Con
     reply.src_port = packet.flow.dst_port;
     reply.dst = [0; 16];
     reply.dst_port = [0; 2];
-    conn::insert(&super::reply_key(packet, conn), reply, false)
+    conn::insert(&super::reply_key(packet, conn)?, reply, false)
 }
 
 #[inline(always)]
