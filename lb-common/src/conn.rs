@@ -69,20 +69,27 @@ impl Conn {
 /// from the real server to where the client's packets leave from (the client itself
 /// for NAT, the local address and port for Full-NAT).
 pub fn reply_key(client: &FlowKey, conn: &Conn) -> Option<FlowKey> {
-    let fnat = match Forwarding::from_u8(conn.forwarding)? {
-        Forwarding::Nat => false,
-        Forwarding::Fnat => true,
-        Forwarding::Dr | Forwarding::Tun => return None,
-    };
-    Some(FlowKey {
-        src: conn.dst,
-        dst: if fnat { conn.src } else { client.src },
-        src_port: conn.dst_port,
-        dst_port: if fnat { conn.src_port } else { client.src_port },
-        protocol: client.protocol,
-        family: client.family,
-        _pad: [0; 2],
-    })
+    match Forwarding::from_u8(conn.forwarding)? {
+        Forwarding::Nat | Forwarding::Fnat => Some(conn.reply_key(client)),
+        Forwarding::Dr | Forwarding::Tun => None,
+    }
+}
+
+impl Conn {
+    /// [`reply_key`] of an entry known to be NAT's or Full-NAT's (any other is taken
+    /// for NAT's): what the data path writes, without an `Option` on its stack.
+    pub fn reply_key(&self, client: &FlowKey) -> FlowKey {
+        let fnat = self.forwarding == Forwarding::Fnat as u8;
+        FlowKey {
+            src: self.dst,
+            dst: if fnat { self.src } else { client.src },
+            src_port: self.dst_port,
+            dst_port: if fnat { self.src_port } else { client.src_port },
+            protocol: client.protocol,
+            family: client.family,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// The key of the client entry of a NAT or Full-NAT reply entry `conn` at `reply`:

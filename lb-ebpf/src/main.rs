@@ -105,7 +105,7 @@ fn reply(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Result<u3
     if !service::addressed_to_director(ctx, packet.vlan) {
         return Err(Reason::OtherHost);
     }
-    let action = forward::to_client(ctx, packet, conn)?;
+    let action = forward::to_client(ctx, packet, conn, forward::Rewrite::Whole)?;
     conn::touch(conn, packet);
     stats::count_reply(conn, packet.ip_len);
     Ok(action)
@@ -143,7 +143,7 @@ fn later_fragment(ctx: &XdpContext, packet: &mut parse::Packet) -> Result<u32, R
         if !service::addressed_to_director(ctx, packet.vlan) {
             return Err(Reason::OtherHost);
         }
-        let action = forward::fragment_to_client(ctx, packet, conn)?;
+        let action = forward::to_client(ctx, packet, conn, forward::Rewrite::Addresses)?;
         stats::count_reply(conn, packet.ip_len);
         return Ok(action);
     }

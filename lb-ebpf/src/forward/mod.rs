@@ -5,12 +5,14 @@ mod client;
 mod fnat;
 pub mod icmp;
 mod nat;
+
+pub use nat::Rewrite;
 mod too_big;
 mod tun;
 
 use aya_ebpf::{bindings::xdp_action::XDP_TX, helpers::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    conn::{Conn, FlowKey},
+    conn::Conn,
     real::{Forwarding, RealServer},
     service::Service,
     stats::Reason,
@@ -57,8 +59,8 @@ pub fn open(
     }
     if let Err(reason) = conn::insert(&packet.flow, conn, false) {
         // NAT and Full-NAT wrote the reply's entry already.
-        if let Ok(key) = reply_key(packet, conn) {
-            conn::remove(&key);
+        if matches!(Forwarding::from_u8(conn.forwarding), Some(Forwarding::Nat | Forwarding::Fnat)) {
+            conn::remove(&conn.reply_key(&packet.flow));
         }
         return Err(reason);
     }
@@ -79,8 +81,7 @@ pub fn to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer
             Err(Reason::TooBig)
         }
         Some(Forwarding::Tun) => tun::to_real(ctx, packet, real),
-        Some(Forwarding::Nat) => nat::to_real(ctx, packet, conn, real),
-        Some(Forwarding::Fnat) => fnat::to_real(ctx, packet, conn, real),
+        Some(Forwarding::Nat | Forwarding::Fnat) => rewritten_to_real(ctx, packet, conn, real, Rewrite::Whole),
         None => Err(Reason::UnsupportedForwarding),
     }
 }
@@ -94,37 +95,41 @@ pub fn fragment_to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &R
         // Its sender cannot make a fragment smaller: no answer.
         Some(Forwarding::Tun) if packet.ip_len > u32::from(tun::inner_mtu(real)) => Err(Reason::TooBigUnanswered),
         Some(Forwarding::Tun) => tun::to_real(ctx, packet, real),
-        Some(Forwarding::Nat) => {
-            nat::rewrite_addresses(ctx, packet, None, Some((&conn.dst, conn.dst_port)))?;
-            Ok(transmit(ctx, real))
-        }
-        Some(Forwarding::Fnat) => {
-            nat::rewrite_addresses(ctx, packet, Some((&conn.src, conn.src_port)), Some((&conn.dst, conn.dst_port)))?;
-            Ok(transmit(ctx, real))
-        }
+        Some(Forwarding::Nat | Forwarding::Fnat) => rewritten_to_real(ctx, packet, conn, real, Rewrite::Addresses),
         None => Err(Reason::UnsupportedForwarding),
     }
 }
 
-/// A later fragment of a real server's reply, back to the client (NAT, Full-NAT).
+/// NAT rewrites a client's packet's destination to RIP:rport; Full-NAT its source to
+/// the local address and port too.
 #[inline(always)]
-pub fn fragment_to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, Reason> {
-    let fnat = conn.forwarding == Forwarding::Fnat as u8;
-    let client = if fnat { &conn.dst } else { &packet.flow.dst };
-    let next_hop = client::next_hop(ctx, packet, &conn.src, client)?;
-    let dst = if fnat { Some((&conn.dst, conn.dst_port)) } else { None };
-    nat::rewrite_addresses(ctx, packet, Some((&conn.src, conn.src_port)), dst)?;
-    Ok(client::transmit(ctx, &next_hop))
+fn rewritten_to_real(
+    ctx: &XdpContext,
+    packet: &Packet,
+    conn: &Conn,
+    real: &RealServer,
+    what: Rewrite,
+) -> Result<u32, Reason> {
+    let src = (conn.forwarding == Forwarding::Fnat as u8).then_some((&conn.src, conn.src_port));
+    nat::rewrite(ctx, packet, src, Some((&conn.dst, conn.dst_port)), what)?;
+    Ok(transmit(ctx, real))
 }
 
-/// A real server's reply, back to the client with the VIP as its source.
+/// A real server's reply (or a later fragment of one: `Rewrite::Addresses`), back to
+/// the client with the VIP as its source, and for Full-NAT the client as its
+/// destination again (which the reply's entry holds).
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, Reason> {
-    match Forwarding::from_u8(conn.forwarding) {
-        Some(Forwarding::Nat) => nat::to_client(ctx, packet, conn),
-        Some(Forwarding::Fnat) => fnat::to_client(ctx, packet, conn),
-        _ => Err(Reason::UnsupportedForwarding),
-    }
+pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn, what: Rewrite) -> Result<u32, Reason> {
+    let fnat = match Forwarding::from_u8(conn.forwarding) {
+        Some(Forwarding::Nat) => false,
+        Some(Forwarding::Fnat) => true,
+        _ => return Err(Reason::UnsupportedForwarding),
+    };
+    let client = if fnat { &conn.dst } else { &packet.flow.dst };
+    let next_hop = client::next_hop(ctx, packet, &conn.src, client)?;
+    let dst = fnat.then_some((&conn.dst, conn.dst_port));
+    nat::rewrite(ctx, packet, Some((&conn.src, conn.src_port)), dst, what)?;
+    Ok(client::transmit(ctx, &next_hop))
 }
 
 /// The port the real server serves the packet's flow on: its own, or (none given, or
@@ -132,13 +137,6 @@ pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, 
 #[inline(always)]
 fn real_port(packet: &Packet, real: &RealServer) -> [u8; 2] {
     if real.port == [0; 2] { packet.flow.dst_port } else { real.port }
-}
-
-/// The key of the replies of a NAT or Full-NAT connection (the contract's, which the
-/// agent's ageing uses too).
-#[inline(always)]
-fn reply_key(packet: &Packet, conn: &Conn) -> Result<FlowKey, Reason> {
-    lb_common::conn::reply_key(&packet.flow, conn).ok_or(Reason::UnsupportedForwarding)
 }
 
 /// The frame's 802.1Q tag control, if it has one: a frame the data path builds from it

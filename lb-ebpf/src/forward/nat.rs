@@ -16,7 +16,6 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use super::client;
 use crate::{conn, csum::Delta, header::header, parse::Packet};
 
 /// An address and a port a packet is rewritten to.
@@ -35,28 +34,34 @@ pub fn open(packet: &Packet, real: &RealServer, conn: &mut Conn, reply: &mut Con
     reply.src_port = packet.flow.dst_port;
     reply.dst = [0; 16];
     reply.dst_port = [0; 2];
-    conn::insert(&super::reply_key(packet, conn)?, reply, false)
+    conn::insert(&conn.reply_key(&packet.flow), reply, false)
 }
 
-#[inline(always)]
-pub fn to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer) -> Result<u32, Reason> {
-    rewrite(ctx, packet, None, Some((&conn.dst, conn.dst_port)))?;
-    Ok(super::transmit(ctx, real))
-}
-
-#[inline(always)]
-pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, Reason> {
-    let next_hop = client::next_hop(ctx, packet, &conn.src, &packet.flow.dst)?;
-    rewrite(ctx, packet, Some((&conn.src, conn.src_port)), None)?;
-    Ok(client::transmit(ctx, &next_hop))
+/// How much of a packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Addresses, ports and both checksums.
+    Whole,
+    /// The addresses only: a later fragment, which has no transport header (its first
+    /// fragment's checksum update covers the whole datagram).
+    Addresses,
 }
 
 /// Rewrites the packet's source and/or destination (address and port), with the IPv4
 /// header checksum and the TCP or UDP checksum (whose pseudo-header holds the
 /// addresses) updated to match. A function of its own, for the stack's sake.
 #[inline(never)]
-pub fn rewrite(ctx: &XdpContext, packet: &Packet, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<(), Reason> {
+pub fn rewrite(
+    ctx: &XdpContext,
+    packet: &Packet,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+    what: Rewrite,
+) -> Result<(), Reason> {
     let addresses = rewrite_addresses(ctx, packet, src, dst)?;
+    if what == Rewrite::Addresses {
+        return Ok(());
+    }
     if packet.flow.protocol == IPPROTO_TCP {
         let tcp = header::<TcpHdr>(ctx, packet.l4).ok_or(Reason::TruncatedL4)?.cast_mut();
         // SAFETY: `header` checked the TCP header is within the frame.

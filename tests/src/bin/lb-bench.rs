@@ -78,7 +78,9 @@ fn bench() -> Result<()> {
     let base_frames: Vec<Vec<u8>> = cases[0].frames.clone();
 
     println!("ns per packet, median of {SAMPLES} single BPF_PROG_TEST_RUN runs each (after {WARMUP} warm-up runs)");
-    println!("kernel {}, {} CPUs\n", kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!("kernel {}, {} CPUs", kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let verified = lb.info()?.verified_instruction_count().unwrap_or(0);
+    println!("lb_ingress: {verified} instructions walked by the verifier (its limit: 1000000)\n");
     println!("{:<40} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
     for case in &cases {
         let lb_ns = median(lb, &case.frames, case.verdict)?;
