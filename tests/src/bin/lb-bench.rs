@@ -16,7 +16,12 @@ use lb_tests::{
 };
 
 const SAMPLES: usize = 20_000;
-const WARMUP: usize = 2_000;
+/// The samples are taken in rounds, the two programs in turn.
+const ROUNDS: usize = 20;
+const PER_ROUND: usize = SAMPLES / ROUNDS;
+const WARMUP: usize = 100;
+/// Runs of one program over a case: each new-flow case needs as many new 5-tuples.
+const RUNS: usize = ROUNDS * (PER_ROUND + WARMUP);
 const REALS4: [(&str, u32); 3] = [("198.18.1.11", 1), ("198.18.1.12", 2), ("198.18.1.13", 3)];
 const REALS6: [(&str, u32); 3] = [("2001:db8:1::11", 1), ("2001:db8:1::12", 2), ("2001:db8:1::13", 3)];
 /// Each method's VIPs: (method, IPv4 VIP, IPv6 VIP).
@@ -62,7 +67,7 @@ fn bench() -> Result<()> {
     }
     // Room for every new flow of every case (two entries for NAT and Full-NAT), so no
     // insert has to evict.
-    let table = (16 * (SAMPLES + WARMUP)) as u32;
+    let table = (16 * RUNS) as u32;
     let director = bed::director(&services, table, bed::on_ingress)?;
     let lb = director.dataplane().program();
     let mut testbed = Ebpf::load(lb_agent::dataplane::TESTBED_OBJECT).context("loading the test bed object")?;
@@ -77,17 +82,36 @@ fn bench() -> Result<()> {
     }
     let base_frames: Vec<Vec<u8>> = cases[0].frames.clone();
 
-    println!("ns per packet, median of {SAMPLES} single BPF_PROG_TEST_RUN runs each (after {WARMUP} warm-up runs)");
+    println!(
+        "ns per packet: {ROUNDS} rounds of {PER_ROUND} single BPF_PROG_TEST_RUN runs of each program in turn (after \
+         {WARMUP} warm-up runs); the medians of the rounds' medians, and of their ratios"
+    );
     println!("kernel {}, {} CPUs", kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
     let verified = lb.info()?.verified_instruction_count().unwrap_or(0);
     println!("lb_ingress: {verified} instructions walked by the verifier (its limit: 1000000)\n");
     println!("{:<40} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
     for case in &cases {
-        let lb_ns = median(lb, &case.frames, case.verdict)?;
-        let base_ns = median(baseline, &base_frames, XDP_TX)?;
-        println!("{:<40} {:>11.1} {:>13.1} {:>6.2}x", case.name, lb_ns, base_ns, lb_ns / base_ns);
+        // Round by round, each program's median beside the other's: the VM's speed
+        // drifts, and a ratio taken within a round does not see the drift.
+        let (mut lb_ns, mut base_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut lb_frames = case.frames.iter().cycle();
+        let mut base_cycle = base_frames.iter().cycle();
+        for _ in 0..ROUNDS {
+            let lb_round = median(lb, &mut lb_frames, case.verdict)?;
+            let base_round = median(baseline, &mut base_cycle, XDP_TX)?;
+            lb_ns.push(lb_round);
+            base_ns.push(base_round);
+            ratios.push(lb_round / base_round);
+        }
+        let (lb_ns, base_ns, ratio) = (middle(lb_ns), middle(base_ns), middle(ratios));
+        println!("{:<40} {:>11.1} {:>13.1} {:>6.2}x", case.name, lb_ns, base_ns, ratio);
     }
     Ok(())
+}
+
+fn middle(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn cases() -> Vec<Case> {
@@ -98,7 +122,7 @@ fn cases() -> Vec<Case> {
     };
     let new_flows = |client: &str, vip: &str| {
         // Distinct (address, port) pairs: more flows than ports.
-        (0..SAMPLES + WARMUP)
+        (0..RUNS)
             .map(|i| {
                 let octet = i / 60000;
                 let client = client.replace("OCTET", &(octet + 1).to_string());
@@ -145,20 +169,20 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-/// The median duration of single runs over `frames`, after a warm-up.
-fn median(program: &Xdp, frames: &[Vec<u8>], verdict: u32) -> Result<f64> {
-    let mut frames = frames.iter().cycle();
+/// The median duration of a round of single runs over the next `frames`, after a
+/// warm-up.
+fn median<'a>(program: &Xdp, frames: &mut impl Iterator<Item = &'a Vec<u8>>, verdict: u32) -> Result<f64> {
     for _ in 0..WARMUP {
         bed::run(program, frames.next().expect("cycled"))?;
     }
-    let mut samples: Vec<Duration> = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES {
+    let mut samples: Vec<Duration> = Vec::with_capacity(PER_ROUND);
+    for _ in 0..PER_ROUND {
         let run = bed::run(program, frames.next().expect("cycled"))?;
         ensure!(run.verdict == verdict, "a benchmark frame was not forwarded (verdict {})", run.verdict);
         samples.push(run.duration);
     }
     samples.sort();
-    Ok(samples[SAMPLES / 2].as_nanos() as f64)
+    Ok(samples[PER_ROUND / 2].as_nanos() as f64)
 }
 
 fn kernel() -> String {
