@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use axum::{Router, extract::State, http::header::CONTENT_TYPE, response::IntoResponse, routing::get};
+use lb_common::stats::Verdict;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
@@ -87,22 +88,25 @@ impl Collector for LbCollector {
             family(&mut encoder, &format!("lb_real_{name}"), &help, members)?;
         }
 
-        let (passed, dropped): (Vec<_>, Vec<_>) = reasons.into_iter().partition(|(reason, _)| reason.is_pass());
-        family(
-            &mut encoder,
-            "lb_dropped_packets",
-            "Packets the data path dropped, by reason.",
-            dropped.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)),
-        )?;
-        family(
-            &mut encoder,
-            "lb_passed_packets",
-            "Packets the data path left to the kernel, by reason.",
-            passed.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)),
-        )?;
+        for (verdict, name, help) in VERDICTS {
+            let members = reasons.iter().filter(|(reason, _)| reason.verdict() == verdict);
+            let members = members.map(|(reason, n)| ([("reason", reason.label().to_owned())], *n));
+            family(&mut encoder, name, help, members)?;
+        }
         Ok(())
     }
 }
+
+/// The per-reason families, by what became of the packets: (verdict, name, help).
+const VERDICTS: [(Verdict, &str, &str); 3] = [
+    (Verdict::Drop, "lb_dropped_packets", "Packets the data path dropped, by reason."),
+    (Verdict::Pass, "lb_passed_packets", "Packets the data path left to the kernel, by reason."),
+    (
+        Verdict::Note,
+        "lb_noted_packets",
+        "Packets the data path forwarded without something they should have had, by reason.",
+    ),
+];
 
 /// The traffic counters of services and real servers: (name, help, value).
 type Traffic = (&'static str, &'static str, fn(&lb_api::Stats) -> u64);

@@ -15,12 +15,24 @@ pub struct Counters {
     pub out_bytes: u64,
 }
 
-/// One table for every reason: its slot, its metrics label, and whether the packet went
-/// on to the kernel (`pass`) or was dropped.
+/// What became of a packet that a [`Reason`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Left to the kernel.
+    Pass,
+    /// Dropped.
+    Drop,
+    /// Forwarded all the same, but without something it should have had (a note, not
+    /// an outcome: the packet is counted with its service as well).
+    Note,
+}
+
+/// One table for every reason: its slot, its metrics label, and what became of the
+/// packet (`pass`, `drop`, or forwarded with a `note`).
 macro_rules! reasons {
     ($($(#[$doc:meta])* $name:ident = $slot:literal, $label:literal, $verdict:ident;)*) => {
-        /// Why a packet was passed to the kernel or dropped instead of forwarded. The
-        /// value is the packet's slot in `VERDICT_STATS`.
+        /// Why a packet was passed to the kernel or dropped instead of forwarded, or what
+        /// a forwarded one lacked. The value is the packet's slot in `VERDICT_STATS`.
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Reason {
@@ -31,11 +43,16 @@ macro_rules! reasons {
             pub const ALL: &[Reason] = &[$(Self::$name),*];
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
-            /// Whether the packet went on to the kernel (else it was dropped).
-            pub const fn is_pass(self) -> bool {
+            pub const fn verdict(self) -> Verdict {
                 match self {
-                    $(Self::$name => reasons!(@pass $verdict),)*
+                    $(Self::$name => reasons!(@verdict $verdict),)*
                 }
+            }
+
+            /// Whether the packet went on to the kernel (else it was dropped, or, for a
+            /// note, forwarded: never the outcome of a failed step).
+            pub const fn is_pass(self) -> bool {
+                matches!(self.verdict(), Verdict::Pass)
             }
 
             /// The `reason` label of the metrics.
@@ -46,8 +63,9 @@ macro_rules! reasons {
             }
         }
     };
-    (@pass pass) => { true };
-    (@pass drop) => { false };
+    (@verdict pass) => { Verdict::Pass };
+    (@verdict drop) => { Verdict::Drop };
+    (@verdict note) => { Verdict::Note };
 }
 
 reasons! {
@@ -95,6 +113,10 @@ reasons! {
     /// The connection table refused the new connection's entries: NAT and Full-NAT
     /// packets never leave without them.
     ConnInsertFailed = 18, "conn_insert_failed", drop;
+    /// Full-NAT with TOA: a client's segment went to its real server without the
+    /// option, as its TCP header (60 bytes at most) or the MTU towards the real server
+    /// had no room for it.
+    ToaNoRoom = 19, "toa_no_room", note;
 }
 
 // Each reason's slot is its place in `ALL`, so the agent reads the slots in order.
