@@ -502,7 +502,8 @@ fn real_server(service: &VirtualService, real: &Real, forwarding: Forwarding, li
         forwarding: forwarding as u8,
         flags: 0,
         _pad: 0,
-        mtu: 0,
+        // A u16 holds every MTU of an Ethernet device (jumbo frames end near 9216).
+        mtu: link.map_or(0, |link| link.mtu.min(u32::from(u16::MAX)) as u16),
         _spare: [0; 6],
     }
 }

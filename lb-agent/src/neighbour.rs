@@ -23,7 +23,7 @@ use rtnetlink::{
         AddressFamily, RouteNetlinkMessage,
         link::{InfoData, InfoVlan, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
     },
     sys::{AsyncSocket, SocketAddr},
 };
@@ -42,6 +42,9 @@ pub struct Link {
     pub director_mac: [u8; 6],
     /// The gateway the route names, when the real server is not on-link.
     pub gateway: Option<IpAddr>,
+    /// The largest IP packet towards it: the MTU of the director's device on that link,
+    /// or the route's when that is lower.
+    pub mtu: u32,
 }
 
 /// What the data path needs to know of the links: each resolved real server, the MAC of
@@ -58,6 +61,8 @@ pub struct Links {
 struct Route {
     device: u32,
     gateway: Option<IpAddr>,
+    /// The route's own MTU (`ip route ... mtu N`, or one path-MTU discovery learnt).
+    mtu: Option<u32>,
 }
 
 /// Whether a look at the table may also ask the kernel to resolve what is missing or
@@ -69,6 +74,9 @@ pub enum Solicit {
     No,
 }
 
+/// Ethernet's MTU, for a device whose own the kernel does not report.
+const DEFAULT_MTU: u32 = 1500;
+
 /// A device real servers can be on: an attached interface, or a VLAN on one.
 #[derive(Debug)]
 struct Port {
@@ -76,6 +84,7 @@ struct Port {
     attached: u32,
     vlan: u16,
     mac: [u8; 6],
+    mtu: u32,
 }
 
 /// A neighbour table entry, as far as we care.
@@ -138,6 +147,7 @@ impl Neighbours {
                         mac: *mac,
                         director_mac: port.mac,
                         gateway: route.gateway,
+                        mtu: route.mtu.map_or(port.mtu, |mtu| mtu.min(port.mtu)),
                     };
                     links.reals.insert(address, link);
                 }
@@ -231,16 +241,23 @@ fn route_of(route: &RouteMessage) -> Result<Route, String> {
     }
     let mut device = None;
     let mut gateway = None;
+    let mut mtu = None;
     for attribute in &route.attributes {
         match attribute {
             RouteAttribute::Oif(index) => device = Some(*index),
             RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
             RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Metrics(metrics) => {
+                mtu = metrics.iter().find_map(|metric| match metric {
+                    RouteMetric::Mtu(mtu) if *mtu > 0 => Some(*mtu),
+                    _ => None,
+                })
+            }
             _ => {}
         }
     }
     let device = device.ok_or("its route names no interface")?;
-    Ok(Route { device, gateway })
+    Ok(Route { device, gateway, mtu })
 }
 
 /// The name of interface `index`, for messages.
@@ -261,9 +278,11 @@ fn port(link: &LinkMessage, attached: &[u32]) -> Option<Port> {
     let mut mac = None;
     let mut parent = None;
     let mut vlan = None;
+    let mut mtu = DEFAULT_MTU;
     for attribute in &link.attributes {
         match attribute {
             LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::Mtu(value) => mtu = *value,
             LinkAttribute::Link(index) => parent = Some(*index),
             LinkAttribute::LinkInfo(infos) => vlan = vlan_id(infos),
             _ => {}
@@ -271,10 +290,12 @@ fn port(link: &LinkMessage, attached: &[u32]) -> Option<Port> {
     }
     let mac = mac?;
     if attached.contains(&device) {
-        return Some(Port { device, attached: device, vlan: 0, mac });
+        return Some(Port { device, attached: device, vlan: 0, mac, mtu });
     }
     match (parent, vlan) {
-        (Some(parent), Some(vlan)) if attached.contains(&parent) => Some(Port { device, attached: parent, vlan, mac }),
+        (Some(parent), Some(vlan)) if attached.contains(&parent) => {
+            Some(Port { device, attached: parent, vlan, mac, mtu })
+        }
         _ => None,
     }
 }
@@ -391,5 +412,18 @@ mod tests {
         assert!(port(&vlan(8, 3, 100), &[2]).is_none(), "a VLAN on an interface we are not attached to");
         assert!(port(&link(4, vec![]), &[4]).is_none(), "no Ethernet address");
         assert!(port(&eth0, &[5]).is_none(), "not attached");
+    }
+
+    #[test]
+    fn the_mtu_towards_a_real_server_is_its_devices_or_its_routes() {
+        let jumbo = link(2, vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 2]), LinkAttribute::Mtu(9000)]);
+        assert_eq!(port(&jumbo, &[2]).unwrap().mtu, 9000);
+        assert_eq!(port(&vlan(7, 2, 100), &[2]).unwrap().mtu, DEFAULT_MTU, "none reported");
+
+        let mut route = RouteMessage::default();
+        route.attributes.push(RouteAttribute::Oif(2));
+        assert_eq!(route_of(&route).unwrap().mtu, None);
+        route.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Hoplimit(64), RouteMetric::Mtu(1400)]));
+        assert_eq!(route_of(&route).unwrap().mtu, Some(1400));
     }
 }

@@ -58,7 +58,9 @@ pub struct RealServer {
     /// Reserved for per-real-server options.
     pub flags: u8,
     pub _pad: u8,
-    /// The MTU of the interface towards the real server, for tunnelled packets.
+    /// The MTU towards the real server (its interface's, or its route's when lower): the
+    /// largest IP packet the director may send it, for packets it grows (TOA, tunnels);
+    /// 0 when unknown.
     pub mtu: u16,
     pub _spare: [u8; 6],
 }

@@ -63,6 +63,9 @@ fn xdp_md(len: usize) -> Vec<u8> {
     [0, len as u32, 0, INGRESS, 0, 0].iter().flat_map(|word| word.to_ne_bytes()).collect()
 }
 
+/// The MTU towards every real server of the test bed.
+pub const BED_MTU: u32 = 1500;
+
 /// Where a real server is, for the test bed: on which interface (ifindex) and VLAN.
 pub type Reach = fn(&str) -> Option<(u32, u16)>;
 
@@ -101,7 +104,14 @@ pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Res
             let (ifindex, vlan) = reach(&address)?;
             Some((
                 real.address,
-                Link { ifindex, vlan, mac: real_mac(&address), director_mac: DIRECTOR_MAC, gateway: None },
+                Link {
+                    ifindex,
+                    vlan,
+                    mac: real_mac(&address),
+                    director_mac: DIRECTOR_MAC,
+                    gateway: None,
+                    mtu: BED_MTU,
+                },
             ))
         })
         .collect();
