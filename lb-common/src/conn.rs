@@ -21,6 +21,14 @@ pub struct FlowKey {
 pub const CONN_REPLY: u8 = 1 << 0;
 /// `Conn::flags`: a FIN or RST was seen: the connection is closing, and ages faster.
 pub const CONN_CLOSING: u8 = 1 << 1;
+/// `Conn::flags`: a Full-NAT TCP connection of a service with TOA: the client's segments
+/// carry its address to the real server in a TCP option until one with data has, and
+/// (on the reply's entry) the MSS of the real server's SYN-ACK is lowered to leave room
+/// for the option.
+pub const CONN_TOA: u8 = 1 << 2;
+/// `Conn::flags`: the TOA option went out on a segment with data; the connection's
+/// later segments are left alone.
+pub const CONN_TOA_DONE: u8 = 1 << 3;
 
 /// What the director remembers of a flow: enough to forward, rewrite and count its
 /// packets without looking its service up again, even after the service is removed (as
@@ -60,6 +68,11 @@ pub struct Conn {
 impl Conn {
     pub const fn is_reply(&self) -> bool {
         self.flags & CONN_REPLY != 0
+    }
+
+    /// Whether the connection's client segments still need the TOA option.
+    pub const fn awaits_toa(&self) -> bool {
+        self.flags & (CONN_TOA | CONN_TOA_DONE) == CONN_TOA
     }
 }
 

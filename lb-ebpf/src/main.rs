@@ -73,7 +73,8 @@ fn established(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Res
     // Only a packet that was forwarded keeps its connection alive.
     conn::touch(conn, packet);
     stats::count_request(conn, packet.ip_len, false);
-    Ok(action)
+    // Not in `to_real`, which the new-flow path shares: the option never goes into a SYN.
+    Ok(forward::toa::after_forward(ctx, packet, conn, real, action))
 }
 
 /// A real server's reply through the director (NAT, Full-NAT).
@@ -83,9 +84,17 @@ fn reply(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Result<u3
         return Err(Reason::OtherHost);
     }
     let action = forward::to_client(ctx, packet, conn)?;
+    forward::toa::after_reply(ctx, packet, conn);
     conn::touch(conn, packet);
     stats::count_reply(conn, packet.ip_len);
     Ok(action)
+}
+
+/// Full-NAT's TOA, tail-called by `lb_ingress` for the segments that need it
+/// (`forward::toa`): a program of its own, so the verifier checks it once.
+#[xdp]
+pub fn lb_toa(ctx: XdpContext) -> u32 {
+    forward::toa::run(&ctx)
 }
 
 #[cfg(not(test))]

@@ -4,6 +4,7 @@
 mod client;
 mod fnat;
 mod nat;
+pub mod toa;
 
 use aya_ebpf::{bindings::xdp_action::XDP_TX, helpers::bpf_redirect, programs::XdpContext};
 use lb_common::{
