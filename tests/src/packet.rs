@@ -25,7 +25,12 @@ pub const L3: usize = 14;
 
 /// A TCP segment from `src` to `dst` in a frame from the client to the director.
 pub fn tcp_frame(src: SocketAddr, dst: SocketAddr, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let segment = tcp(src, dst, flags, payload);
+    tcp_frame_with_options(src, dst, flags, &[], payload)
+}
+
+/// Like [`tcp_frame`], with TCP `options` (a multiple of 4 bytes).
+pub fn tcp_frame_with_options(src: SocketAddr, dst: SocketAddr, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let segment = tcp_with_options(src, dst, flags, options, payload);
     ip_frame(src.ip(), dst.ip(), PROTO_TCP, &segment)
 }
 
@@ -109,10 +114,18 @@ pub fn ipv6(src: IpAddr, dst: IpAddr, next_header: u8, payload: &[u8]) -> Vec<u8
 }
 
 pub fn tcp(src: SocketAddr, dst: SocketAddr, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut segment = Vec::with_capacity(20 + payload.len());
+    tcp_with_options(src, dst, flags, &[], payload)
+}
+
+/// A TCP segment whose header holds `options` (a multiple of 4 bytes, 40 at most).
+pub fn tcp_with_options(src: SocketAddr, dst: SocketAddr, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40, "TCP options come in up to ten 32-bit words");
+    let data_offset = ((20 + options.len()) / 4) as u8;
+    let mut segment = Vec::with_capacity(20 + options.len() + payload.len());
     segment.extend_from_slice(&src.port().to_be_bytes());
     segment.extend_from_slice(&dst.port().to_be_bytes());
-    segment.extend_from_slice(&[0, 0, 0x10, 0x00, 0, 0, 0, 0, 0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    segment.extend_from_slice(&[0, 0, 0x10, 0x00, 0, 0, 0, 0, data_offset << 4, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    segment.extend_from_slice(options);
     segment.extend_from_slice(payload);
     let checksum = transport_checksum(src.ip(), dst.ip(), PROTO_TCP, &segment);
     segment[16..18].copy_from_slice(&checksum.to_be_bytes());
@@ -193,4 +206,29 @@ fn internet_checksum(bytes: &[u8], initial: u32) -> u16 {
 
 fn sum_words(bytes: &[u8]) -> u32 {
     bytes.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum()
+}
+
+/// Whether the checksums of an untagged IP `frame` hold when summed again from scratch:
+/// the IPv4 header's, and the TCP or UDP checksum over the pseudo-header and segment.
+pub fn checksums_hold(frame: &[u8]) -> bool {
+    let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
+    let ip = &frame[L3..];
+    let (src, dst, protocol, segment): (IpAddr, IpAddr, u8, &[u8]) = match ether_type {
+        ETHERTYPE_IPV4 => {
+            let header_len = usize::from(ip[0] & 0x0f) * 4;
+            if internet_checksum(&ip[..header_len], 0) != 0 {
+                return false;
+            }
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let address = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&ip[at..at + 4]).unwrap());
+            (address(12), address(16), ip[9], &ip[header_len..total])
+        }
+        ETHERTYPE_IPV6 => {
+            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let address = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+            (address(8), address(24), ip[6], &ip[40..40 + payload])
+        }
+        _ => return false,
+    };
+    transport_checksum(src, dst, protocol, segment) == 0
 }
