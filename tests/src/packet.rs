@@ -232,3 +232,65 @@ pub fn checksums_hold(frame: &[u8]) -> bool {
     };
     transport_checksum(src, dst, protocol, segment) == 0
 }
+
+/// A TCP segment as its receiver reads it from an untagged frame.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub flags: u8,
+    /// The options of its header.
+    pub options: Vec<u8>,
+    pub payload_len: usize,
+    /// The IP packet's length.
+    pub ip_len: usize,
+}
+
+/// The TCP segment in `frame`, if it is one.
+pub fn received_tcp(frame: &[u8]) -> Option<Received> {
+    let ip = frame.get(L3..)?;
+    let (src, dst, l4, ip_len): (IpAddr, IpAddr, usize, usize) = match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETHERTYPE_IPV4 if ip.get(9) == Some(&PROTO_TCP) => {
+            let address = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&ip[at..at + 4]).unwrap());
+            (address(12), address(16), usize::from(ip[0] & 0x0f) * 4, usize::from(u16::from_be_bytes([ip[2], ip[3]])))
+        }
+        ETHERTYPE_IPV6 if ip.get(6) == Some(&PROTO_TCP) => {
+            let address = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+            (address(8), address(24), 40, 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])))
+        }
+        _ => return None,
+    };
+    let tcp = ip.get(l4..ip_len)?;
+    let header_len = usize::from(tcp.get(12)? >> 4) * 4;
+    Some(Received {
+        src: SocketAddr::new(src, u16::from_be_bytes([tcp[0], tcp[1]])),
+        dst: SocketAddr::new(dst, u16::from_be_bytes([tcp[2], tcp[3]])),
+        flags: tcp[13],
+        options: tcp.get(20..header_len)?.to_vec(),
+        payload_len: tcp.len() - header_len,
+        ip_len,
+    })
+}
+
+/// The client a TOA option names, read as the `toa` kernel module reads it: the first
+/// option of kind 254 and length 8 (port, IPv4 address) or 20 (port, IPv6 address).
+pub fn toa_client(options: &[u8]) -> Option<SocketAddr> {
+    let mut at = 0;
+    while at < options.len() {
+        match options[at] {
+            0 => return None,
+            1 => at += 1,
+            kind => {
+                let size = usize::from(*options.get(at + 1)?);
+                let option = options.get(at..at + size.max(2))?;
+                let port = || u16::from_be_bytes([option[2], option[3]]);
+                match (kind, size) {
+                    (254, 8) => return Some(SocketAddr::new(<[u8; 4]>::try_from(&option[4..]).ok()?.into(), port())),
+                    (254, 20) => return Some(SocketAddr::new(<[u8; 16]>::try_from(&option[4..]).ok()?.into(), port())),
+                    _ => at += size.max(2),
+                }
+            }
+        }
+    }
+    None
+}
