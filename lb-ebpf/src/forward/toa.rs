@@ -23,7 +23,7 @@
 //! for the few segments that need it (as Cilium splits its data path): its loops over
 //! the headers and options are then checked by the verifier once, rather than once for
 //! every path through `lb_ingress` that reaches them, which would not fit the verifier's
-//! budget of a million instructions (`lb_ingress` took a third of it before TOA).
+//! budget of a million instructions (`lb_ingress` took over a third of it before TOA).
 //! `lb_ingress` leaves what `lb_toa` needs in `TOA_WORK`.
 
 use core::mem::size_of;
@@ -89,7 +89,8 @@ pub fn after_forward(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &Real
 /// Tail-calls `lb_toa`. Should the call fail (no program in the slot: never, with the
 /// agent's loader), the packet goes on as it is, counted. A BPF function of its own
 /// that returns an integer, as one that tail-calls must; the verifier allows it only
-/// below less than 256 bytes of its callers' stack (`lb_ingress` and `established`).
+/// with less than 256 bytes of its callers' stack above it (`lb_ingress` and
+/// `established`).
 #[inline(never)]
 fn finish(ctx: &XdpContext) -> u32 {
     // SAFETY: `lb_toa` is an XDP program taking the same context; on success control
@@ -99,8 +100,9 @@ fn finish(ctx: &XdpContext) -> u32 {
     TOA_WORK.get(0).map_or(XDP_DROP, |work| work.action)
 }
 
-/// `lb_toa`: inserts the option as `lb_ingress` left word in `TOA_WORK`, and answers
-/// the packet's action.
+/// `lb_toa`: inserts the option as `lb_ingress` asked in `TOA_WORK`, and answers the
+/// packet's action; drops the packet only if it could not finish a frame it had begun
+/// to change.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     let Some(work) = TOA_WORK.get(0) else { return XDP_DROP };
@@ -168,7 +170,9 @@ enum Inserted {
 fn insert(ctx: &XdpContext, work: &ToaWork) -> Result<Inserted, Reason> {
     let ipv4 = work.flow.family == FAMILY_IPV4;
     let len = if ipv4 { LEN_IPV4 } else { LEN_IPV6 };
-    let Layout { l3, l4, ip_len, header_len } = layout(ctx, ipv4).ok_or(Reason::TruncatedL4)?;
+    // `lb_ingress` parsed the frame: a layout that does not read again cannot be, but
+    // would leave the frame as it is.
+    let Some(Layout { l3, l4, ip_len, header_len }) = layout(ctx, ipv4) else { return Ok(Inserted::NoRoom) };
     // The client's own TOA options go first, whether or not ours fits.
     let blanked = blank_forged(ctx, l4, header_len);
     let tcp = header::<TcpHdr>(ctx, l4).ok_or(Reason::TruncatedL4)?.cast_mut();
