@@ -19,11 +19,12 @@ const SAMPLES: usize = 20_000;
 const WARMUP: usize = 2_000;
 const REALS4: [(&str, u32); 3] = [("198.18.1.11", 1), ("198.18.1.12", 2), ("198.18.1.13", 3)];
 const REALS6: [(&str, u32); 3] = [("2001:db8:1::11", 1), ("2001:db8:1::12", 2), ("2001:db8:1::13", 3)];
-/// Each method's VIPs: (method, IPv4 VIP, IPv6 VIP).
-const METHODS: [(&str, &str, &str); 3] = [
+/// Each method's VIPs: (method, IPv4 VIP, IPv6 VIP). `toa` is Full-NAT with TOA.
+const METHODS: [(&str, &str, &str); 4] = [
     ("dr", "203.0.113.10", "2001:db8:100::10"),
     ("nat", "203.0.113.11", "2001:db8:100::11"),
     ("fnat", "203.0.113.12", "2001:db8:100::12"),
+    ("toa", "203.0.113.13", "2001:db8:100::13"),
 ];
 
 struct Case {
@@ -52,9 +53,10 @@ fn bench() -> Result<()> {
                 .iter()
                 .map(|(address, weight)| format!("{{ address: \"{address}\", weight: {weight} }}"))
                 .collect();
+            let forwarding = if method == "toa" { "fnat, toa: true" } else { method };
             services += &format!(
                 "  - {{ name: {method}{family}, vip: \"{vip}\", port: 80, protocol: tcp, scheduler: wrr, \
-                 forwarding: {method}, local_addresses: [198.18.1.100, \"2001:db8:1::100\"], reals: [{}] }}\n",
+                 forwarding: {forwarding}, local_addresses: [198.18.1.100, \"2001:db8:1::100\"], reals: [{}] }}\n",
                 reals.join(", ")
             );
         }
@@ -110,6 +112,17 @@ fn cases() -> Vec<Case> {
             ("IPv6", "[2001:db8:1::1]", format!("[{vip6}]"), "[2001:db8:2::OCTET]", REALS6[1].0),
         ];
         for (family, client, vip, new_clients, _) in &families {
+            if method == "toa" {
+                // A pure ACK never ends a connection's wait for the option: each run
+                // inserts it (through the tail call to lb_toa).
+                cases.push(Case {
+                    name: format!("{family} TCP fnat, ACK that gets TOA"),
+                    frames: vec![flow(client, vip, 40000, TCP_ACK)],
+                    opening: Some(flow(client, vip, 40000, TCP_SYN)),
+                    verdict: XDP_TX,
+                });
+                continue;
+            }
             cases.push(Case {
                 name: format!("{family} TCP {method}, established flow"),
                 frames: vec![flow(client, vip, 40000, TCP_ACK)],
