@@ -29,6 +29,10 @@ pub const CONN_TOA: u8 = 1 << 2;
 /// `Conn::flags`: the TOA option went out on a segment with data; the connection's
 /// later segments are left alone.
 pub const CONN_TOA_DONE: u8 = 1 << 3;
+/// `Conn::flags`: the TOA option went out on a segment without data (the ACK that
+/// completes the handshake); later ones without data are left alone, so a client that
+/// only acknowledges (a download) does not send it on every ACK.
+pub const CONN_TOA_ACK: u8 = 1 << 4;
 
 /// What the director remembers of a flow: enough to forward, rewrite and count its
 /// packets without looking its service up again, even after the service is removed (as
@@ -70,9 +74,11 @@ impl Conn {
         self.flags & CONN_REPLY != 0
     }
 
-    /// Whether the connection's client segments still need the TOA option.
-    pub const fn awaits_toa(&self) -> bool {
-        self.flags & (CONN_TOA | CONN_TOA_DONE) == CONN_TOA
+    /// Whether a client segment of the connection, with data or not, still needs the
+    /// TOA option.
+    pub const fn awaits_toa(&self, data: bool) -> bool {
+        let sent = if data { CONN_TOA_DONE } else { CONN_TOA_DONE | CONN_TOA_ACK };
+        self.flags & (CONN_TOA | sent) == CONN_TOA
     }
 }
 

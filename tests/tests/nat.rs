@@ -323,6 +323,7 @@ fn full_nat_with_toa_gives_real_servers_the_client_in_its_first_segments() {
             Segment { flags: TCP_SYN, ..Segment::ack(&syn, b"", &[], "a SYN sent again") },
             Segment { flags: TCP_RST | TCP_ACK, ..Segment::ack(&ack_options, b"", &[], "a RST") },
             Segment::ack(&ack_options, b"", &option, "the ACK that completes the handshake"),
+            Segment::ack(&ack_options, b"", &[], "another ACK without data"),
             Segment::ack(&ack_options, b"GET / HTTP/1.1\r\n", &option, "the first data segment"),
             Segment::ack(&ack_options, b"more of the request", &[], "a later data segment"),
             Segment::ack(&ack_options, b"", &[], "a later ACK"),
@@ -388,8 +389,6 @@ fn a_toa_option_the_client_sent_itself_is_blanked() {
     let forged6 = [&[254, 20, 0, 80][..], &"2001:db8::66".parse::<std::net::Ipv6Addr>().unwrap().octets()].concat();
     let nops = [1; 8];
     for vip in [VIP4, VIP6] {
-        let (client, inside) = connect_with_toa(&bed, vip, 40400);
-        let option = toa(client);
         // Ours goes first; theirs becomes NOPs: after a timestamp, at an odd offset
         // after a NOP, of the IPv6 length, and in a full header that has no room for ours.
         let timestamp = options_of(12);
@@ -404,8 +403,10 @@ fn a_toa_option_the_client_sent_itself_is_blanked() {
                 false,
             ),
         ];
-        for (sent, blanked, room) in cases {
-            let received = if room { [&option[..], &blanked].concat() } else { blanked };
+        // Each the ACK that completes a handshake of its own.
+        for (port, (sent, blanked, room)) in (40400..).zip(cases) {
+            let (client, inside) = connect_with_toa(&bed, vip, port);
+            let received = if room { [&toa(client)[..], &blanked].concat() } else { blanked };
             let segment = Segment { flags: TCP_ACK, sent: &sent, payload: b"", received, what: vip };
             check_segment(&bed, (client, sock(vip, 80)), inside, segment);
         }

@@ -4,9 +4,10 @@
 //! kernel module reads it: kind 254, length 8, the client's port and IPv4 address
 //! (network order), or length 20 with an IPv6 address.
 //!
-//! The option goes into the client's segments from the ACK that completes the handshake
-//! until one that carries data has had it (the module reads it when the handshake
-//! completes; a data segment covers a lost ACK), never into the SYN. It is put first,
+//! The option goes into the ACK that completes the handshake and the first segment that
+//! carries data (the module reads it when the handshake completes; a data segment
+//! covers a lost ACK): into each segment until one without data and one with data have
+//! had it, never into the SYN. It is put first,
 //! right after the fixed header, as DPVS puts it: a reader that takes the first kind 254
 //! it finds gets ours, also when the client sent one of its own or ended its options
 //! with EOL; and only the headers in front of it move. A TOA option the client sent is
@@ -31,7 +32,7 @@ use core::mem::size_of;
 use aya_ebpf::{bindings::xdp_action::XDP_DROP, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     FAMILY_IPV4, TAIL_CALL_TOA,
-    conn::{CONN_TOA, CONN_TOA_DONE, Conn},
+    conn::{CONN_TOA, CONN_TOA_ACK, CONN_TOA_DONE, Conn},
     real::RealServer,
     stats::Reason,
 };
@@ -71,12 +72,19 @@ const TCP_DATA_OFFSET: usize = 12;
 const MAX_MOVED: usize = 14 + 4 + 60 + TcpHdr::LEN;
 
 /// A client's segment of a Full-NAT connection, forwarded as `action`: if it still
-/// needs the option (its connection awaits TOA, and it is no SYN or RST), `lb_toa`
-/// finishes it and answers its action. Called where the stack is shallow
+/// needs the option (no SYN or RST, of a connection with TOA that has not sent it yet on
+/// a segment with data, or, for one without, on one without), `lb_toa` finishes it and
+/// answers its action. Called where the stack is shallow
 /// (`established`): never on the new-flow path, as the option never goes into a SYN.
 #[inline(always)]
 pub fn after_forward(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer, action: u32) -> u32 {
-    if !conn.awaits_toa() || packet.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+    if conn.flags & CONN_TOA == 0 || packet.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+        return action;
+    }
+    let Some(tcp) = header::<TcpHdr>(ctx, packet.l4) else { return action };
+    // SAFETY: `header` checked the TCP header is within the frame.
+    let header_len = usize::from(unsafe { (*tcp).doff() }) * 4;
+    if !conn.awaits_toa(packet.ip_len as usize > packet.l4 - packet.l3 + header_len) {
         return action;
     }
     let Some(work) = TOA_WORK.get_ptr_mut(0) else { return action };
@@ -108,13 +116,12 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(work) = TOA_WORK.get(0) else { return XDP_DROP };
     let work = *work;
     match insert(ctx, &work) {
-        Ok(Inserted::Yes { data: true }) => {
+        Ok(Inserted::Yes { data }) => {
             if let Some(conn) = CONNS.get_ptr_mut(work.flow) {
                 // SAFETY: a map value stays valid for the whole run of the program (RCU).
-                unsafe { (*conn).flags |= CONN_TOA_DONE };
+                unsafe { (*conn).flags |= if data { CONN_TOA_DONE } else { CONN_TOA_ACK } };
             }
         }
-        Ok(Inserted::Yes { data: false }) => {}
         Ok(Inserted::NoRoom) => stats::count_reason(Reason::ToaNoRoom),
         Err(reason) => {
             stats::count_reason(reason);
