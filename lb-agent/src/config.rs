@@ -31,8 +31,37 @@ pub struct Config {
     /// Read at start only.
     #[serde(default = "default_connection_table_size")]
     pub connection_table_size: u32,
+    /// The outer source address of tunnelled (`tun`) packets, at most one per IP
+    /// version: one address or a list. By default, for each real server, the
+    /// director's address that the route to it prefers (`ip route get`'s `src`).
+    #[serde(default, deserialize_with = "one_or_more")]
+    pub tunnel_source: Vec<IpAddr>,
+    /// How long an idle connection is remembered (ipvsadm --set); a reload changes them
+    /// at once.
+    #[serde(default)]
+    pub timeouts: Timeouts,
     #[serde(default)]
     pub services: Vec<VirtualService>,
+}
+
+/// IPVS's connection timeouts (`ipvsadm --set tcp tcpfin udp`), in seconds: how long a
+/// connection may stay idle before the agent forgets it (and a Full-NAT connection's
+/// local port is free again). A field left out keeps IPVS's default.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A TCP connection.
+    pub tcp: u32,
+    /// A TCP connection once a FIN or RST was seen, either way.
+    pub tcp_fin: u32,
+    /// A UDP flow.
+    pub udp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { tcp: 900, tcp_fin: 120, udp: 300 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -156,17 +185,13 @@ impl TryFrom<Scheduler> for lb_common::service::Scheduler {
     }
 }
 
-impl TryFrom<Forwarding> for lb_common::real::Forwarding {
-    type Error = Unsupported;
-
-    fn try_from(forwarding: Forwarding) -> Result<Self, Unsupported> {
+impl From<Forwarding> for lb_common::real::Forwarding {
+    fn from(forwarding: Forwarding) -> Self {
         match forwarding {
-            Forwarding::Dr => Ok(Self::Dr),
-            Forwarding::Nat => Ok(Self::Nat),
-            Forwarding::Fnat => Ok(Self::Fnat),
-            other => {
-                Err(Unsupported { what: "forwarding method", name: other.to_string(), supported: "dr, nat, fnat" })
-            }
+            Forwarding::Dr => Self::Dr,
+            Forwarding::Tun => Self::Tun,
+            Forwarding::Nat => Self::Nat,
+            Forwarding::Fnat => Self::Fnat,
         }
     }
 }
@@ -264,6 +289,13 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The configured tunnel source of `real`'s IP version.
+    pub fn tunnel_source_for(&self, real: IpAddr) -> Option<IpAddr> {
+        self.tunnel_source.iter().copied().find(|source| source.is_ipv4() == real.is_ipv4())
+    }
+}
+
 impl VirtualService {
     /// The method of a real server of this service.
     pub fn forwarding_of(&self, real: &Real) -> Forwarding {
@@ -296,6 +328,24 @@ fn syntax_error(err: &serde_yaml::Error, path: &Path) -> ConfigError {
         field: field.to_owned(),
         message: message.to_owned(),
     }
+}
+
+/// A list, or a single item standing for a list of one.
+fn one_or_more<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "an address, or a list of addresses")]
+    enum OneOrMore<T> {
+        One(T),
+        More(Vec<T>),
+    }
+    Ok(match OneOrMore::deserialize(deserializer)? {
+        OneOrMore::One(item) => vec![item],
+        OneOrMore::More(items) => items,
+    })
 }
 
 fn default_metrics_listen() -> SocketAddr {

@@ -1,12 +1,15 @@
 //! The XDP data path as the agent sees it: loading, attaching, and typed access to every
 //! map. The only module that talks to aya.
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    os::fd::AsFd,
+};
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
     util::nr_cpus,
 };
@@ -268,18 +271,19 @@ impl Dataplane {
     /// points at.
     pub fn conn_references(&self) -> Result<ConnReferences> {
         let mut references = ConnReferences::default();
-        for entry in self.maps.conns.iter() {
-            match entry {
-                Ok((_, conn)) => {
-                    references.reals.insert(conn.real);
-                    references.services.insert(conn.service);
-                }
-                // An entry evicted while we walk the table is no longer in use.
-                Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("reading CONNS"),
-            }
-        }
+        walk(&self.maps.conns, |_, conn| {
+            references.reals.insert(conn.real);
+            references.services.insert(conn.service);
+        })?;
         Ok(references)
+    }
+
+    /// A handle of its own on the connection table, for ageing it without holding
+    /// the director.
+    pub fn conn_table(&self) -> Result<ConnTable> {
+        let fd = self.maps.conns.map().fd().as_fd().try_clone_to_owned().context("duplicating CONNS' descriptor")?;
+        let map = Map::from_map_data(MapData::from_fd(fd)?)?;
+        Ok(ConnTable { map: HashMap::try_from(map).context("CONNS is not a hash map")? })
     }
 
     fn program_mut(&mut self) -> &mut Xdp {
@@ -288,6 +292,61 @@ impl Dataplane {
             .and_then(|program| program.try_into().ok())
             .expect("loaded in Dataplane::load")
     }
+}
+
+/// The connection table (`CONNS`) through a descriptor of its own: the same kernel
+/// map the data path reads and writes as packets pass.
+pub struct ConnTable {
+    map: HashMap<MapData, FlowKey, Conn>,
+}
+
+impl ConnTable {
+    /// Calls `visit` with every entry; answers how many there were.
+    pub fn walk(&self, visit: impl FnMut(&FlowKey, &Conn)) -> Result<u64> {
+        walk(&self.map, visit)
+    }
+
+    /// The entry of `key`, as it is now.
+    pub fn get(&self, key: &FlowKey) -> Result<Option<Conn>> {
+        match self.map.get(key, 0) {
+            Ok(conn) => Ok(Some(conn)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(err).context("reading CONNS"),
+        }
+    }
+
+    /// Removes the entry of `key`; answers false when it was gone already (the data
+    /// path or the table's eviction removed it first).
+    pub fn remove(&mut self, key: &FlowKey) -> Result<bool> {
+        match self.map.remove(key) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(err) => Err(err).context("removing from CONNS"),
+        }
+    }
+}
+
+/// Walks `CONNS` one entry at a time (aya 0.14 has no batched lookups: a
+/// `BPF_MAP_GET_NEXT_KEY` and a `BPF_MAP_LOOKUP_ELEM` each), calling `visit` with each
+/// and answering how many it saw. An entry removed while the walk passes is skipped; if
+/// the one the walk stands on goes, the kernel starts it again from the first key, so
+/// the walk stops after as many steps as the table has room for.
+fn walk(map: &HashMap<MapData, FlowKey, Conn>, mut visit: impl FnMut(&FlowKey, &Conn)) -> Result<u64> {
+    let room = map.map().info().context("reading CONNS' size")?.max_entries();
+    let mut seen = 0;
+    for entry in map.iter().take(room as usize) {
+        match entry {
+            Ok((key, conn)) => {
+                seen += 1;
+                visit(&key, &conn);
+            }
+            // An entry evicted while we walk the table is no longer in use.
+            Err(MapError::KeyNotFound) => {}
+            Err(err) => return Err(err).context("reading CONNS"),
+        }
+    }
+    Ok(seen)
 }
 
 /// Attaches `program` (called `name` in messages) to `interface`, whose index is

@@ -21,13 +21,13 @@ use lb_api::{RealStatus, ServiceStatus, Stats};
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
     interface::{Interface, InterfaceKey},
-    real::{Forwarding, RealServer},
+    real::{Forwarding, IPPROTO_IPIP, IPPROTO_IPV6, RealServer, outer_ipv4_sum},
     service::{SERVICE_TOA, Scheduler, Service, ServiceKey},
     stats::{Counters, Reason},
 };
 
 use crate::{
-    config::{Config, Protocol, Real, VirtualService},
+    config::{Config, Protocol, Real, Timeouts, VirtualService},
     dataplane::Dataplane,
     neighbour::{Link, Links},
     registry::Registry,
@@ -104,6 +104,12 @@ impl Director {
 
     pub fn running_config(&self) -> Option<&Config> {
         self.running.as_ref().map(|(config, _)| config)
+    }
+
+    /// The connection timeouts of the running configuration (IPVS's defaults before
+    /// the first).
+    pub fn timeouts(&self) -> Timeouts {
+        self.running_config().map_or_else(Timeouts::default, |config| config.timeouts)
     }
 
     /// Makes the director run `config`, with real servers reached over `links`: the
@@ -215,9 +221,11 @@ impl Director {
                     Ok(self.dataplane.conn_references()?.reals)
                 })
                 .with_context(|| format!("service {}: all {MAX_REALS} real-server ids are taken", service.name))?;
-                let forwarding = Forwarding::try_from(service.forwarding_of(real))?;
-                let link = usable_link(links.reals.get(&real.address), forwarding);
-                plan.reals.insert(id, real_server(service, real, forwarding, link));
+                let forwarding = Forwarding::from(service.forwarding_of(real));
+                let link = links.reals.get(&real.address);
+                let tunnel_source = config.tunnel_source_for(real.address).or(link.and_then(|link| link.source));
+                let link = usable_link(link, forwarding, tunnel_source);
+                plan.reals.insert(id, real_server(service, real, forwarding, link, tunnel_source));
                 if link.is_some() {
                     candidates.push(Candidate { id, weight: real.weight });
                 }
@@ -480,19 +488,35 @@ fn service_value(
 
 /// The link the data path may use for a real server: direct routing only sends frames
 /// on the real server's own link, so a real server behind a gateway is not reachable
-/// by it.
-fn usable_link(link: Option<&Link>, forwarding: Forwarding) -> Option<&Link> {
-    link.filter(|link| link.gateway.is_none() || forwarding != Forwarding::Dr)
+/// by it; a tunnel needs a source address of the real server's IP version.
+fn usable_link(link: Option<&Link>, forwarding: Forwarding, tunnel_source: Option<IpAddr>) -> Option<&Link> {
+    link.filter(|link| match forwarding {
+        Forwarding::Dr => link.gateway.is_none(),
+        Forwarding::Tun => tunnel_source.is_some(),
+        Forwarding::Nat | Forwarding::Fnat => true,
+    })
 }
 
-fn real_server(service: &VirtualService, real: &Real, forwarding: Forwarding, link: Option<&Link>) -> RealServer {
+fn real_server(
+    service: &VirtualService,
+    real: &Real,
+    forwarding: Forwarding,
+    link: Option<&Link>,
+    tunnel_source: Option<IpAddr>,
+) -> RealServer {
     let (address, family) = address_bytes(real.address);
+    let tunnel_source = match tunnel_source {
+        Some(source) if forwarding == Forwarding::Tun => address_bytes(source).0,
+        _ => [0; 16],
+    };
+    let carried = if service.vip.is_ipv4() { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let outer_sum = outer_ipv4_sum(first_four(&tunnel_source), first_four(&address), carried);
     // The port is named only where it differs from the service's: 0 lets a port-0
     // service's connections keep the port each client asked for.
     let port = real.port.filter(|port| *port != service.port).unwrap_or(0);
     RealServer {
         address,
-        tunnel_source: [0; 16],
+        tunnel_source,
         mac: link.map_or([0; 6], |link| link.mac),
         director_mac: link.map_or([0; 6], |link| link.director_mac),
         ifindex: link.map_or(0, |link| link.ifindex),
@@ -502,10 +526,14 @@ fn real_server(service: &VirtualService, real: &Real, forwarding: Forwarding, li
         forwarding: forwarding as u8,
         flags: 0,
         _pad: 0,
-        // A u16 holds every MTU of an Ethernet device (jumbo frames end near 9216).
-        mtu: link.map_or(0, |link| link.mtu.min(u32::from(u16::MAX)) as u16),
-        _spare: [0; 6],
+        mtu: link.map_or(0, |link| link.mtu),
+        outer_sum,
+        _spare: [0; 4],
     }
+}
+
+fn first_four(address: &[u8; 16]) -> [u8; 4] {
+    [address[0], address[1], address[2], address[3]]
 }
 
 /// An address as the maps store it: 16 bytes, IPv4 in the first four.

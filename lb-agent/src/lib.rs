@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod director;
+pub mod expiry;
 pub mod metrics;
 pub mod neighbour;
 pub mod offload;

@@ -18,6 +18,7 @@ use lb_agent::{
     config::{self, Config},
     dataplane::{self, Dataplane, EbpfLogLevel},
     director::Director,
+    expiry::Expiry,
     metrics,
     neighbour::{self, Neighbours, Solicit},
     systemd,
@@ -95,9 +96,10 @@ async fn run(args: Args) -> Result<()> {
     if args.ebpf_log_level != EbpfLogLevel::Off {
         tasks.spawn(ebpf_log(dataplane.logger(log::logger())?));
     }
+    let expiry = Expiry::new(dataplane.conn_table()?);
     let director = Arc::new(Mutex::new(Director::new(dataplane)));
     let neighbours = Neighbours::connect()?;
-    let served = serve(&director, &neighbours, &args.config, config, signals, tasks).await;
+    let served = serve(&director, &neighbours, &args.config, config, signals, tasks, expiry).await;
     systemd::notify("STOPPING=1");
     log::info!("stopping: detaching from every interface");
     let detached = lock(&director).detach_all();
@@ -112,13 +114,16 @@ async fn serve(
     config: Config,
     mut signals: Signals,
     mut tasks: JoinSet<Result<()>>,
+    expiry: Expiry,
 ) -> Result<()> {
     apply(director, neighbours, config.clone()).await?;
     log::info!("running {} from {}", summary(&config), path.display());
     // Both sockets are bound before systemd hears the agent is ready.
     let metrics_listener = metrics::bind(config.metrics_listen).await?;
     let control = Arc::new(ControlSocket::bind(config.api_socket.clone())?);
-    tasks.spawn(metrics::serve(metrics_listener, director.clone()));
+    tasks.spawn(metrics::serve(metrics_listener, director.clone(), expiry.counts()));
+    let running = director.clone();
+    tasks.spawn(expiry.run(move || lock(&running).timeouts()));
     tasks.spawn(api::serve(control.clone(), director.clone()));
     let mut neighbour_events = neighbour::watch()?;
     let mut relink_tick = interval(RELINK_INTERVAL);
@@ -203,15 +208,25 @@ async fn apply(director: &Arc<Mutex<Director>>, neighbours: &Neighbours, config:
         log::warn!("real server {address} is not reachable yet: {why}; it takes no connections until it is");
     }
     for (service, real) in config.services.iter().flat_map(|s| s.reals.iter().map(move |r| (s, r))) {
-        if let Some(gateway) = links.reals.get(&real.address).and_then(|link| link.gateway)
-            && service.forwarding_of(real) == config::Forwarding::Dr
-        {
-            log::warn!(
+        let Some(link) = links.reals.get(&real.address) else { continue };
+        match (service.forwarding_of(real), link.gateway) {
+            (config::Forwarding::Dr, Some(gateway)) => log::warn!(
                 "service {}: real server {} is reached through the gateway {gateway}; direct routing needs it on a \
                  link the director is attached to, so it takes no connections",
                 service.name,
                 real.address
-            );
+            ),
+            (config::Forwarding::Tun, _)
+                if link.source.is_none() && config.tunnel_source_for(real.address).is_none() =>
+            {
+                log::warn!(
+                    "service {}: real server {} has no tunnel source: the director has no address of its IP version \
+                     on the route to it, and `tunnel_source:` names none; it takes no connections",
+                    service.name,
+                    real.address
+                )
+            }
+            _ => {}
         }
     }
     lock(director).apply(config, links)

@@ -12,12 +12,12 @@ use lb_common::stats::Verdict;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
-    metrics::{MetricType, counter::ConstCounter},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 use tokio::net::TcpListener;
 
-use crate::director::Director;
+use crate::{director::Director, expiry};
 
 const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -29,9 +29,9 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves `/metrics` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, director: Arc<Mutex<Director>>) -> Result<()> {
+pub async fn serve(listener: TcpListener, director: Arc<Mutex<Director>>, expiry: Arc<expiry::Counts>) -> Result<()> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(LbCollector { director }));
+    registry.register_collector(Box::new(LbCollector { director, expiry }));
     let app = Router::new().route("/metrics", get(scrape)).with_state(Arc::new(registry));
     axum::serve(listener, app).await.context("serving metrics")
 }
@@ -46,6 +46,7 @@ async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
 
 struct LbCollector {
     director: Arc<Mutex<Director>>,
+    expiry: Arc<expiry::Counts>,
 }
 
 impl std::fmt::Debug for LbCollector {
@@ -88,23 +89,41 @@ impl Collector for LbCollector {
             family(&mut encoder, &format!("lb_real_{name}"), &help, members)?;
         }
 
-        for (verdict, name, help) in VERDICTS {
-            let members = reasons.iter().filter(|(reason, _)| reason.verdict() == verdict);
+        for (name, help, counts) in VERDICTS {
+            let members = reasons.iter().filter(|(reason, _)| counts(reason.verdict()));
             let members = members.map(|(reason, n)| ([("reason", reason.label().to_owned())], *n));
             family(&mut encoder, name, help, members)?;
         }
+
+        let expired = encoder.encode_descriptor(
+            "lb_connections_expired",
+            "Connections removed after their timeout (the two entries of a NAT or Full-NAT connection count once).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.expiry.expired()).encode(expired)?;
+        let entries = encoder.encode_descriptor(
+            "lb_connection_table_entries",
+            "Entries of the connection table at its last walk (two per NAT or Full-NAT connection).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::try_from(self.expiry.entries()).unwrap_or(i64::MAX)).encode(entries)?;
         Ok(())
     }
 }
 
-/// The per-reason families, by what became of the packets: (verdict, name, help).
-const VERDICTS: [(Verdict, &str, &str); 3] = [
-    (Verdict::Drop, "lb_dropped_packets", "Packets the data path dropped, by reason."),
-    (Verdict::Pass, "lb_passed_packets", "Packets the data path left to the kernel, by reason."),
+/// The per-reason families, by what became of the packets: (name, help, verdicts).
+type Verdicts = (&'static str, &'static str, fn(Verdict) -> bool);
+const VERDICTS: [Verdicts; 3] = [
+    ("lb_dropped_packets", "Packets the data path dropped, by reason.", |verdict| {
+        matches!(verdict, Verdict::Drop | Verdict::Answer)
+    }),
+    ("lb_passed_packets", "Packets the data path left to the kernel, by reason.", |verdict| verdict == Verdict::Pass),
     (
-        Verdict::Note,
         "lb_noted_packets",
         "Packets the data path forwarded without something they should have had, by reason.",
+        |verdict| verdict == Verdict::Note,
     ),
 ];
 

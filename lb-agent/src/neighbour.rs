@@ -42,9 +42,11 @@ pub struct Link {
     pub director_mac: [u8; 6],
     /// The gateway the route names, when the real server is not on-link.
     pub gateway: Option<IpAddr>,
-    /// The largest IP packet towards it: the MTU of the director's device on that link,
-    /// or the route's when that is lower.
-    pub mtu: u32,
+    /// The largest packet the route carries: its own MTU, else the device's.
+    pub mtu: u16,
+    /// The director's address the route prefers as a source (`ip route get`'s `src`):
+    /// the default outer source of tunnelled packets.
+    pub source: Option<IpAddr>,
 }
 
 /// What the data path needs to know of the links: each resolved real server, the MAC of
@@ -61,8 +63,8 @@ pub struct Links {
 struct Route {
     device: u32,
     gateway: Option<IpAddr>,
-    /// The route's own MTU (`ip route ... mtu N`, or one path-MTU discovery learnt).
     mtu: Option<u32>,
+    source: Option<IpAddr>,
 }
 
 /// Whether a look at the table may also ask the kernel to resolve what is missing or
@@ -73,9 +75,6 @@ pub enum Solicit {
     Yes,
     No,
 }
-
-/// Ethernet's MTU, for a device whose own the kernel does not report.
-const DEFAULT_MTU: u32 = 1500;
 
 /// A device real servers can be on: an attached interface, or a VLAN on one.
 #[derive(Debug)]
@@ -147,7 +146,8 @@ impl Neighbours {
                         mac: *mac,
                         director_mac: port.mac,
                         gateway: route.gateway,
-                        mtu: route.mtu.map_or(port.mtu, |mtu| mtu.min(port.mtu)),
+                        mtu: route.mtu.unwrap_or(port.mtu).min(u32::from(u16::MAX)) as u16,
+                        source: route.source,
                     };
                     links.reals.insert(address, link);
                 }
@@ -242,11 +242,12 @@ fn route_of(route: &RouteMessage) -> Result<Route, String> {
     let mut device = None;
     let mut gateway = None;
     let mut mtu = None;
+    let mut source = None;
     for attribute in &route.attributes {
         match attribute {
             RouteAttribute::Oif(index) => device = Some(*index),
-            RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
-            RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Gateway(address) => gateway = ip_of(address),
+            RouteAttribute::PrefSource(address) => source = ip_of(address),
             RouteAttribute::Metrics(metrics) => {
                 mtu = metrics.iter().find_map(|metric| match metric {
                     RouteMetric::Mtu(mtu) if *mtu > 0 => Some(*mtu),
@@ -257,7 +258,15 @@ fn route_of(route: &RouteMessage) -> Result<Route, String> {
         }
     }
     let device = device.ok_or("its route names no interface")?;
-    Ok(Route { device, gateway, mtu })
+    Ok(Route { device, gateway, mtu, source })
+}
+
+fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
 }
 
 /// The name of interface `index`, for messages.
@@ -278,7 +287,7 @@ fn port(link: &LinkMessage, attached: &[u32]) -> Option<Port> {
     let mut mac = None;
     let mut parent = None;
     let mut vlan = None;
-    let mut mtu = DEFAULT_MTU;
+    let mut mtu = 0;
     for attribute in &link.attributes {
         match attribute {
             LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
@@ -418,7 +427,7 @@ mod tests {
     fn the_mtu_towards_a_real_server_is_its_devices_or_its_routes() {
         let jumbo = link(2, vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 2]), LinkAttribute::Mtu(9000)]);
         assert_eq!(port(&jumbo, &[2]).unwrap().mtu, 9000);
-        assert_eq!(port(&vlan(7, 2, 100), &[2]).unwrap().mtu, DEFAULT_MTU, "none reported");
+        assert_eq!(port(&vlan(7, 2, 100), &[2]).unwrap().mtu, 0, "none reported: unknown");
 
         let mut route = RouteMessage::default();
         route.attributes.push(RouteAttribute::Oif(2));

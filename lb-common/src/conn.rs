@@ -1,6 +1,8 @@
 //! The connection table: one entry per flow and direction, so a connection stays on its
 //! real server, and a NAT or Full-NAT reply finds what to rewrite back.
 
+use crate::real::Forwarding;
+
 /// A flow's 5-tuple as its packets carry it; either family, unused address bytes zero.
 /// A client's flow is keyed as the client sent it; the reply direction of a NAT or
 /// Full-NAT connection as the real server sends it.
@@ -80,6 +82,53 @@ impl Conn {
         let sent = if data { CONN_TOA_DONE } else { CONN_TOA_DONE | CONN_TOA_ACK };
         self.flags & (CONN_TOA | sent) == CONN_TOA
     }
+}
+
+/// The key of the reply entry of a NAT or Full-NAT client entry `conn` at `client`:
+/// from the real server to where the client's packets leave from (the client itself
+/// for NAT, the local address and port for Full-NAT).
+pub fn reply_key(client: &FlowKey, conn: &Conn) -> Option<FlowKey> {
+    match Forwarding::from_u8(conn.forwarding)? {
+        Forwarding::Nat | Forwarding::Fnat => Some(conn.reply_key(client)),
+        Forwarding::Dr | Forwarding::Tun => None,
+    }
+}
+
+impl Conn {
+    /// [`reply_key`] of an entry known to be NAT's or Full-NAT's (any other is taken
+    /// for NAT's): what the data path writes, without an `Option` on its stack.
+    pub fn reply_key(&self, client: &FlowKey) -> FlowKey {
+        let fnat = self.forwarding == Forwarding::Fnat as u8;
+        FlowKey {
+            src: self.dst,
+            dst: if fnat { self.src } else { client.src },
+            src_port: self.dst_port,
+            dst_port: if fnat { self.src_port } else { client.src_port },
+            protocol: client.protocol,
+            family: client.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// The key of the client entry of a NAT or Full-NAT reply entry `conn` at `reply`:
+/// from the client to the VIP (which the reply entry puts back as the source). The
+/// client is the reply's destination for NAT; Full-NAT's reply entry holds it.
+pub fn client_key(reply: &FlowKey, conn: &Conn) -> Option<FlowKey> {
+    let (client, client_port) = match Forwarding::from_u8(conn.forwarding)? {
+        Forwarding::Nat => (reply.dst, reply.dst_port),
+        Forwarding::Fnat => (conn.dst, conn.dst_port),
+        Forwarding::Dr | Forwarding::Tun => return None,
+    };
+    Some(FlowKey {
+        src: client,
+        dst: conn.src,
+        src_port: client_port,
+        dst_port: conn.src_port,
+        protocol: reply.protocol,
+        family: reply.family,
+        _pad: [0; 2],
+    })
 }
 
 // The layout is the contract: no implicit padding, the same size on both sides.

@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod decap;
+pub mod fragment;
 pub mod interface;
 pub mod real;
 pub mod service;

@@ -58,11 +58,50 @@ pub struct RealServer {
     /// Reserved for per-real-server options.
     pub flags: u8,
     pub _pad: u8,
-    /// The MTU towards the real server (its interface's, or its route's when lower): the
-    /// largest IP packet the director may send it, for packets it grows (TOA, tunnels);
+    /// The MTU of the route towards the real server (its own, else its device's): the
+    /// largest IP packet the director may send it, for packets it grows (tunnels, TOA);
     /// 0 when unknown.
     pub mtu: u16,
-    pub _spare: [u8; 6],
+    /// `tun` over IPv4: the one's complement sum (folded, host order) of the outer
+    /// header's words that are the same for every packet to this real server (version
+    /// and header length, "don't fragment", TTL and protocol, the addresses), so the
+    /// data path adds only the TOS and length for the header checksum.
+    pub outer_sum: u16,
+    pub _spare: [u8; 4],
+}
+
+/// The outer TTL or hop limit of tunnelled packets, as Linux's default for packets it
+/// originates.
+pub const OUTER_TTL: u8 = 64;
+/// The outer IPv4 header's flags: "don't fragment" (too big is answered, not split).
+pub const OUTER_DF: u16 = 0x4000;
+/// IP protocol numbers of what an outer header carries.
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_IPV6: u8 = 41;
+
+/// [`RealServer::outer_sum`] for a tunnel from `source` to `destination` carrying
+/// `carried` (IPPROTO_IPIP or IPPROTO_IPV6): the words of the outer IPv4 header that
+/// do not change from packet to packet, summed and folded (RFC 1071).
+pub const fn outer_ipv4_sum(source: [u8; 4], destination: [u8; 4], carried: u8) -> u16 {
+    let words = [
+        0x4500,
+        OUTER_DF as u32,
+        ((OUTER_TTL as u32) << 8) | carried as u32,
+        u16::from_be_bytes([source[0], source[1]]) as u32,
+        u16::from_be_bytes([source[2], source[3]]) as u32,
+        u16::from_be_bytes([destination[0], destination[1]]) as u32,
+        u16::from_be_bytes([destination[2], destination[3]]) as u32,
+    ];
+    let mut sum = 0;
+    let mut i = 0;
+    while i < words.len() {
+        sum += words[i];
+        i += 1;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }
 
 // The layout is the contract: no implicit padding, the same size on both sides.

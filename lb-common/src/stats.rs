@@ -15,20 +15,10 @@ pub struct Counters {
     pub out_bytes: u64,
 }
 
-/// What became of a packet that a [`Reason`] counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Left to the kernel.
-    Pass,
-    /// Dropped.
-    Drop,
-    /// Forwarded all the same, but without something it should have had (a note, not
-    /// an outcome: the packet is counted with its service as well).
-    Note,
-}
-
 /// One table for every reason: its slot, its metrics label, and what became of the
-/// packet (`pass`, `drop`, or forwarded with a `note`).
+/// packet: it went on to the kernel (`pass`), was dropped (`drop`), was dropped and
+/// answered (`answer`), or was forwarded all the same, without something it should have
+/// had (`note`).
 macro_rules! reasons {
     ($($(#[$doc:meta])* $name:ident = $slot:literal, $label:literal, $verdict:ident;)*) => {
         /// Why a packet was passed to the kernel or dropped instead of forwarded, or what
@@ -43,14 +33,16 @@ macro_rules! reasons {
             pub const ALL: &[Reason] = &[$(Self::$name),*];
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
+            /// What became of the packet.
             pub const fn verdict(self) -> Verdict {
                 match self {
                     $(Self::$name => reasons!(@verdict $verdict),)*
                 }
             }
 
-            /// Whether the packet went on to the kernel (else it was dropped, or, for a
-            /// note, forwarded: never the outcome of a failed step).
+            /// Whether the packet went on to the kernel (else it was dropped, replaced by
+            /// the director's answer, or, for a note, forwarded: never the outcome of a
+            /// failed step).
             pub const fn is_pass(self) -> bool {
                 matches!(self.verdict(), Verdict::Pass)
             }
@@ -65,7 +57,22 @@ macro_rules! reasons {
     };
     (@verdict pass) => { Verdict::Pass };
     (@verdict drop) => { Verdict::Drop };
+    (@verdict answer) => { Verdict::Answer };
     (@verdict note) => { Verdict::Note };
+}
+
+/// What the data path did with a packet a [`Reason`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Left to the kernel.
+    Pass,
+    Drop,
+    /// Dropped, and the frame turned into the director's answer to its sender (an
+    /// ICMP error), sent back the way it came.
+    Answer,
+    /// Forwarded all the same, but without something it should have had (a note, not
+    /// an outcome: the packet is counted with its service as well).
+    Note,
 }
 
 reasons! {
@@ -73,7 +80,8 @@ reasons! {
     NotIp = 0, "not_ip", pass;
     /// Neither TCP nor UDP (ICMP, neighbour discovery, ...).
     NotTcpUdp = 1, "not_tcp_udp", pass;
-    /// An IPv4 fragment or an IPv6 packet with a fragment header.
+    /// A fragment the data path does not follow: not TCP or UDP, or a later fragment
+    /// whose first was not forwarded (reordered, or not a virtual service's).
     Fragment = 2, "fragment", pass;
     /// TCP or UDP, but no virtual service at that address and no known connection.
     NotAService = 3, "not_a_service", pass;
@@ -113,10 +121,24 @@ reasons! {
     /// The connection table refused the new connection's entries: NAT and Full-NAT
     /// packets never leave without them.
     ConnInsertFailed = 18, "conn_insert_failed", drop;
+    /// IP tunnel: the packet would not fit the link towards its real server once
+    /// encapsulated. The client was sent ICMP "fragmentation needed" (IPv6: "packet too
+    /// big") with the MTU that fits.
+    TooBig = 19, "too_big", answer;
+    /// As `too_big`, but a fragment (its sender cannot make it smaller) or an IPv4
+    /// packet with options (which the data path does not quote): dropped unanswered.
+    TooBigUnanswered = 20, "too_big_unanswered", drop;
+    /// The driver left no room in front of the frame for the headers to add.
+    NoHeadroom = 21, "no_headroom", drop;
+    /// An ICMP error whose quoted packet is cut short or not IP of the error's own
+    /// version: the director cannot tell whose it is, so its kernel has it.
+    MalformedIcmp = 22, "malformed_icmp", pass;
+    /// An ICMP error about a flow that is no connection of the director's.
+    IcmpNoConnection = 23, "icmp_no_connection", pass;
     /// Full-NAT with TOA: a client's segment went to its real server without the
     /// option, as its TCP header (60 bytes at most) or the MTU towards the real server
     /// had no room for it.
-    ToaNoRoom = 19, "toa_no_room", note;
+    ToaNoRoom = 24, "toa_no_room", note;
 }
 
 // Each reason's slot is its place in `ALL`, so the agent reads the slots in order.

@@ -93,6 +93,40 @@ impl Delta {
     }
 }
 
+/// A checksum computed from scratch (RFC 1071) over byte runs whose lengths are
+/// multiples of 4, in the machine's byte order as [`Delta`] is.
+#[derive(Clone, Copy, Default)]
+pub struct Sum(u32);
+
+impl Sum {
+    /// The sum with the `N` bytes at `bytes` (the frame, checked by the caller, or the
+    /// stack) added.
+    #[inline(always)]
+    pub fn of<const N: usize>(self, bytes: *const [u8; N]) -> Self {
+        // SAFETY: `bytes` points at `N` readable bytes, which the helper only reads.
+        let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, bytes.cast_mut().cast(), N as u32, self.0) };
+        Self(u32::from(fold(sum as u32)))
+    }
+
+    /// The checksum field for these bytes.
+    #[inline(always)]
+    pub fn checksum(self) -> [u8; 2] {
+        (!fold(self.0)).to_ne_bytes()
+    }
+}
+
+/// The header checksum of an IPv4 header without options whose `check` is zero.
+#[inline(always)]
+pub fn ipv4_header(ip: &network_types::ip::Ipv4Hdr) -> [u8; 2] {
+    Sum::default().of((ip as *const network_types::ip::Ipv4Hdr).cast::<[u8; 20]>()).checksum()
+}
+
+/// The checksum field (network order) for a sum of big-endian 16-bit words.
+#[inline(always)]
+pub fn finish(sum: u32) -> [u8; 2] {
+    (!fold(sum)).to_be_bytes()
+}
+
 /// The 32-bit one's complement sum folded to 16 bits.
 #[inline(always)]
 fn fold(mut sum: u32) -> u16 {

@@ -11,6 +11,7 @@
 mod conn;
 mod csum;
 mod forward;
+mod fragments;
 mod header;
 mod maps;
 mod parse;
@@ -19,11 +20,14 @@ mod service;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::{conn::Conn, stats::Reason};
+use lb_common::{
+    conn::Conn,
+    stats::{Reason, Verdict},
+};
 
 #[xdp]
 pub fn lb_ingress(ctx: XdpContext) -> u32 {
@@ -31,35 +35,55 @@ pub fn lb_ingress(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             stats::count_reason(reason);
-            if reason.is_pass() { XDP_PASS } else { XDP_DROP }
+            match reason.verdict() {
+                Verdict::Pass => XDP_PASS,
+                // A note is never a failed step's reason.
+                Verdict::Drop | Verdict::Note => XDP_DROP,
+                Verdict::Answer => XDP_TX,
+            }
         }
     }
 }
 
 #[inline(always)]
 fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
-    let packet = parse::packet(ctx)?;
+    let mut packet = parse::Packet::empty();
+    parse::packet(ctx, &mut packet)?;
+    // Decided here, once: nothing on the other paths asks whether a packet is a
+    // fragment, so the verifier need not walk them once per kind of packet.
+    match packet.fragment {
+        parse::LATER_FRAGMENT => return later_fragment(ctx, &mut packet),
+        parse::FIRST_FRAGMENT => fragments::remember(&packet),
+        _ => {}
+    }
     // Connections first, as IPVS does: an established flow needs no service lookup
     // and outlives its service's removal.
     if let Some(conn) = conn::lookup(&packet.flow) {
-        return if conn.is_reply() { reply(ctx, &packet, conn) } else { established(ctx, &packet, conn) };
+        return match (packet.is_icmp_error(), conn.is_reply()) {
+            (false, false) => established(ctx, &packet, conn),
+            (false, true) => reply(ctx, &packet, conn),
+            (true, _) => icmp_error(ctx, &packet, conn),
+        };
+    }
+    if packet.is_icmp_error() {
+        return Err(Reason::IcmpNoConnection);
     }
     new_flow(ctx, &packet)
 }
 
-// The three paths are functions of their own (BPF-to-BPF calls), each with its own
+// The paths are functions of their own (BPF-to-BPF calls), each with its own
 // stack frame: inlined into one, their locals would not fit the 512 bytes of stack.
 
 /// The first packet of a flow the director does not know.
 #[inline(never)]
 fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
     let service = service::lookup(ctx, packet)?;
-    let id = sched::new_connection(ctx, packet, &service)?;
+    let id = sched::new_connection(ctx, packet, service)?;
     let real = forward::reachable(ctx, packet, id)?;
     let opening = maps::OPENING.get_ptr_mut(0).ok_or(Reason::ConnInsertFailed)?;
     // SAFETY: a per-CPU value, used by this CPU's packet only, for this call.
     let maps::Opening { conn, reply } = unsafe { &mut *opening };
-    forward::open(packet, &service, id, real, conn, reply)?;
+    forward::open(packet, service, id, real, conn, reply)?;
     let action = forward::to_real(ctx, packet, conn, real)?;
     stats::count_request(conn, packet.ip_len, true);
     Ok(action)
@@ -83,10 +107,52 @@ fn reply(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Result<u3
     if !service::addressed_to_director(ctx, packet.vlan) {
         return Err(Reason::OtherHost);
     }
-    let action = forward::to_client(ctx, packet, conn)?;
+    let action = forward::to_client(ctx, packet, conn, forward::Rewrite::Whole)?;
     forward::toa::after_reply(ctx, packet, conn);
     conn::touch(conn, packet);
     stats::count_reply(conn, packet.ip_len);
+    Ok(action)
+}
+
+/// An ICMP error about a packet of a known connection: one that went to the client
+/// (the real server's, or for NAT and Full-NAT the director's rewritten reply) goes on
+/// to the real server; one that the director sent to a real server (NAT, Full-NAT)
+/// goes back to the client. Both are translated where the connection was rewritten,
+/// so path-MTU discovery and unreachable ports work through every method.
+#[inline(never)]
+fn icmp_error(ctx: &XdpContext, packet: &parse::Packet, conn: &Conn) -> Result<u32, Reason> {
+    if conn.is_reply() {
+        if !service::addressed_to_director(ctx, packet.vlan) {
+            return Err(Reason::OtherHost);
+        }
+        let action = forward::icmp::to_client(ctx, packet, conn)?;
+        stats::count_reply(conn, packet.ip_len);
+        return Ok(action);
+    }
+    let real = forward::reachable(ctx, packet, conn.real)?;
+    let action = forward::icmp::to_real(ctx, packet, conn, real)?;
+    stats::count_request(conn, packet.ip_len, false);
+    Ok(action)
+}
+
+/// A fragment without the transport header, the way its datagram's first fragment
+/// went (its ports remembered then); else the kernel's. Only addresses are rewritten:
+/// the first fragment's checksum update covers the whole datagram.
+#[inline(never)]
+fn later_fragment(ctx: &XdpContext, packet: &mut parse::Packet) -> Result<u32, Reason> {
+    fragments::take_ports(packet)?;
+    let conn = conn::lookup(&packet.flow).ok_or(Reason::Fragment)?;
+    if conn.is_reply() {
+        if !service::addressed_to_director(ctx, packet.vlan) {
+            return Err(Reason::OtherHost);
+        }
+        let action = forward::to_client(ctx, packet, conn, forward::Rewrite::Addresses)?;
+        stats::count_reply(conn, packet.ip_len);
+        return Ok(action);
+    }
+    let real = forward::reachable(ctx, packet, conn.real)?;
+    let action = forward::fragment_to_real(ctx, packet, conn, real)?;
+    stats::count_request(conn, packet.ip_len, false);
     Ok(action)
 }
 

@@ -8,6 +8,7 @@ use aya_ebpf::{
 use lb_common::{
     CONN_TABLE_SIZE, LOCAL_ADDRESS_SLOTS, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS, TAIL_CALLS_LEN,
     conn::{Conn, FlowKey},
+    fragment::{FRAGMENT_TABLE_SIZE, FirstFragment, FragmentKey},
     interface::{Interface, InterfaceKey},
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
@@ -43,6 +44,11 @@ pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVIC
 /// the flows land on.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+
+/// The ports of datagrams whose first fragment was forwarded, for the fragments that
+/// follow (which carry no ports).
+#[map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FirstFragment> = LruHashMap::with_max_entries(FRAGMENT_TABLE_SIZE, 0);
 
 /// Full-NAT local addresses, each service owning runs of slots named by its `Service`
 /// value (two banks, so a changed list is written where no packet reads).

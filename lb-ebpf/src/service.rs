@@ -16,9 +16,10 @@ use crate::{
     parse::Packet,
 };
 
-/// The service of a flow the director does not know yet.
+/// The service of a flow the director does not know yet: the map's value, valid for
+/// this run (a replaced value is freed only after every run that may read it).
 #[inline(always)]
-pub fn lookup(ctx: &XdpContext, packet: &Packet) -> Result<Service, Reason> {
+pub fn lookup(ctx: &XdpContext, packet: &Packet) -> Result<&'static Service, Reason> {
     let service = by_address(&packet.flow)?;
     // Checked before a new connection is scheduled, so a frame flooded to us (or seen
     // by a backup director) neither takes a scheduling turn nor opens a connection;
@@ -30,16 +31,16 @@ pub fn lookup(ctx: &XdpContext, packet: &Packet) -> Result<Service, Reason> {
 }
 
 #[inline(always)]
-fn by_address(flow: &FlowKey) -> Result<Service, Reason> {
+fn by_address(flow: &FlowKey) -> Result<&'static Service, Reason> {
     let mut key = ServiceKey { vip: flow.dst, port: flow.dst_port, protocol: flow.protocol, family: flow.family };
+    // SAFETY: a map value, valid for the whole run (RCU) and never written by the data
+    // path.
     if let Some(service) = SERVICES.get_ptr(key) {
-        return Ok(unsafe { *service });
+        return Ok(unsafe { &*service });
     }
     key.port = [0; 2];
-    match SERVICES.get_ptr(key) {
-        Some(service) => Ok(unsafe { *service }),
-        None => Err(Reason::NotAService),
-    }
+    // SAFETY: as above.
+    SERVICES.get_ptr(key).map(|service| unsafe { &*service }).ok_or(Reason::NotAService)
 }
 
 /// Whether the frame's destination MAC is the director's device on the link it came

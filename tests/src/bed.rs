@@ -63,9 +63,6 @@ fn xdp_md(len: usize) -> Vec<u8> {
     [0, len as u32, 0, INGRESS, 0, 0].iter().flat_map(|word| word.to_ne_bytes()).collect()
 }
 
-/// The MTU towards every real server of the test bed.
-pub const BED_MTU: u32 = 1500;
-
 /// Where a real server is, for the test bed: on which interface (ifindex) and VLAN.
 pub type Reach = fn(&str) -> Option<(u32, u16)>;
 
@@ -93,7 +90,13 @@ pub fn director_on(dataplane: Dataplane, services: &str, reach: Reach) -> Result
 /// Applies new `services` to a test bed's director (the maps only: the program stays
 /// unattached).
 pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Result<()> {
-    let yaml = format!("interfaces: [{{ name: lo }}]\nservices:\n{services}");
+    reconfigure_with(director, "", services, reach)
+}
+
+/// Like [`reconfigure`], with top-level `settings` too (whole YAML lines, such as
+/// `timeouts: { udp: 1 }\n`).
+pub fn reconfigure_with(director: &mut Director, settings: &str, services: &str, reach: Reach) -> Result<()> {
+    let yaml = format!("interfaces: [{{ name: lo }}]\n{settings}services:\n{services}");
     let config = Config::parse(&yaml, Path::new("test-bed.yaml"))?;
     let reals: HashMap<IpAddr, Link> = config
         .services
@@ -102,17 +105,16 @@ pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Res
         .filter_map(|real| {
             let address = real.address.to_string();
             let (ifindex, vlan) = reach(&address)?;
-            Some((
-                real.address,
-                Link {
-                    ifindex,
-                    vlan,
-                    mac: real_mac(&address),
-                    director_mac: DIRECTOR_MAC,
-                    gateway: None,
-                    mtu: BED_MTU,
-                },
-            ))
+            let link = Link {
+                ifindex,
+                vlan,
+                mac: real_mac(&address),
+                director_mac: DIRECTOR_MAC,
+                gateway: None,
+                mtu: LINK_MTU,
+                source: Some(tunnel_source(real.address)),
+            };
+            Some((real.address, link))
         })
         .collect();
     // The director's devices: the ingress interface, and the VLANs real servers are on.
@@ -120,6 +122,18 @@ pub fn reconfigure(director: &mut Director, services: &str, reach: Reach) -> Res
     interfaces.extend(reals.values().map(|link| ((link.ifindex, link.vlan), DIRECTOR_MAC)));
     let links = Links { reals, interfaces, unresolved: Default::default() };
     director.apply_maps(config, links)
+}
+
+/// The MTU of every link towards real servers in the test bed.
+pub const LINK_MTU: u16 = 1500;
+/// The director's address towards real servers in the test bed, by IP version: what a
+/// route's preferred source would be, the outer source of tunnelled packets.
+pub const TUNNEL_SOURCE4: &str = "198.18.21.1";
+pub const TUNNEL_SOURCE6: &str = "2001:db8:21::1";
+
+pub fn tunnel_source(real: IpAddr) -> IpAddr {
+    let source = if real.is_ipv4() { TUNNEL_SOURCE4 } else { TUNNEL_SOURCE6 };
+    source.parse().expect("an address")
 }
 
 /// Each real server's MAC in the test bed, by address: one per address, so a forwarded
@@ -188,5 +202,31 @@ impl Routes {
     /// Runs `f` on a thread inside the namespace.
     pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         self.netns.within(f)
+    }
+}
+
+/// A test bed whose runs are issued inside a [`Routes`] namespace, so NAT and Full-NAT
+/// replies find their way back to the client.
+pub struct RoutedBed {
+    pub director: Director,
+    pub routes: Routes,
+}
+
+impl RoutedBed {
+    /// A data path holding `services` (as [`director`] takes them), every real server
+    /// on the ingress interface.
+    pub fn new(services: &str) -> Self {
+        Self { director: director(services, 4096, on_ingress).unwrap(), routes: Routes::new().unwrap() }
+    }
+
+    /// The verdict and the frame out of one run of `frame`.
+    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let run = self.routes.run(self.director.dataplane().program(), frame).unwrap();
+        (run.verdict, run.frame)
+    }
+
+    /// How many packets `reason` counted so far.
+    pub fn reason(&self, reason: lb_common::stats::Reason) -> u64 {
+        self.director.reason_counts().unwrap().iter().find(|(r, _)| *r == reason).unwrap().1
     }
 }

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
@@ -41,11 +41,21 @@ pub struct Host {
 pub enum Arms {
     /// Client, director and real servers on one segment, set up for LVS-DR.
     One,
+    /// Client, director and real servers on one segment, the real servers set up for
+    /// LVS-TUN (`realserver.sh start --tun`: `lb-decap`, no tunnel device).
+    Tunnel,
     /// Clients on one segment (the director's `eth0`), real servers on another
     /// (198.18.21.0/24, 2001:db8:21::/64, the director's `eth1` at .1 and ::1) with
     /// the director as their default gateway (`gateway: true`, LVS-NAT) or with no
     /// route beyond their segment at all (`gateway: false`, for Full-NAT).
     Two { gateway: bool },
+}
+
+impl Arms {
+    /// Whether client, director and real servers share one segment.
+    pub fn one_segment(self) -> bool {
+        matches!(self, Self::One | Self::Tunnel)
+    }
 }
 
 /// The director's address on the real servers' segment of a two-armed lab.
@@ -151,7 +161,7 @@ impl Lab {
         let host = |name: &str, segment: &Segment, last: u8| plug(&switch, &prefix, name, segment, last);
         let client = host("client", &outside, 1)?;
         let director = host("director", &outside, 2)?;
-        let reals_on = if arms == Arms::One { &outside } else { &inside };
+        let reals_on = if arms.one_segment() { &outside } else { &inside };
         let reals: Vec<Host> =
             (0..reals).map(|i| host(&format!("rs{}", i + 1), reals_on, 11 + i as u8)).collect::<Result<_>>()?;
 
@@ -190,8 +200,16 @@ impl Lab {
         let script = workspace_root().join("deploy/realserver.sh");
         // Behind a one-armed director the real servers answer from the VIPs; behind a
         // two-armed one (NAT) they are addressed as themselves.
-        let udp_addresses = if self.arms == Arms::One {
-            real.netns.run(&["sh", &script.to_string_lossy(), "start", &VIP4.to_string(), &VIP6.to_string()])?;
+        let udp_addresses = if self.arms.one_segment() {
+            let mut command = real.netns.command("sh");
+            command.arg(&script).arg("start");
+            if self.arms == Arms::Tunnel {
+                let bin_dir = binary("lb-decap")?.parent().map(PathBuf::from).unwrap_or_default();
+                let path = std::env::var("PATH").unwrap_or_default();
+                command.arg("--tun").env("PATH", format!("{}:{path}", bin_dir.display()));
+                command.env("LB_RUN_DIR", self.dir.join(format!("{}-run", real.name)));
+            }
+            netns::run(command.args([VIP4.to_string(), VIP6.to_string()]))?;
             [format!("{VIP4}:{UDP_PORT}"), format!("[{VIP6}]:{UDP_PORT}")]
         } else {
             [format!("{}:{UDP_PORT}", real.ipv4), format!("[{}]:{UDP_PORT}", real.ipv6)]
@@ -290,7 +308,7 @@ impl Lab {
     /// services map port 80 to the real servers' [`MAPPED_HTTP_PORT`].
     pub fn config_for(&self, forwarding: &str, scheduler: &str, weights: &[u32], extra: &str) -> String {
         let mut yaml = String::from("interfaces:\n  - name: eth0\n    xdp_mode: native\n");
-        if self.arms != Arms::One {
+        if !self.arms.one_segment() {
             yaml += "  - name: eth1\n    xdp_mode: native\n";
         }
         let _ =
@@ -329,6 +347,42 @@ impl Lab {
             bail!("curl {url} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
         }
         Ok(output.stdout)
+    }
+
+    /// Sends `data` from the client through the VIP with an HTTP PUT to
+    /// `/upload/NAME`, and returns the name of the real server that stored it intact.
+    pub fn upload(&self, vip: IpAddr, name: &str, data: &[u8]) -> Result<String> {
+        let file = self.dir.join(format!("client-{name}"));
+        fs::write(&file, data)?;
+        let url = match vip {
+            IpAddr::V4(v4) => format!("http://{v4}:{HTTP_PORT}/upload/{name}"),
+            IpAddr::V6(v6) => format!("http://[{v6}]:{HTTP_PORT}/upload/{name}"),
+        };
+        let output = self
+            .client
+            .netns
+            .command("curl")
+            .args(["--silent", "--show-error", "--fail", "--max-time", "30", "--upload-file"])
+            .arg(&file)
+            .arg(&url)
+            .output()?;
+        if !output.status.success() {
+            bail!("curl --upload-file {url} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+        }
+        for real in &self.reals {
+            let stored = self.dir.join(format!("{}-uploads/upload/{name}", real.name));
+            if let Ok(bytes) = fs::read(&stored) {
+                ensure!(
+                    bytes == data,
+                    "{}: the upload arrived with {} of {} bytes, or changed",
+                    real.name,
+                    bytes.len(),
+                    data.len()
+                );
+                return Ok(real.name.clone());
+            }
+        }
+        bail!("no real server stored the upload {name}")
     }
 
     /// Starts counting in the client (see [`ClientCounters`]).
@@ -620,7 +674,8 @@ fn nginx_conf(name: &str, dir: &Path) -> String {
          \x20   listen 8080;\n    listen [::]:8080;\n    client_max_body_size 16m;\n\
          \x20   location / {{ default_type text/plain; return 200 \"{name}\"; }}\n\
          \x20   location = /peer {{ default_type text/plain; return 200 \"$remote_addr $server_port\"; }}\n\
-         \x20   location = /big {{ alias {dir}/big.bin; }}\n  }}\n}}\n"
+         \x20   location = /big {{ alias {dir}/big.bin; }}\n\
+         \x20   location /upload/ {{ root {dir}/{name}-uploads; dav_methods PUT; create_full_put_path on; }}\n  }}\n}}\n"
     )
 }
 

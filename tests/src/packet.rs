@@ -294,3 +294,110 @@ pub fn toa_client(options: &[u8]) -> Option<SocketAddr> {
     }
     None
 }
+
+/// The IP packet of an untagged `frame` in the tunnel a director builds towards a
+/// real server: an outer IPv4 header (id 0, don't fragment, TTL 64) or IPv6 header
+/// (hop limit 64, flow label 0: mask the program's with [`without_flow_label`]), with
+/// the inner packet's DSCP and ECN bits, in a frame of the same MACs.
+pub fn encapsulated(src: IpAddr, dst: IpAddr, frame: &[u8]) -> Vec<u8> {
+    let inner = &frame[L3..];
+    let traffic_class = if inner[0] >> 4 == 4 { inner[1] } else { (inner[0] << 4) | (inner[1] >> 4) };
+    let mut outer = tunnelled(src, dst, frame);
+    if src.is_ipv4() {
+        set_ipv4_fields(&mut outer, L3, traffic_class, 0, 0x4000);
+    } else {
+        outer[L3] = 0x60 | (traffic_class >> 4);
+        outer[L3 + 1] = traffic_class << 4;
+    }
+    outer
+}
+
+/// The frame with its outer IPv6 header's flow label zeroed (an untagged frame).
+pub fn without_flow_label(frame: &[u8]) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    if frame[L3] >> 4 == 6 {
+        frame[L3 + 1] &= 0xf0;
+        frame[L3 + 2] = 0;
+        frame[L3 + 3] = 0;
+    }
+    frame
+}
+
+/// Sets the TOS, identification and flags/fragment offset of the IPv4 header at `l3`,
+/// and its checksum to match.
+pub fn set_ipv4_fields(frame: &mut [u8], l3: usize, tos: u8, id: u16, frags: u16) {
+    frame[l3 + 1] = tos;
+    frame[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
+    frame[l3 + 6..l3 + 8].copy_from_slice(&frags.to_be_bytes());
+    refresh_ipv4_checksum(frame, l3);
+}
+
+/// An ICMP message (IPv4) of `kind` and `code`, with the 4 bytes after the checksum
+/// and the data given.
+pub fn icmp(kind: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(data);
+    let checksum = internet_checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    icmp
+}
+
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// An ICMPv6 message from `src` to `dst` (its checksum covers the pseudo-header).
+pub fn icmpv6(src: IpAddr, dst: IpAddr, kind: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(data);
+    let checksum = transport_checksum(src, dst, PROTO_ICMPV6, &icmp);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    icmp
+}
+
+/// The fragments of an IPv4 packet without options (as a router splits it), each
+/// carrying `chunk` bytes (a multiple of 8) of its payload but the last.
+pub fn ipv4_fragments(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment offsets count 8-byte units");
+    let (header, payload) = packet.split_at(20);
+    let chunks: Vec<&[u8]> = payload.chunks(chunk).collect();
+    let last = chunks.len() - 1;
+    let id = u16::from_be_bytes([header[4], header[5]]);
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let mut fragment = header.to_vec();
+            fragment[2..4].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
+            let more = if i < last { 0x2000 } else { 0 };
+            fragment.extend_from_slice(part);
+            set_ipv4_fields(&mut fragment, 0, header[1], id, more | (i * chunk / 8) as u16);
+            fragment
+        })
+        .collect()
+}
+
+/// The fragments of an IPv6 packet without extension headers, each with a fragment
+/// header of identification `id` and `chunk` bytes (a multiple of 8) of its payload
+/// but the last.
+pub fn ipv6_fragments(packet: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment offsets count 8-byte units");
+    let (header, payload) = packet.split_at(40);
+    let chunks: Vec<&[u8]> = payload.chunks(chunk).collect();
+    let last = chunks.len() - 1;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let mut fragment = header.to_vec();
+            fragment[4..6].copy_from_slice(&((8 + part.len()) as u16).to_be_bytes());
+            fragment[6] = 44;
+            let offset_and_more = ((i * chunk) as u16) | u16::from(i < last);
+            fragment.extend_from_slice(&[header[6], 0]);
+            fragment.extend_from_slice(&offset_and_more.to_be_bytes());
+            fragment.extend_from_slice(&id.to_be_bytes());
+            fragment.extend_from_slice(part);
+            fragment
+        })
+        .collect()
+}

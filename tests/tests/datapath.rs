@@ -282,12 +282,12 @@ fn what_is_not_for_a_virtual_service_passes_untouched() {
 }
 
 #[test]
-fn fragments_and_ipv6_extension_headers_pass_counted() {
+fn fragments_it_does_not_follow_and_ipv6_extension_headers_pass_counted() {
     let bed = Bed::new(&web([1, 1, 1]));
+    // A later TCP fragment whose first was not seen, and the first fragment of ICMP.
     let mut fragment = packet::tcp_frame(client(VIP4, 36000), sock(VIP4, 80), TCP_SYN, b"");
-    fragment[L3 + 6] = 0x20; // more fragments
-    packet::refresh_ipv4_checksum(&mut fragment, L3);
-    let fragment6 = packet::ip_frame(client(VIP6, 0).ip(), VIP6.parse().unwrap(), 44, &[6, 0, 0, 1, 0, 0, 0, 7]);
+    packet::set_ipv4_fields(&mut fragment, L3, 0, 0x1234, 0x0010);
+    let fragment6 = packet::ip_frame(client(VIP6, 0).ip(), VIP6.parse().unwrap(), 44, &[58, 0, 0, 1, 0, 0, 0, 7]);
     let hop_by_hop = packet::ip_frame(client(VIP6, 0).ip(), VIP6.parse().unwrap(), 0, &[6, 0, 1, 4, 0, 0, 0, 0]);
     for frame in [fragment, fragment6, hop_by_hop] {
         assert_eq!(bed.run(&frame), (XDP_PASS, frame.clone()));

@@ -5,10 +5,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use lb_agent::director::Director;
 use lb_common::stats::Reason;
 use lb_tests::{
-    bed::{self, ROUTER_MAC, Routes, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac},
+    bed::{self, ROUTER_MAC, RoutedBed as Bed, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac},
     packet::{self, CLIENT_MAC, DIRECTOR_MAC, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -42,26 +41,6 @@ fn services(forwarding: &str, extra: &str) -> String {
         }
     }
     yaml
-}
-
-struct Bed {
-    director: Director,
-    routes: Routes,
-}
-
-impl Bed {
-    fn new(services: &str) -> Self {
-        Self { director: bed::director(services, 4096, bed::on_ingress).unwrap(), routes: Routes::new().unwrap() }
-    }
-
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let run = self.routes.run(self.director.dataplane().program(), frame).unwrap();
-        (run.verdict, run.frame)
-    }
-
-    fn reason(&self, reason: Reason) -> u64 {
-        self.director.reason_counts().unwrap().iter().find(|(r, _)| *r == reason).unwrap().1
-    }
 }
 
 /// What the real server receives: the frame as the client would have sent it to `dst`
@@ -362,7 +341,7 @@ fn a_segment_without_room_for_toa_goes_on_without_it_and_is_counted() {
         let option = toa(client);
         let ack_options = options_of(12);
         // The largest payload whose packet, grown by the option, still fits the MTU.
-        let fits = vec![b'x'; bed::BED_MTU as usize - ip_header - 20 - ack_options.len() - option.len()];
+        let fits = vec![b'x'; usize::from(bed::LINK_MTU) - ip_header - 20 - ack_options.len() - option.len()];
         let too_big = vec![b'x'; fits.len() + 1];
         let (full, longest, over) = (options_of(40), options_of(fitting), options_of(fitting + 4));
         let segments = [

@@ -59,6 +59,29 @@ fn defaults_are_ipvsadm_s() {
     assert_eq!(config.interfaces[0].xdp_mode, XdpMode::Auto);
     assert_eq!(config.metrics_listen, "127.0.0.1:9798".parse().unwrap());
     assert!(config.services.is_empty());
+    assert_eq!(config.timeouts, Timeouts { tcp: 900, tcp_fin: 120, udp: 300 }, "ipvsadm -L --timeout");
+}
+
+#[test]
+fn timeouts_left_out_keep_ipvs_defaults() {
+    let config = parse(&format!("timeouts: {{ udp: 1 }}\n{EXAMPLE}")).unwrap();
+    assert_eq!(config.timeouts, Timeouts { tcp: 900, tcp_fin: 120, udp: 1 });
+    let config = parse(&format!("timeouts: {{ tcp: 60, tcp_fin: 10, udp: 30 }}\n{EXAMPLE}")).unwrap();
+    assert_eq!(config.timeouts, Timeouts { tcp: 60, tcp_fin: 10, udp: 30 });
+}
+
+#[test]
+fn a_zero_or_unknown_timeout_names_its_line() {
+    let err = refused(&format!("{EXAMPLE}timeouts:\n  tcp: 900\n  tcp_fin: 0\n  udp: 300\n"));
+    assert_eq!((err.line, err.field.as_str()), (Some(17), "timeouts.tcp_fin"));
+    assert!(err.message.contains("at least 1"), "{err}");
+    let err = refused(&format!("timeouts: {{ tcp: 900, udp: 0 }}\n{EXAMPLE}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(1), "timeouts.udp"));
+    let err = refused(&format!("timeouts: {{ tcpfin: 120 }}\n{EXAMPLE}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(1), "timeouts"));
+    assert!(err.message.contains("unknown field `tcpfin`"), "{err}");
+    let err = refused(&format!("timeouts: {{ udp: -1 }}\n{EXAMPLE}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(1), "timeouts.udp"));
 }
 
 #[test]
@@ -94,13 +117,10 @@ fn weight_out_of_range_is_refused_at_its_line() {
 }
 
 #[test]
-fn unsupported_scheduler_and_forwarding_say_so() {
+fn unsupported_scheduler_says_so() {
     let err = refused(&with_line(10, "    scheduler: lc"));
     assert_eq!((err.line, err.field.as_str()), (Some(10), "services[0].scheduler"));
     assert_eq!(err.message, "scheduler `lc` is not supported yet (supported: rr, wrr)");
-    let err = refused(&with_line(11, "    forwarding: ipip"));
-    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].forwarding"));
-    assert!(err.message.contains("`tun` is not supported yet"), "{err}");
     let err = refused(&with_line(10, "    scheduler: fastest"));
     assert!(err.message.contains("unknown variant `fastest`"), "{err}");
 }
@@ -117,6 +137,31 @@ fn duplicates_and_mixed_families_point_at_the_second_occurrence() {
     let err = refused(&with_line(14, "      - { address: '2001:db8::1', weight: 2 }"));
     assert_eq!((err.line, err.field.as_str()), (Some(14), "services[0].reals[1].address"));
     assert!(err.message.contains("different IP versions"), "{err}");
+}
+
+#[test]
+fn tun_carries_one_ip_version_in_the_other() {
+    let config = parse(&with_line(11, "    forwarding: ipip").replace("198.18.1.12", "\"2001:db8:21::12\"")).unwrap();
+    assert_eq!(config.services[0].forwarding, Forwarding::Tun);
+    let err = refused(&with_line(14, "      - { address: 198.18.1.12, weight: 1, port: 8080, forwarding: tun }"));
+    assert_eq!((err.line, err.field.as_str()), (Some(14), "services[0].reals[1].port"));
+    assert!(err.message.contains("tun does not rewrite the packet"), "{err}");
+}
+
+#[test]
+fn tunnel_sources_are_one_address_or_one_per_ip_version() {
+    let one = format!("tunnel_source: 198.18.21.1\n{EXAMPLE}");
+    let config = parse(&one).unwrap();
+    assert_eq!(config.tunnel_source_for("198.18.1.11".parse().unwrap()), Some("198.18.21.1".parse().unwrap()));
+    assert_eq!(config.tunnel_source_for("2001:db8::1".parse().unwrap()), None);
+    let both = format!("tunnel_source: [198.18.21.1, \"2001:db8:21::1\"]\n{EXAMPLE}");
+    let config = parse(&both).unwrap();
+    assert_eq!(config.tunnel_source_for("2001:db8::1".parse().unwrap()), Some("2001:db8:21::1".parse().unwrap()));
+    let err = refused(&format!("tunnel_source: [198.18.21.1, 198.18.21.2]\n{EXAMPLE}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(1), "tunnel_source[1]"));
+    assert!(err.message.contains("one per version"), "{err}");
+    let err = refused(&format!("tunnel_source: eth0\n{EXAMPLE}"));
+    assert_eq!(err.line, Some(1), "{err}");
 }
 
 #[test]
@@ -143,6 +188,8 @@ fn restart_only_fields_are_named() {
     let old = parse(EXAMPLE).unwrap();
     let mut new = old.clone();
     assert!(old.restart_only_changes(&new).is_empty());
+    new.timeouts.tcp = 60;
+    assert!(old.restart_only_changes(&new).is_empty(), "timeouts are the agent's own: a reload changes them");
     new.metrics_listen = "127.0.0.1:1".parse().unwrap();
     new.connection_table_size = 4096;
     assert_eq!(old.restart_only_changes(&new), vec!["metrics_listen", "connection_table_size"]);

@@ -4,7 +4,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES};
 
-use super::{Config, Forwarding, Protocol, Real, VirtualService};
+use super::{Config, Forwarding, Protocol, Real, Timeouts, VirtualService};
 
 /// IPVS limits weights to this (ipvsadm -w 0..65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -25,12 +25,14 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
 
 pub fn check(config: &Config) -> Result<(), Invalid> {
     check_interfaces(config)?;
+    check_tunnel_source(config)?;
     if config.connection_table_size < MIN_CONNECTION_TABLE {
         return Err(invalid(
             "connection_table_size",
             format!("{} is too small (at least {MIN_CONNECTION_TABLE})", config.connection_table_size),
         ));
     }
+    check_timeouts(config)?;
     if config.services.len() > MAX_SERVICES as usize {
         return Err(invalid("services", format!("at most {MAX_SERVICES} services fit")));
     }
@@ -79,6 +81,30 @@ fn check_interfaces(config: &Config) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// At most one tunnel source per IP version.
+fn check_tunnel_source(config: &Config) -> Result<(), Invalid> {
+    for (i, source) in config.tunnel_source.iter().enumerate() {
+        check_address(&format!("tunnel_source[{i}]"), *source)?;
+        if let Some(other) = config.tunnel_source[..i].iter().find(|other| other.is_ipv4() == source.is_ipv4()) {
+            return Err(invalid(
+                format!("tunnel_source[{i}]"),
+                format!("{source}: {other} is already the tunnel source of its IP version; name one per version"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_timeouts(config: &Config) -> Result<(), Invalid> {
+    let Timeouts { tcp, tcp_fin, udp } = config.timeouts;
+    for (name, seconds) in [("tcp", tcp), ("tcp_fin", tcp_fin), ("udp", udp)] {
+        if seconds == 0 {
+            return Err(invalid(format!("timeouts.{name}"), "0 seconds is too short (at least 1)"));
+        }
+    }
+    Ok(())
+}
+
 fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
     let name_ok =
         !service.name.is_empty() && service.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
@@ -91,16 +117,16 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
     check_address(&format!("{at}.vip"), service.vip)?;
     lb_common::service::Scheduler::try_from(service.scheduler)
         .map_err(|unsupported| invalid(format!("{at}.scheduler"), unsupported.to_string()))?;
-    check_forwarding(&format!("{at}.forwarding"), service.forwarding)?;
     check_full_nat(at, service)?;
     for (j, real) in service.reals.iter().enumerate() {
         let at = format!("{at}.reals[{j}]");
         check_address(&format!("{at}.address"), real.address)?;
-        if real.address.is_ipv4() != service.vip.is_ipv4() {
+        if real.address.is_ipv4() != service.vip.is_ipv4() && service.forwarding_of(real) != Forwarding::Tun {
             return Err(invalid(
                 format!("{at}.address"),
                 format!(
-                    "{} and the VIP {} are of different IP versions; {} keeps the packet's IP version",
+                    "{} and the VIP {} are of different IP versions; {} keeps the packet's IP version (only tun \
+                     carries one in the other)",
                     real.address,
                     service.vip,
                     service.forwarding_of(real)
@@ -116,9 +142,6 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
                 format!("{at}.weight"),
                 format!("weight {} is out of range (0 to {MAX_WEIGHT})", real.weight),
             ));
-        }
-        if let Some(forwarding) = real.forwarding {
-            check_forwarding(&format!("{at}.forwarding"), forwarding)?;
         }
     }
     Ok(())
@@ -201,13 +224,6 @@ fn check_toa(field: &str, service: &VirtualService, full_nat: bool) -> Result<()
         ));
     }
     Ok(())
-}
-
-fn check_forwarding(field: &str, forwarding: Forwarding) -> Result<(), Invalid> {
-    match lb_common::real::Forwarding::try_from(forwarding) {
-        Ok(_) => Ok(()),
-        Err(unsupported) => Err(invalid(field, unsupported.to_string())),
-    }
 }
 
 fn check_address(field: &str, address: IpAddr) -> Result<(), Invalid> {

@@ -8,7 +8,7 @@
 //! CPUs never hand out one port, and a port is free again once its connection's
 //! entries are gone (closed and aged, or evicted).
 
-use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::XdpContext};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     IPPROTO_TCP,
     conn::{CONN_REPLY, CONN_TOA, Conn},
@@ -17,7 +17,6 @@ use lb_common::{
     stats::Reason,
 };
 
-use super::{client, nat::rewrite};
 use crate::{conn, maps::LOCAL_ADDRESSES, parse::Packet};
 
 /// Local (address, port) pairs tried for a new connection before it is refused. They
@@ -60,22 +59,9 @@ pub fn open(
         let port = u32::from(service.local_port_first) + ((seed >> 8) + probe / locals) % ports;
         conn.src = *local;
         conn.src_port = (port as u16).to_be_bytes();
-        if conn::insert(&super::reply_key(packet, conn), reply, true).is_ok() {
+        if conn::insert(&conn.reply_key(&packet.flow), reply, true).is_ok() {
             return Ok(());
         }
     }
     Err(Reason::LocalPortsExhausted)
-}
-
-#[inline(always)]
-pub fn to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer) -> Result<u32, Reason> {
-    rewrite(ctx, packet, Some((&conn.src, conn.src_port)), Some((&conn.dst, conn.dst_port)))?;
-    Ok(super::transmit(ctx, real))
-}
-
-#[inline(always)]
-pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, Reason> {
-    let next_hop = client::next_hop(ctx, packet, &conn.src, &conn.dst)?;
-    rewrite(ctx, packet, Some((&conn.src, conn.src_port)), Some((&conn.dst, conn.dst_port)))?;
-    Ok(client::transmit(ctx, &next_hop))
 }

@@ -3,12 +3,17 @@
 
 mod client;
 mod fnat;
+pub mod icmp;
 mod nat;
 pub mod toa;
 
+pub use nat::Rewrite;
+mod too_big;
+mod tun;
+
 use aya_ebpf::{bindings::xdp_action::XDP_TX, helpers::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    conn::{Conn, FlowKey},
+    conn::Conn,
     real::{Forwarding, RealServer},
     service::Service,
     stats::Reason,
@@ -47,14 +52,16 @@ pub fn open(
 ) -> Result<(), Reason> {
     *conn = conn::plain(id, service.index, real.forwarding);
     match Forwarding::from_u8(real.forwarding) {
-        Some(Forwarding::Dr) => {}
+        // Neither rewrites the packet: the real server answers the client itself.
+        Some(Forwarding::Dr | Forwarding::Tun) => {}
         Some(Forwarding::Nat) => nat::open(packet, real, conn, reply)?,
         Some(Forwarding::Fnat) => fnat::open(packet, service, real, conn, reply)?,
-        Some(Forwarding::Tun) | None => return Err(Reason::UnsupportedForwarding),
+        None => return Err(Reason::UnsupportedForwarding),
     }
     if let Err(reason) = conn::insert(&packet.flow, conn, false) {
-        if conn.forwarding != Forwarding::Dr as u8 {
-            conn::remove(&reply_key(packet, conn));
+        // NAT and Full-NAT wrote the reply's entry already.
+        if matches!(Forwarding::from_u8(conn.forwarding), Some(Forwarding::Nat | Forwarding::Fnat)) {
+            conn::remove(&conn.reply_key(&packet.flow));
         }
         return Err(reason);
     }
@@ -68,20 +75,62 @@ pub fn to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer
         // Direct routing: the real server has the VIP on a loopback and answers the
         // client itself, so only the Ethernet addresses change.
         Some(Forwarding::Dr) => Ok(transmit(ctx, real)),
-        Some(Forwarding::Nat) => nat::to_real(ctx, packet, conn, real),
-        Some(Forwarding::Fnat) => fnat::to_real(ctx, packet, conn, real),
-        Some(Forwarding::Tun) | None => Err(Reason::UnsupportedForwarding),
+        Some(Forwarding::Tun) if packet.ip_len > u32::from(tun::inner_mtu(real)) => {
+            // Answered here rather than in `tun`, so the two frames are never on the
+            // stack together.
+            too_big::reply(ctx, packet, tun::inner_mtu(real))?;
+            Err(Reason::TooBig)
+        }
+        Some(Forwarding::Tun) => tun::to_real(ctx, packet, real),
+        Some(Forwarding::Nat | Forwarding::Fnat) => rewritten_to_real(ctx, packet, conn, real, Rewrite::Whole),
+        None => Err(Reason::UnsupportedForwarding),
     }
 }
 
-/// A real server's reply, back to the client with the VIP as its source.
+/// A later fragment (no transport header) of a connection's datagram, to its real
+/// server: addresses rewritten as the connection says, ports left to the first.
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, Reason> {
+pub fn fragment_to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer) -> Result<u32, Reason> {
     match Forwarding::from_u8(conn.forwarding) {
-        Some(Forwarding::Nat) => nat::to_client(ctx, packet, conn),
-        Some(Forwarding::Fnat) => fnat::to_client(ctx, packet, conn),
-        _ => Err(Reason::UnsupportedForwarding),
+        Some(Forwarding::Dr) => Ok(transmit(ctx, real)),
+        // Its sender cannot make a fragment smaller: no answer.
+        Some(Forwarding::Tun) if packet.ip_len > u32::from(tun::inner_mtu(real)) => Err(Reason::TooBigUnanswered),
+        Some(Forwarding::Tun) => tun::to_real(ctx, packet, real),
+        Some(Forwarding::Nat | Forwarding::Fnat) => rewritten_to_real(ctx, packet, conn, real, Rewrite::Addresses),
+        None => Err(Reason::UnsupportedForwarding),
     }
+}
+
+/// NAT rewrites a client's packet's destination to RIP:rport; Full-NAT its source to
+/// the local address and port too.
+#[inline(always)]
+fn rewritten_to_real(
+    ctx: &XdpContext,
+    packet: &Packet,
+    conn: &Conn,
+    real: &RealServer,
+    what: Rewrite,
+) -> Result<u32, Reason> {
+    let src = (conn.forwarding == Forwarding::Fnat as u8).then_some((&conn.src, conn.src_port));
+    nat::rewrite(ctx, packet, src, Some((&conn.dst, conn.dst_port)), what)?;
+    Ok(transmit(ctx, real))
+}
+
+/// A real server's reply (or a later fragment of one: `Rewrite::Addresses`), back to
+/// the client with the VIP as its source, and for Full-NAT the client as its
+/// destination again (which the reply's entry holds).
+#[inline(always)]
+pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn, what: Rewrite) -> Result<u32, Reason> {
+    let fnat = match Forwarding::from_u8(conn.forwarding) {
+        Some(Forwarding::Nat) => false,
+        Some(Forwarding::Fnat) => true,
+        _ => return Err(Reason::UnsupportedForwarding),
+    };
+    let client = if fnat { &conn.dst } else { &packet.flow.dst };
+    let next_hop = client::next_hop(ctx, packet, &conn.src, client)?;
+    let dst = fnat.then_some((&conn.dst, conn.dst_port));
+    nat::rewrite(ctx, packet, Some((&conn.src, conn.src_port)), dst, what)?;
+    Ok(client::transmit(ctx, &next_hop))
 }
 
 /// The port the real server serves the packet's flow on: its own, or (none given, or
@@ -91,21 +140,15 @@ fn real_port(packet: &Packet, real: &RealServer) -> [u8; 2] {
     if real.port == [0; 2] { packet.flow.dst_port } else { real.port }
 }
 
-/// The key of the replies of a NAT or Full-NAT connection: from the real server to
-/// where the client's packets leave from (the client itself for NAT, the local address
-/// for Full-NAT).
+/// The frame's 802.1Q tag control, if it has one: a frame the data path builds from it
+/// keeps it.
 #[inline(always)]
-fn reply_key(packet: &Packet, conn: &Conn) -> FlowKey {
-    let fnat = conn.forwarding == Forwarding::Fnat as u8;
-    FlowKey {
-        src: conn.dst,
-        dst: if fnat { conn.src } else { packet.flow.src },
-        src_port: conn.dst_port,
-        dst_port: if fnat { conn.src_port } else { packet.flow.src_port },
-        protocol: packet.flow.protocol,
-        family: packet.flow.family,
-        _pad: [0; 2],
+fn vlan_tci(ctx: &XdpContext, packet: &Packet) -> Option<[u8; 2]> {
+    if packet.l3 == EthHdr::LEN {
+        return None;
     }
+    // SAFETY: `header` checked the two bytes are within the frame.
+    header::<[u8; 2]>(ctx, EthHdr::LEN).map(|tci| unsafe { *tci })
 }
 
 /// Sends the frame to the next hop towards `real`: from the director's interface that
@@ -126,6 +169,13 @@ fn to_next_hop(ctx: &XdpContext, next_hop: [u8; 6], director: [u8; 6], ifindex: 
             (*eth).src_addr = director;
         }
     }
+    next_hop_action(ctx, ifindex)
+}
+
+/// Sends the frame out of `ifindex`: back out the way it came (`XDP_TX`) or through
+/// another attached interface.
+#[inline(always)]
+fn next_hop_action(ctx: &XdpContext, ifindex: u32) -> u32 {
     if ifindex as usize == ctx.ingress_ifindex() {
         return XDP_TX;
     }

@@ -16,7 +16,6 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use super::client;
 use crate::{conn, csum::Delta, header::header, parse::Packet};
 
 /// An address and a port a packet is rewritten to.
@@ -35,32 +34,34 @@ pub fn open(packet: &Packet, real: &RealServer, conn: &mut Conn, reply: &mut Con
     reply.src_port = packet.flow.dst_port;
     reply.dst = [0; 16];
     reply.dst_port = [0; 2];
-    conn::insert(&super::reply_key(packet, conn), reply, false)
+    conn::insert(&conn.reply_key(&packet.flow), reply, false)
 }
 
-#[inline(always)]
-pub fn to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer) -> Result<u32, Reason> {
-    rewrite(ctx, packet, None, Some((&conn.dst, conn.dst_port)))?;
-    Ok(super::transmit(ctx, real))
-}
-
-#[inline(always)]
-pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, Reason> {
-    let next_hop = client::next_hop(ctx, packet, &conn.src, &packet.flow.dst)?;
-    rewrite(ctx, packet, Some((&conn.src, conn.src_port)), None)?;
-    Ok(client::transmit(ctx, &next_hop))
+/// How much of a packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Addresses, ports and both checksums.
+    Whole,
+    /// The addresses only: a later fragment, which has no transport header (its first
+    /// fragment's checksum update covers the whole datagram).
+    Addresses,
 }
 
 /// Rewrites the packet's source and/or destination (address and port), with the IPv4
 /// header checksum and the TCP or UDP checksum (whose pseudo-header holds the
 /// addresses) updated to match. A function of its own, for the stack's sake.
 #[inline(never)]
-pub fn rewrite(ctx: &XdpContext, packet: &Packet, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<(), Reason> {
-    let addresses = if packet.flow.family == FAMILY_IPV4 {
-        rewrite_ipv4(ctx, packet.l3, src, dst)?
-    } else {
-        rewrite_ipv6(ctx, packet.l3, src, dst)?
-    };
+pub fn rewrite(
+    ctx: &XdpContext,
+    packet: &Packet,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+    what: Rewrite,
+) -> Result<(), Reason> {
+    let addresses = rewrite_addresses(ctx, packet, src, dst)?;
+    if what == Rewrite::Addresses {
+        return Ok(());
+    }
     if packet.flow.protocol == IPPROTO_TCP {
         let tcp = header::<TcpHdr>(ctx, packet.l4).ok_or(Reason::TruncatedL4)?.cast_mut();
         // SAFETY: `header` checked the TCP header is within the frame.
@@ -82,10 +83,31 @@ pub fn rewrite(ctx: &XdpContext, packet: &Packet, src: Option<Endpoint>, dst: Op
     Ok(())
 }
 
+/// Rewrites the packet's source and/or destination address (ports are ignored), with
+/// the IPv4 header checksum; returns the change to the pseudo-header's sum.
+#[inline(always)]
+pub fn rewrite_addresses(
+    ctx: &XdpContext,
+    packet: &Packet,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+) -> Result<Delta, Reason> {
+    if packet.flow.family == FAMILY_IPV4 {
+        rewrite_ipv4(ctx, packet.l3, src, dst)
+    } else {
+        rewrite_ipv6(ctx, packet.l3, src, dst)
+    }
+}
+
 /// Rewrites the IPv4 addresses and the header checksum; returns the change to the
 /// pseudo-header's sum.
 #[inline(always)]
-fn rewrite_ipv4(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<Delta, Reason> {
+pub fn rewrite_ipv4(
+    ctx: &XdpContext,
+    l3: usize,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+) -> Result<Delta, Reason> {
     let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
     // SAFETY: `header` checked the IPv4 header is within the frame.
     let ip = unsafe { &mut *ip };
@@ -103,7 +125,12 @@ fn rewrite_ipv4(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<
 /// Rewrites the IPv6 addresses (IPv6 has no header checksum); returns the change to
 /// the pseudo-header's sum.
 #[inline(always)]
-fn rewrite_ipv6(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<Delta, Reason> {
+pub fn rewrite_ipv6(
+    ctx: &XdpContext,
+    l3: usize,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+) -> Result<Delta, Reason> {
     let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
     // SAFETY: `header` checked the IPv6 header is within the frame.
     let ip = unsafe { &mut *ip };
@@ -126,13 +153,13 @@ fn replace_address<const N: usize>(delta: Delta, field: &mut [u8; N], new: &[u8;
 
 /// An IPv4 address as the maps store it: the first four of 16 bytes.
 #[inline(always)]
-fn first_four(address: &[u8; 16]) -> &[u8; 4] {
+pub fn first_four(address: &[u8; 16]) -> &[u8; 4] {
     // SAFETY: the first four bytes of a 16-byte array, with the array's lifetime.
     unsafe { &*address.as_ptr().cast::<[u8; 4]>() }
 }
 
 #[inline(always)]
-fn replace_ports(source: &mut [u8; 2], dest: &mut [u8; 2], src: Option<Endpoint>, dst: Option<Endpoint>) -> Delta {
+pub fn replace_ports(source: &mut [u8; 2], dest: &mut [u8; 2], src: Option<Endpoint>, dst: Option<Endpoint>) -> Delta {
     let mut delta = Delta::default();
     if let Some((_, port)) = src {
         delta = delta.replace(*source, port);

@@ -78,7 +78,8 @@ const MAX_MOVED: usize = 14 + 4 + 60 + TcpHdr::LEN;
 /// (`established`): never on the new-flow path, as the option never goes into a SYN.
 #[inline(always)]
 pub fn after_forward(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer, action: u32) -> u32 {
-    if conn.flags & CONN_TOA == 0 || packet.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+    // Nor into a fragment: its datagram's later fragments would no longer fit it.
+    if conn.flags & CONN_TOA == 0 || packet.tcp_flags & (TCP_SYN | TCP_RST) != 0 || packet.fragment != 0 {
         return action;
     }
     let Some(tcp) = header::<TcpHdr>(ctx, packet.l4) else { return action };

@@ -20,11 +20,12 @@ const WARMUP: usize = 2_000;
 const REALS4: [(&str, u32); 3] = [("198.18.1.11", 1), ("198.18.1.12", 2), ("198.18.1.13", 3)];
 const REALS6: [(&str, u32); 3] = [("2001:db8:1::11", 1), ("2001:db8:1::12", 2), ("2001:db8:1::13", 3)];
 /// Each method's VIPs: (method, IPv4 VIP, IPv6 VIP). `toa` is Full-NAT with TOA.
-const METHODS: [(&str, &str, &str); 4] = [
+const METHODS: [(&str, &str, &str); 5] = [
     ("dr", "203.0.113.10", "2001:db8:100::10"),
+    ("tun", "203.0.113.13", "2001:db8:100::13"),
     ("nat", "203.0.113.11", "2001:db8:100::11"),
     ("fnat", "203.0.113.12", "2001:db8:100::12"),
-    ("toa", "203.0.113.13", "2001:db8:100::13"),
+    ("toa", "203.0.113.14", "2001:db8:100::14"),
 ];
 
 struct Case {
@@ -79,7 +80,9 @@ fn bench() -> Result<()> {
     let base_frames: Vec<Vec<u8>> = cases[0].frames.clone();
 
     println!("ns per packet, median of {SAMPLES} single BPF_PROG_TEST_RUN runs each (after {WARMUP} warm-up runs)");
-    println!("kernel {}, {} CPUs\n", kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!("kernel {}, {} CPUs", kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let verified = lb.info()?.verified_instruction_count().unwrap_or(0);
+    println!("lb_ingress: {verified} instructions walked by the verifier (its limit: 1000000)\n");
     println!("{:<40} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
     for case in &cases {
         let lb_ns = median(lb, &case.frames, case.verdict)?;

@@ -4,12 +4,12 @@
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::decap::Refusal;
-use network_types::{
-    eth::{EthHdr, EtherType},
-    vlan::VlanHdr,
-};
+use network_types::eth::EthHdr;
 
-use crate::{header::header, tunnel::Tunnel};
+use crate::{
+    header::{header, write_link},
+    tunnel::Tunnel,
+};
 
 #[inline(always)]
 pub fn outer_header(ctx: &XdpContext, tunnel: &Tunnel, ether_type: u16) -> Result<(), Refusal> {
@@ -24,20 +24,5 @@ pub fn outer_header(ctx: &XdpContext, tunnel: &Tunnel, ether_type: u16) -> Resul
         return Err(Refusal::TruncatedInner);
     }
     // From here on a failure drops the frame: it is no longer the one that came.
-    let eth: *mut EthHdr = header::<EthHdr>(ctx, 0).ok_or(Refusal::TruncatedInner)?.cast_mut();
-    match tunnel.vlan_tci {
-        None => {
-            // SAFETY: `header` checked that the frame holds the whole Ethernet header.
-            unsafe { *eth = EthHdr { dst_addr, src_addr, ether_type } };
-        }
-        Some(tci) => {
-            let tag: *mut VlanHdr = header::<VlanHdr>(ctx, EthHdr::LEN).ok_or(Refusal::TruncatedInner)?.cast_mut();
-            // SAFETY: `header` checked that the frame holds both headers.
-            unsafe {
-                *eth = EthHdr { dst_addr, src_addr, ether_type: EtherType::Ieee8021q as u16 };
-                *tag = VlanHdr { tci, ether_type };
-            }
-        }
-    }
-    Ok(())
+    write_link(ctx, dst_addr, src_addr, tunnel.vlan_tci, ether_type).ok_or(Refusal::TruncatedInner)
 }

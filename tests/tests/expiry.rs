@@ -1,0 +1,158 @@
+//! Connection ageing through `BPF_PROG_TEST_RUN`: the real `lb_ingress` stamps and
+//! marks the entries as packets pass, the agent's own ager removes the idle ones, and
+//! what the data path does next shows what is left: a Full-NAT local port is taken
+//! again, a removed connection's packets find nothing. Replies are run inside a
+//! namespace whose routes lead back to the client ([`Routes`]).
+
+use std::{net::SocketAddr, thread::sleep, time::Duration};
+
+use lb_agent::{
+    dataplane::{Dataplane, EbpfLogLevel},
+    director::Director,
+    expiry::{Expiry, Sweep},
+};
+use lb_common::stats::Reason;
+use lb_tests::{
+    bed::{self, Routes, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    packet::{self, TCP_ACK, TCP_FIN, TCP_SYN},
+};
+
+const VIP4: &str = "203.0.113.10";
+const VIP6: &str = "2001:db8:100::10";
+const REAL4: &str = "198.18.21.11";
+const REAL6: &str = "2001:db8:21::11";
+const LOCAL4: &str = "198.18.21.100";
+
+/// Longer than a timeout of 1 s by more than a second of either clock's rounding.
+const PAST_ONE_SECOND: Duration = Duration::from_millis(3100);
+
+fn sock(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+struct Bed {
+    director: Director,
+    expiry: Expiry,
+    routes: Routes,
+}
+
+impl Bed {
+    /// A data path holding `services`, with the top-level `settings`.
+    fn new(settings: &str, services: &str) -> Self {
+        let dataplane = Dataplane::load(4096, EbpfLogLevel::Off).expect("loading lb_ingress (as root?)");
+        let expiry = Expiry::new(dataplane.conn_table().unwrap());
+        let mut director = Director::new(dataplane);
+        bed::reconfigure_with(&mut director, settings, services, bed::on_ingress).unwrap();
+        Self { director, expiry, routes: Routes::new().unwrap() }
+    }
+
+    fn reconfigure(&mut self, settings: &str, services: &str) {
+        bed::reconfigure_with(&mut self.director, settings, services, bed::on_ingress).unwrap();
+    }
+
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let run = self.routes.run(self.director.dataplane().program(), frame).unwrap();
+        (run.verdict, run.frame)
+    }
+
+    /// One walk of the ager, with the running configuration's timeouts (as the agent
+    /// does every few seconds).
+    fn expire(&mut self) -> Sweep {
+        self.expiry.expire(&self.director.timeouts()).unwrap()
+    }
+
+    fn reason(&self, reason: Reason) -> u64 {
+        self.director.reason_counts().unwrap().iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+}
+
+/// The UDP source port of an IPv4 frame.
+fn source_port(frame: &[u8]) -> u16 {
+    let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
+    u16::from_be_bytes([frame[l4], frame[l4 + 1]])
+}
+
+#[test]
+fn full_nat_local_ports_return_when_their_connections_expire() {
+    let dns = format!(
+        "  - {{ name: dns, vip: {VIP4}, port: 53, protocol: udp, scheduler: rr, forwarding: fnat, \
+         local_addresses: [{LOCAL4}], local_port_range: [40000, 40001], reals: [{{ address: {REAL4}, port: 5353 }}] }}\n"
+    );
+    let one_second = "timeouts: { udp: 1 }\n";
+    let mut bed = Bed::new(one_second, &dns);
+    let flow = |port| packet::udp_frame(sock("198.18.1.1", port), sock(VIP4, 53), b"query");
+    let (a, b, c) = (flow(50000), flow(50001), flow(50002));
+    let mut ports = Vec::new();
+    for query in [&a, &b] {
+        let (verdict, out) = bed.run(query);
+        assert_eq!(verdict, XDP_TX);
+        ports.push(source_port(&out));
+    }
+    let (port_a, port_b) = (ports[0], ports[1]);
+    ports.sort();
+    assert_eq!(ports, [40000, 40001], "two flows, both local ports");
+    assert_eq!(bed.run(&c), (XDP_DROP, c.clone()), "a third finds none free");
+    assert_eq!(bed.reason(Reason::LocalPortsExhausted), 1);
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 }, "nothing has been idle yet");
+
+    sleep(PAST_ONE_SECOND - Duration::from_millis(600));
+    // A's real server answers: its reply entry is fresh, and so is A.
+    let answer = packet::udp_frame(sock(REAL4, 5353), sock(LOCAL4, port_a), b"answer");
+    assert_eq!(bed.run(&answer).0, XDP_REDIRECT);
+    sleep(Duration::from_millis(600));
+
+    bed.reconfigure("", &dns);
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 }, "IPVS's udp timeout (300 s) once reloaded without one");
+    bed.reconfigure(one_second, &dns);
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 1 }, "a reload's timeouts count at once: B goes");
+    let (verdict, out) = bed.run(&a);
+    assert_eq!((verdict, source_port(&out)), (XDP_TX, port_a), "A keeps its connection and its port");
+    let (verdict, out) = bed.run(&c);
+    assert_eq!((verdict, source_port(&out)), (XDP_TX, port_b), "B's port is free again, and C takes it");
+    assert_eq!(bed.reason(Reason::LocalPortsExhausted), 1);
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 }, "A's and C's entries");
+    assert_eq!((bed.expiry.counts().expired(), bed.expiry.counts().entries()), (1, 4), "what the metrics read");
+}
+
+#[test]
+fn a_closing_tcp_connection_expires_by_tcp_fin_and_a_nat_connection_goes_whole() {
+    let mut services = String::new();
+    for (name, vip, real) in [("web4", VIP4, REAL4), ("web6", VIP6, REAL6)] {
+        services += &format!(
+            "  - {{ name: {name}, vip: \"{vip}\", port: 80, protocol: tcp, scheduler: rr, forwarding: nat, \
+             reals: [{{ address: \"{real}\", port: 8080 }}] }}\n"
+        );
+    }
+    // udp: 1 too, so a TCP connection aged by the UDP timeout would show.
+    let mut bed = Bed::new("timeouts: { tcp: 900, tcp_fin: 1, udp: 1 }\n", &services);
+    let families = [("198.18.1.1", VIP4, REAL4), ("2001:db8:1::1", VIP6, REAL6)];
+    let request = |client, vip, port, flags| packet::tcp_frame(sock(client, port), sock(vip, 80), flags, b"");
+    let reply = |client, real, port, flags| packet::tcp_frame(sock(real, 8080), sock(client, port), flags, b"");
+    for (client, vip, real) in families {
+        for port in [51000, 51001, 51002] {
+            assert_eq!(bed.run(&request(client, vip, port, TCP_SYN)).0, XDP_TX, "{vip} {port}");
+        }
+        // 51000: the client closes; 51001: the real server does; 51002 carries on.
+        assert_eq!(bed.run(&request(client, vip, 51000, TCP_FIN | TCP_ACK)).0, XDP_TX);
+        assert_eq!(bed.run(&reply(client, real, 51001, TCP_FIN | TCP_ACK)).0, XDP_REDIRECT);
+        assert_eq!(bed.run(&request(client, vip, 51002, TCP_ACK)).0, XDP_TX);
+        assert_eq!(bed.run(&reply(client, real, 51002, TCP_ACK)).0, XDP_REDIRECT);
+    }
+    assert_eq!(bed.expire(), Sweep { entries: 12, expired: 0 });
+
+    sleep(PAST_ONE_SECOND);
+    assert_eq!(bed.expire(), Sweep { entries: 12, expired: 4 }, "the closing ones, by tcp_fin");
+    for (client, vip, real) in families {
+        for port in [51000, 51001] {
+            let ack = request(client, vip, port, TCP_ACK);
+            assert_eq!(bed.run(&ack).0, XDP_DROP, "{vip} {port}: the client's entry is gone");
+            let late = reply(client, real, port, TCP_ACK);
+            assert_eq!(bed.run(&late), (XDP_PASS, late.clone()), "{vip} {port}: and the reply's");
+        }
+        assert_eq!(bed.run(&request(client, vip, 51002, TCP_ACK)).0, XDP_TX, "{vip}: the open one stays");
+        assert_eq!(bed.run(&reply(client, real, 51002, TCP_ACK)).0, XDP_REDIRECT, "{vip}: both ways");
+    }
+    assert_eq!(bed.reason(Reason::NoConnection), 4);
+    assert_eq!(bed.reason(Reason::NotAService), 4);
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 });
+}
