@@ -77,7 +77,7 @@ impl Conn {
     }
 
     /// Whether a client segment of the connection, with data or not, still needs the
-    /// TOA option.
+    /// TOA option (`true`: whether any might).
     pub const fn awaits_toa(&self, data: bool) -> bool {
         let sent = if data { CONN_TOA_DONE } else { CONN_TOA_DONE | CONN_TOA_ACK };
         self.flags & (CONN_TOA | sent) == CONN_TOA

@@ -32,6 +32,8 @@ use lb_common::{
 #[xdp]
 pub fn lb_ingress(ctx: XdpContext) -> u32 {
     match ingress(&ctx) {
+        // Full-NAT's TOA: a few segments of a connection are finished by `lb_toa`.
+        Ok(action) if forward::toa::pending(action) => forward::toa::finish(&ctx),
         Ok(action) => action,
         Err(reason) => {
             stats::count_reason(reason);
@@ -98,7 +100,7 @@ fn established(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Res
     conn::touch(conn, packet);
     stats::count_request(conn, packet.ip_len, false);
     // Not in `to_real`, which the new-flow path shares: the option never goes into a SYN.
-    Ok(forward::toa::after_forward(ctx, packet, conn, real, action))
+    Ok(forward::toa::after_forward(packet, conn, real, action))
 }
 
 /// A real server's reply through the director (NAT, Full-NAT).

@@ -73,35 +73,42 @@ const MAX_MOVED: usize = 14 + 4 + 60 + TcpHdr::LEN;
 
 /// A client's segment of a Full-NAT connection, forwarded as `action`: if it still
 /// needs the option (no SYN or RST, of a connection with TOA that has not sent it yet on
-/// a segment with data, or, for one without, on one without), `lb_toa` finishes it and
-/// answers its action. Called where the stack is shallow
+/// a segment with data, or, for one without, on one without), its action is marked
+/// for `lb_toa` to finish it. Called where the stack is shallow
 /// (`established`): never on the new-flow path, as the option never goes into a SYN.
 #[inline(always)]
-pub fn after_forward(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer, action: u32) -> u32 {
+pub fn after_forward(packet: &Packet, conn: &Conn, real: &RealServer, action: u32) -> u32 {
     // Nor into a fragment: its datagram's later fragments would no longer fit it.
-    if conn.flags & CONN_TOA == 0 || packet.tcp_flags & (TCP_SYN | TCP_RST) != 0 || packet.fragment != 0 {
-        return action;
-    }
-    let Some(tcp) = header::<TcpHdr>(ctx, packet.l4) else { return action };
-    // SAFETY: `header` checked the TCP header is within the frame.
-    let header_len = usize::from(unsafe { (*tcp).doff() }) * 4;
-    if !conn.awaits_toa(packet.ip_len as usize > packet.l4 - packet.l3 + header_len) {
+    // Whether the segment carries data, and so whether it needs the option when one
+    // without data has had it, `lb_toa` tells: here it would cost the verifier a walk
+    // of every path twice.
+    if !conn.awaits_toa(true) || packet.tcp_flags & (TCP_SYN | TCP_RST) != 0 || packet.fragment != 0 {
         return action;
     }
     let Some(work) = TOA_WORK.get_ptr_mut(0) else { return action };
     // SAFETY: a per-CPU value, used by this CPU's packet only, until `lb_toa` is done
     // with it (a program runs to its end on one CPU, tail calls included).
     unsafe { *work = ToaWork { flow: packet.flow, action, mtu: real.mtu, _pad: [0; 2] } };
-    finish(ctx)
+    action | PENDING
 }
 
-/// Tail-calls `lb_toa`. Should the call fail (no program in the slot: never, with the
-/// agent's loader), the packet goes on as it is, counted. A BPF function of its own
-/// that returns an integer, as one that tail-calls must; the verifier allows it only
-/// with less than 256 bytes of its callers' stack above it (`lb_ingress` and
-/// `established`).
+/// Marks the action of a packet that `lb_toa` is to finish (XDP actions are small
+/// numbers).
+const PENDING: u32 = 1 << 31;
+
+/// Whether `lb_toa` is to finish the packet `action` was answered for.
+#[inline(always)]
+pub fn pending(action: u32) -> bool {
+    action & PENDING != 0
+}
+
+/// Tail-calls `lb_toa`, which answers the packet's action. Should the call fail (no
+/// program in the slot: never, with the agent's loader), the packet goes on as it is,
+/// counted. A BPF function of its own that returns an integer, as one that tail-calls
+/// must, called by `lb_ingress` itself: the verifier allows a tail call only with less
+/// than 256 bytes of its callers' stack above it.
 #[inline(never)]
-fn finish(ctx: &XdpContext) -> u32 {
+pub fn finish(ctx: &XdpContext) -> u32 {
     // SAFETY: `lb_toa` is an XDP program taking the same context; on success control
     // does not come back here.
     unsafe { TAIL_CALLS.tail_call(ctx, TAIL_CALL_TOA) };
@@ -116,13 +123,13 @@ fn finish(ctx: &XdpContext) -> u32 {
 pub fn run(ctx: &XdpContext) -> u32 {
     let Some(work) = TOA_WORK.get(0) else { return XDP_DROP };
     let work = *work;
-    match insert(ctx, &work) {
-        Ok(Inserted::Yes { data }) => {
-            if let Some(conn) = CONNS.get_ptr_mut(work.flow) {
-                // SAFETY: a map value stays valid for the whole run of the program (RCU).
-                unsafe { (*conn).flags |= if data { CONN_TOA_DONE } else { CONN_TOA_ACK } };
-            }
-        }
+    // The connection's entry (gone only if the table evicted it since `lb_ingress`).
+    let Some(conn) = CONNS.get_ptr_mut(work.flow) else { return work.action };
+    // SAFETY: a map value stays valid for the whole run of the program (RCU).
+    let conn = unsafe { &mut *conn };
+    match insert(ctx, &work, conn) {
+        Ok(Inserted::Yes { data }) => conn.flags |= if data { CONN_TOA_DONE } else { CONN_TOA_ACK },
+        Ok(Inserted::NotNeeded) => {}
         Ok(Inserted::NoRoom) => stats::count_reason(Reason::ToaNoRoom),
         Err(reason) => {
             stats::count_reason(reason);
@@ -170,17 +177,23 @@ enum Inserted {
         data: bool,
     },
     NoRoom,
+    /// A segment without data, when one without data has had it.
+    NotNeeded,
 }
 
 /// Inserts the option (the client's address and port) after the TCP fixed header, with
 /// the lengths and checksums updated; first overwrites a TOA option the client sent.
 #[inline(always)]
-fn insert(ctx: &XdpContext, work: &ToaWork) -> Result<Inserted, Reason> {
+fn insert(ctx: &XdpContext, work: &ToaWork, conn: &Conn) -> Result<Inserted, Reason> {
     let ipv4 = work.flow.family == FAMILY_IPV4;
     let len = if ipv4 { LEN_IPV4 } else { LEN_IPV6 };
     // `lb_ingress` parsed the frame: a layout that does not read again cannot be, but
     // would leave the frame as it is.
     let Some(Layout { l3, l4, ip_len, header_len }) = layout(ctx, ipv4) else { return Ok(Inserted::NoRoom) };
+    let data = ip_len > l4 - l3 + header_len;
+    if !conn.awaits_toa(data) {
+        return Ok(Inserted::NotNeeded);
+    }
     // The client's own TOA options go first, whether or not ours fits.
     let blanked = blank_forged(ctx, l4, header_len);
     let tcp = header::<TcpHdr>(ctx, l4).ok_or(Reason::TruncatedL4)?.cast_mut();
@@ -191,7 +204,6 @@ fn insert(ctx: &XdpContext, work: &ToaWork) -> Result<Inserted, Reason> {
     if header_len + len > TCP_MAX_HEADER || (mtu != 0 && ip_len + len > mtu) {
         return Ok(Inserted::NoRoom);
     }
-    let data = ip_len > l4 - l3 + header_len;
     let end = l4 + TcpHdr::LEN;
     if !open_gap(ctx, end, len) {
         return Ok(Inserted::NoRoom);
