@@ -408,3 +408,34 @@ fn only_an_mss_option_that_comes_first_in_the_syn_ack_is_lowered() {
     let expected = packet::tcp_frame_with_options(sock(VIP4, 80), client, TCP_SYN | TCP_ACK, &options, b"");
     assert_eq!(bed.run(&syn_ack), (XDP_REDIRECT, towards_client(expected)));
 }
+
+#[test]
+fn a_fragment_goes_on_without_toa_and_the_next_segment_has_it() {
+    let bed = Bed::new(&with_toa(&services("fnat", "")));
+    let payload: Vec<u8> = (0..3000).map(|i| (i % 251) as u8).collect();
+    for vip in [VIP4, VIP6] {
+        let (client, inside) = connect_with_toa(&bed, vip, 40600);
+        let ack_options = options_of(12);
+        // The option would make the first fragment longer than the offsets of the
+        // others say: the datagram's fragments go on as they came, rewritten.
+        let cut = |src: SocketAddr, dst: SocketAddr| {
+            let segment = packet::tcp_with_options(src, dst, TCP_ACK, &ack_options, &payload);
+            let datagram = match src.ip() {
+                IpAddr::V4(_) => packet::ipv4(src.ip(), dst.ip(), packet::PROTO_TCP, &[], &segment),
+                IpAddr::V6(_) => packet::ipv6(src.ip(), dst.ip(), packet::PROTO_TCP, &segment),
+            };
+            let (ether_type, fragments) = match src.ip() {
+                IpAddr::V4(_) => (packet::ETHERTYPE_IPV4, packet::ipv4_fragments(&datagram, 1448)),
+                IpAddr::V6(_) => (packet::ETHERTYPE_IPV6, packet::ipv6_fragments(&datagram, 1448, 7)),
+            };
+            fragments.iter().map(|fragment| packet::ethernet(ether_type, fragment)).collect::<Vec<_>>()
+        };
+        let sent = cut(client, sock(vip, 80));
+        let expected = cut(inside.0, inside.1);
+        let real = inside.1.ip().to_string();
+        assert_eq!(bed.run(&sent[0]), (XDP_TX, towards_real(&real, expected[0].clone())), "{vip}: first fragment");
+        let segment = Segment::ack(&ack_options, b"GET /", &toa(client), "the next data segment");
+        check_segment(&bed, (client, sock(vip, 80)), inside, segment);
+    }
+    assert_eq!(bed.reason(Reason::ToaNoRoom), 0);
+}
