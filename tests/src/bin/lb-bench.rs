@@ -82,7 +82,14 @@ fn bench() -> Result<()> {
     println!("ns per packet, median of {SAMPLES} single BPF_PROG_TEST_RUN runs each (after {WARMUP} warm-up runs)");
     println!("kernel {}, {} CPUs", kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
     let verified = lb.info()?.verified_instruction_count().unwrap_or(0);
-    println!("lb_ingress: {verified} instructions walked by the verifier (its limit: 1000000)\n");
+    println!("lb_ingress: {verified} instructions walked by the verifier (its limit: 1000000)");
+    // lb_toa, tail-called for TOA, is checked on its own: the one this process loaded.
+    let toa = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|program| program.name_as_str() == Some(lb_common::names::TOA_PROGRAM))
+        .max_by_key(|program| program.id());
+    let verified = toa.and_then(|program| program.verified_instruction_count()).unwrap_or(0);
+    println!("lb_toa: {verified} instructions walked by the verifier\n");
     println!("{:<40} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
     for case in &cases {
         let lb_ns = median(lb, &case.frames, case.verdict)?;
