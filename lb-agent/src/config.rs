@@ -247,17 +247,30 @@ impl Config {
 impl Config {
     /// What is valid but probably not what the operator meant.
     pub fn warnings(&self) -> Vec<String> {
-        self.services
-            .iter()
-            .filter(|service| service.port == 0)
-            .map(|service| {
-                format!(
+        let mut warnings = Vec::new();
+        for service in &self.services {
+            if service.port == 0 {
+                warnings.push(format!(
                     "service {}: a port-0 service spreads each client's connections over the real servers; \
                      IPVS allows port 0 only with persistence, which is not supported yet",
                     service.name
-                )
-            })
-            .collect()
+                ));
+            }
+            let without_toa: Vec<String> = service
+                .reals
+                .iter()
+                .filter(|real| service.toa && service.forwarding_of(real) != Forwarding::Fnat)
+                .map(|real| format!("{} ({})", real.address, service.forwarding_of(real)))
+                .collect();
+            if !without_toa.is_empty() {
+                warnings.push(format!(
+                    "service {}: toa applies to its fnat real servers only; {} get none",
+                    service.name,
+                    without_toa.join(", ")
+                ));
+            }
+        }
+        warnings
     }
 
     /// The fields that differ from `new` and that a reload cannot change.

@@ -9,12 +9,13 @@ use std::{
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
     util::nr_cpus,
 };
 use aya_log::{EbpfLogger, Level};
 use lb_common::{
+    TAIL_CALL_TOA,
     conn::{Conn, FlowKey},
     interface::{Interface, InterfaceKey},
     names,
@@ -111,6 +112,7 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("the object has no program {}", names::INGRESS_PROGRAM))?
             .try_into()?;
         program.load().context("loading lb_ingress (the verifier refused it?)")?;
+        load_tail_calls(&mut ebpf)?;
         let maps = Maps {
             interfaces: typed(&mut ebpf, names::INTERFACES)?,
             services: typed(&mut ebpf, names::SERVICES)?,
@@ -383,6 +385,21 @@ fn see_vlan_tags(interface: &str) -> bool {
             false
         }
     }
+}
+
+/// Loads the programs `lb_ingress` tail-calls and puts each in its slot of
+/// `TAIL_CALLS`: `lb_toa` (Full-NAT's TOA).
+fn load_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+    let toa: &mut Xdp = ebpf
+        .program_mut(names::TOA_PROGRAM)
+        .ok_or_else(|| anyhow!("the object has no program {}", names::TOA_PROGRAM))?
+        .try_into()?;
+    toa.load().context("loading lb_toa (the verifier refused it?)")?;
+    let fd = toa.fd()?.try_clone()?;
+    let map = ebpf.map_mut(names::TAIL_CALLS).ok_or_else(|| anyhow!("the object has no map {}", names::TAIL_CALLS))?;
+    let mut tail_calls = ProgramArray::try_from(map)?;
+    tail_calls.set(TAIL_CALL_TOA, &fd, 0).context("filling TAIL_CALLS")?;
+    Ok(())
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use axum::{Router, extract::State, http::header::CONTENT_TYPE, response::IntoResponse, routing::get};
+use lb_common::stats::Verdict;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
@@ -88,19 +89,11 @@ impl Collector for LbCollector {
             family(&mut encoder, &format!("lb_real_{name}"), &help, members)?;
         }
 
-        let (passed, dropped): (Vec<_>, Vec<_>) = reasons.into_iter().partition(|(reason, _)| reason.is_pass());
-        family(
-            &mut encoder,
-            "lb_dropped_packets",
-            "Packets the data path dropped, by reason.",
-            dropped.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)),
-        )?;
-        family(
-            &mut encoder,
-            "lb_passed_packets",
-            "Packets the data path left to the kernel, by reason.",
-            passed.into_iter().map(|(reason, n)| ([("reason", reason.label().to_owned())], n)),
-        )?;
+        for (name, help, counts) in VERDICTS {
+            let members = reasons.iter().filter(|(reason, _)| counts(reason.verdict()));
+            let members = members.map(|(reason, n)| ([("reason", reason.label().to_owned())], *n));
+            family(&mut encoder, name, help, members)?;
+        }
 
         let expired = encoder.encode_descriptor(
             "lb_connections_expired",
@@ -119,6 +112,20 @@ impl Collector for LbCollector {
         Ok(())
     }
 }
+
+/// The per-reason families, by what became of the packets: (name, help, verdicts).
+type Verdicts = (&'static str, &'static str, fn(Verdict) -> bool);
+const VERDICTS: [Verdicts; 3] = [
+    ("lb_dropped_packets", "Packets the data path dropped, by reason.", |verdict| {
+        matches!(verdict, Verdict::Drop | Verdict::Answer)
+    }),
+    ("lb_passed_packets", "Packets the data path left to the kernel, by reason.", |verdict| verdict == Verdict::Pass),
+    (
+        "lb_noted_packets",
+        "Packets the data path forwarded without something they should have had, by reason.",
+        |verdict| verdict == Verdict::Note,
+    ),
+];
 
 /// The traffic counters of services and real servers: (name, help, value).
 type Traffic = (&'static str, &'static str, fn(&lb_api::Stats) -> u64);

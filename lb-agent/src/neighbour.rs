@@ -422,4 +422,17 @@ mod tests {
         assert!(port(&link(4, vec![]), &[4]).is_none(), "no Ethernet address");
         assert!(port(&eth0, &[5]).is_none(), "not attached");
     }
+
+    #[test]
+    fn the_mtu_towards_a_real_server_is_its_devices_or_its_routes() {
+        let jumbo = link(2, vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 2]), LinkAttribute::Mtu(9000)]);
+        assert_eq!(port(&jumbo, &[2]).unwrap().mtu, 9000);
+        assert_eq!(port(&vlan(7, 2, 100), &[2]).unwrap().mtu, 0, "none reported: unknown");
+
+        let mut route = RouteMessage::default();
+        route.attributes.push(RouteAttribute::Oif(2));
+        assert_eq!(route_of(&route).unwrap().mtu, None);
+        route.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Hoplimit(64), RouteMetric::Mtu(1400)]));
+        assert_eq!(route_of(&route).unwrap().mtu, Some(1400));
+    }
 }

@@ -23,6 +23,18 @@ pub struct FlowKey {
 pub const CONN_REPLY: u8 = 1 << 0;
 /// `Conn::flags`: a FIN or RST was seen: the connection is closing, and ages faster.
 pub const CONN_CLOSING: u8 = 1 << 1;
+/// `Conn::flags`: a Full-NAT TCP connection of a service with TOA: the client's segments
+/// carry its address to the real server in a TCP option until one with data has, and
+/// (on the reply's entry) the MSS of the real server's SYN-ACK is lowered to leave room
+/// for the option.
+pub const CONN_TOA: u8 = 1 << 2;
+/// `Conn::flags`: the TOA option went out on a segment with data; the connection's
+/// later segments are left alone.
+pub const CONN_TOA_DONE: u8 = 1 << 3;
+/// `Conn::flags`: the TOA option went out on a segment without data (the ACK that
+/// completes the handshake); later ones without data are left alone, so a client that
+/// only acknowledges (a download) does not send it on every ACK.
+pub const CONN_TOA_ACK: u8 = 1 << 4;
 
 /// What the director remembers of a flow: enough to forward, rewrite and count its
 /// packets without looking its service up again, even after the service is removed (as
@@ -62,6 +74,13 @@ pub struct Conn {
 impl Conn {
     pub const fn is_reply(&self) -> bool {
         self.flags & CONN_REPLY != 0
+    }
+
+    /// Whether a client segment of the connection, with data or not, still needs the
+    /// TOA option (`true`: whether any might).
+    pub const fn awaits_toa(&self, data: bool) -> bool {
+        let sent = if data { CONN_TOA_DONE } else { CONN_TOA_DONE | CONN_TOA_ACK };
+        self.flags & (CONN_TOA | sent) == CONN_TOA
     }
 }
 

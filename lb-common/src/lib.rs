@@ -43,9 +43,16 @@ pub const MAX_LOCAL_ADDRESSES: u32 = 16;
 /// where no packet reads and then published with the service's value.
 pub const LOCAL_ADDRESS_SLOTS: u32 = 2 * MAX_SERVICES * MAX_LOCAL_ADDRESSES;
 
+/// Slots of the program array `lb_ingress` tail-calls through, and what each holds.
+pub const TAIL_CALLS_LEN: u32 = 1;
+/// `lb_toa`: Full-NAT's TOA option, and the SYN-ACK's MSS that leaves room for it.
+pub const TAIL_CALL_TOA: u32 = 0;
+
 /// Names of the maps and programs in the object, shared so neither side spells them twice.
 pub mod names {
     pub const INGRESS_PROGRAM: &str = "lb_ingress";
+    pub const TOA_PROGRAM: &str = "lb_toa";
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
     pub const INTERFACES: &str = "INTERFACES";
     pub const SERVICES: &str = "SERVICES";
     pub const REALS: &str = "REALS";

@@ -58,7 +58,9 @@ pub struct RealServer {
     /// Reserved for per-real-server options.
     pub flags: u8,
     pub _pad: u8,
-    /// The MTU of the route towards the real server, for tunnelled packets.
+    /// The MTU of the route towards the real server (its own, else its device's): the
+    /// largest IP packet the director may send it, for packets it grows (tunnels, TOA);
+    /// 0 when unknown.
     pub mtu: u16,
     /// `tun` over IPv4: the one's complement sum (folded, host order) of the outer
     /// header's words that are the same for every packet to this real server (version

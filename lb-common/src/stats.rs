@@ -15,12 +15,14 @@ pub struct Counters {
     pub out_bytes: u64,
 }
 
-/// One table for every reason: its slot, its metrics label, and whether the packet went
-/// on to the kernel (`pass`), was dropped, or was dropped and answered (`answer`).
+/// One table for every reason: its slot, its metrics label, and what became of the
+/// packet: it went on to the kernel (`pass`), was dropped (`drop`), was dropped and
+/// answered (`answer`), or was forwarded all the same, without something it should have
+/// had (`note`).
 macro_rules! reasons {
     ($($(#[$doc:meta])* $name:ident = $slot:literal, $label:literal, $verdict:ident;)*) => {
-        /// Why a packet was passed to the kernel or dropped instead of forwarded. The
-        /// value is the packet's slot in `VERDICT_STATS`.
+        /// Why a packet was passed to the kernel or dropped instead of forwarded, or what
+        /// a forwarded one lacked. The value is the packet's slot in `VERDICT_STATS`.
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Reason {
@@ -38,8 +40,9 @@ macro_rules! reasons {
                 }
             }
 
-            /// Whether the packet went on to the kernel (else it was dropped, or
-            /// replaced by the director's answer).
+            /// Whether the packet went on to the kernel (else it was dropped, replaced by
+            /// the director's answer, or, for a note, forwarded: never the outcome of a
+            /// failed step).
             pub const fn is_pass(self) -> bool {
                 matches!(self.verdict(), Verdict::Pass)
             }
@@ -55,9 +58,10 @@ macro_rules! reasons {
     (@verdict pass) => { Verdict::Pass };
     (@verdict drop) => { Verdict::Drop };
     (@verdict answer) => { Verdict::Answer };
+    (@verdict note) => { Verdict::Note };
 }
 
-/// What the data path did with a packet it did not forward.
+/// What the data path did with a packet a [`Reason`] counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Left to the kernel.
@@ -66,6 +70,9 @@ pub enum Verdict {
     /// Dropped, and the frame turned into the director's answer to its sender (an
     /// ICMP error), sent back the way it came.
     Answer,
+    /// Forwarded all the same, but without something it should have had (a note, not
+    /// an outcome: the packet is counted with its service as well).
+    Note,
 }
 
 reasons! {
@@ -128,6 +135,10 @@ reasons! {
     MalformedIcmp = 22, "malformed_icmp", pass;
     /// An ICMP error about a flow that is no connection of the director's.
     IcmpNoConnection = 23, "icmp_no_connection", pass;
+    /// Full-NAT with TOA: a client's segment went to its real server without the
+    /// option, as its TCP header (60 bytes at most) or the MTU towards the real server
+    /// had no room for it.
+    ToaNoRoom = 24, "toa_no_room", note;
 }
 
 // Each reason's slot is its place in `ALL`, so the agent reads the slots in order.

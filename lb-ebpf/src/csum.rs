@@ -45,11 +45,39 @@ impl Delta {
         Self(u32::from(fold(sum as u32)))
     }
 
-    /// The change of replacing two bytes.
+    /// The change of adding the `N` bytes at `new` where there were none: `N` a multiple
+    /// of 4, and the bytes at an even offset of the summed data.
+    #[inline(always)]
+    pub fn add<const N: usize>(self, new: *const [u8; N]) -> Self {
+        // SAFETY: `new` points at `N` readable bytes, which the helper only reads; no
+        // bytes are taken away.
+        let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, new.cast_mut().cast(), N as u32, self.0) };
+        Self(u32::from(fold(sum as u32)))
+    }
+
+    /// The change of taking away the `N` bytes at `old` (`N` a multiple of 4, the bytes at
+    /// an even offset of the summed data).
+    #[inline(always)]
+    pub fn remove<const N: usize>(self, old: *const [u8; N]) -> Self {
+        // SAFETY: `old` points at `N` readable bytes, which the helper only reads; no
+        // bytes are added.
+        let sum = unsafe { bpf_csum_diff(old.cast_mut().cast(), N as u32, core::ptr::null_mut(), 0, self.0) };
+        Self(u32::from(fold(sum as u32)))
+    }
+
+    /// The change of replacing two bytes that form one 16-bit word of the summed data.
     #[inline(always)]
     pub fn replace(self, old: [u8; 2], new: [u8; 2]) -> Self {
         let sum = self.0 + u32::from(!u16::from_ne_bytes(old)) + u32::from(u16::from_ne_bytes(new));
         Self(u32::from(fold(sum)))
+    }
+
+    /// This change, of bytes summed as if they started a 16-bit word, for where they are:
+    /// at offset `at` of the summed data. At an odd offset every byte is in the other
+    /// half of its word, which swaps the halves of the sum (RFC 1071).
+    #[inline(always)]
+    pub fn at(self, at: usize) -> Self {
+        if at.is_multiple_of(2) { self } else { Self(u32::from((self.0 as u16).swap_bytes())) }
     }
 
     #[inline(always)]

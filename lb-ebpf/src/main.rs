@@ -32,12 +32,15 @@ use lb_common::{
 #[xdp]
 pub fn lb_ingress(ctx: XdpContext) -> u32 {
     match ingress(&ctx) {
+        // Full-NAT's TOA: a few segments of a connection are finished by `lb_toa`.
+        Ok(action) if forward::toa::pending(action) => forward::toa::finish(&ctx),
         Ok(action) => action,
         Err(reason) => {
             stats::count_reason(reason);
             match reason.verdict() {
                 Verdict::Pass => XDP_PASS,
-                Verdict::Drop => XDP_DROP,
+                // A note is never a failed step's reason.
+                Verdict::Drop | Verdict::Note => XDP_DROP,
                 Verdict::Answer => XDP_TX,
             }
         }
@@ -96,7 +99,8 @@ fn established(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Res
     // Only a packet that was forwarded keeps its connection alive.
     conn::touch(conn, packet);
     stats::count_request(conn, packet.ip_len, false);
-    Ok(action)
+    // Not in `to_real`, which the new-flow path shares: the option never goes into a SYN.
+    Ok(forward::toa::after_forward(packet, conn, real, action))
 }
 
 /// A real server's reply through the director (NAT, Full-NAT).
@@ -106,6 +110,7 @@ fn reply(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Result<u3
         return Err(Reason::OtherHost);
     }
     let action = forward::to_client(ctx, packet, conn, forward::Rewrite::Whole)?;
+    forward::toa::after_reply(ctx, packet, conn);
     conn::touch(conn, packet);
     stats::count_reply(conn, packet.ip_len);
     Ok(action)
@@ -151,6 +156,13 @@ fn later_fragment(ctx: &XdpContext, packet: &mut parse::Packet) -> Result<u32, R
     let action = forward::fragment_to_real(ctx, packet, conn, real)?;
     stats::count_request(conn, packet.ip_len, false);
     Ok(action)
+}
+
+/// Full-NAT's TOA, tail-called by `lb_ingress` for the segments that need it
+/// (`forward::toa`): a program of its own, so the verifier checks it once.
+#[xdp]
+pub fn lb_toa(ctx: XdpContext) -> u32 {
+    forward::toa::run(&ctx)
 }
 
 #[cfg(not(test))]

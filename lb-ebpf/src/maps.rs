@@ -3,10 +3,10 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    CONN_TABLE_SIZE, LOCAL_ADDRESS_SLOTS, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
+    CONN_TABLE_SIZE, LOCAL_ADDRESS_SLOTS, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS, TAIL_CALLS_LEN,
     conn::{Conn, FlowKey},
     fragment::{FRAGMENT_TABLE_SIZE, FirstFragment, FragmentKey},
     interface::{Interface, InterfaceKey},
@@ -64,6 +64,28 @@ pub static OPENING: PerCpuArray<Opening> = PerCpuArray::with_max_entries(1, 0);
 pub struct Opening {
     pub conn: Conn,
     pub reply: Conn,
+}
+
+/// The programs `lb_ingress` tail-calls, by `lb_common::TAIL_CALL_*` (the agent fills
+/// it): `lb_toa`.
+#[map]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_CALLS_LEN, 0);
+
+/// Per CPU, what `lb_ingress` leaves `lb_toa` to do with the packet it tail-calls it for.
+#[map]
+pub static TOA_WORK: PerCpuArray<ToaWork> = PerCpuArray::with_max_entries(1, 0);
+
+/// Full-NAT's TOA, to be done on one packet.
+#[derive(Clone, Copy)]
+pub struct ToaWork {
+    /// The client's flow, as parsed: the address and port the option carries, and the
+    /// key of the connection to note it went out on.
+    pub flow: FlowKey,
+    /// The action the packet was forwarded with.
+    pub action: u32,
+    /// The MTU towards the real server (0: unknown).
+    pub mtu: u16,
+    pub _pad: [u8; 2],
 }
 
 #[map]

@@ -2,6 +2,7 @@
 //! from them, packets to feed the data path, and a reader of Prometheus text.
 
 pub mod bed;
+pub mod capture;
 pub mod lab;
 pub mod netns;
 pub mod packet;

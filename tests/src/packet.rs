@@ -25,7 +25,12 @@ pub const L3: usize = 14;
 
 /// A TCP segment from `src` to `dst` in a frame from the client to the director.
 pub fn tcp_frame(src: SocketAddr, dst: SocketAddr, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let segment = tcp(src, dst, flags, payload);
+    tcp_frame_with_options(src, dst, flags, &[], payload)
+}
+
+/// Like [`tcp_frame`], with TCP `options` (a multiple of 4 bytes).
+pub fn tcp_frame_with_options(src: SocketAddr, dst: SocketAddr, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let segment = tcp_with_options(src, dst, flags, options, payload);
     ip_frame(src.ip(), dst.ip(), PROTO_TCP, &segment)
 }
 
@@ -109,10 +114,18 @@ pub fn ipv6(src: IpAddr, dst: IpAddr, next_header: u8, payload: &[u8]) -> Vec<u8
 }
 
 pub fn tcp(src: SocketAddr, dst: SocketAddr, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut segment = Vec::with_capacity(20 + payload.len());
+    tcp_with_options(src, dst, flags, &[], payload)
+}
+
+/// A TCP segment whose header holds `options` (a multiple of 4 bytes, 40 at most).
+pub fn tcp_with_options(src: SocketAddr, dst: SocketAddr, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40, "TCP options come in up to ten 32-bit words");
+    let data_offset = ((20 + options.len()) / 4) as u8;
+    let mut segment = Vec::with_capacity(20 + options.len() + payload.len());
     segment.extend_from_slice(&src.port().to_be_bytes());
     segment.extend_from_slice(&dst.port().to_be_bytes());
-    segment.extend_from_slice(&[0, 0, 0x10, 0x00, 0, 0, 0, 0, 0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    segment.extend_from_slice(&[0, 0, 0x10, 0x00, 0, 0, 0, 0, data_offset << 4, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    segment.extend_from_slice(options);
     segment.extend_from_slice(payload);
     let checksum = transport_checksum(src.ip(), dst.ip(), PROTO_TCP, &segment);
     segment[16..18].copy_from_slice(&checksum.to_be_bytes());
@@ -193,6 +206,93 @@ fn internet_checksum(bytes: &[u8], initial: u32) -> u16 {
 
 fn sum_words(bytes: &[u8]) -> u32 {
     bytes.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum()
+}
+
+/// Whether the checksums of an untagged IP `frame` hold when summed again from scratch:
+/// the IPv4 header's, and the TCP or UDP checksum over the pseudo-header and segment.
+pub fn checksums_hold(frame: &[u8]) -> bool {
+    let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
+    let ip = &frame[L3..];
+    let (src, dst, protocol, segment): (IpAddr, IpAddr, u8, &[u8]) = match ether_type {
+        ETHERTYPE_IPV4 => {
+            let header_len = usize::from(ip[0] & 0x0f) * 4;
+            if internet_checksum(&ip[..header_len], 0) != 0 {
+                return false;
+            }
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let address = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&ip[at..at + 4]).unwrap());
+            (address(12), address(16), ip[9], &ip[header_len..total])
+        }
+        ETHERTYPE_IPV6 => {
+            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let address = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+            (address(8), address(24), ip[6], &ip[40..40 + payload])
+        }
+        _ => return false,
+    };
+    transport_checksum(src, dst, protocol, segment) == 0
+}
+
+/// A TCP segment as its receiver reads it from an untagged frame.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub flags: u8,
+    /// The options of its header.
+    pub options: Vec<u8>,
+    pub payload_len: usize,
+    /// The IP packet's length.
+    pub ip_len: usize,
+}
+
+/// The TCP segment in `frame`, if it is one.
+pub fn received_tcp(frame: &[u8]) -> Option<Received> {
+    let ip = frame.get(L3..)?;
+    let (src, dst, l4, ip_len): (IpAddr, IpAddr, usize, usize) = match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETHERTYPE_IPV4 if ip.get(9) == Some(&PROTO_TCP) => {
+            let address = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&ip[at..at + 4]).unwrap());
+            (address(12), address(16), usize::from(ip[0] & 0x0f) * 4, usize::from(u16::from_be_bytes([ip[2], ip[3]])))
+        }
+        ETHERTYPE_IPV6 if ip.get(6) == Some(&PROTO_TCP) => {
+            let address = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+            (address(8), address(24), 40, 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])))
+        }
+        _ => return None,
+    };
+    let tcp = ip.get(l4..ip_len)?;
+    let header_len = usize::from(tcp.get(12)? >> 4) * 4;
+    Some(Received {
+        src: SocketAddr::new(src, u16::from_be_bytes([tcp[0], tcp[1]])),
+        dst: SocketAddr::new(dst, u16::from_be_bytes([tcp[2], tcp[3]])),
+        flags: tcp[13],
+        options: tcp.get(20..header_len)?.to_vec(),
+        payload_len: tcp.len() - header_len,
+        ip_len,
+    })
+}
+
+/// The client a TOA option names, read as the `toa` kernel module reads it: the first
+/// option of kind 254 and length 8 (port, IPv4 address) or 20 (port, IPv6 address).
+pub fn toa_client(options: &[u8]) -> Option<SocketAddr> {
+    let mut at = 0;
+    while at < options.len() {
+        match options[at] {
+            0 => return None,
+            1 => at += 1,
+            kind => {
+                let size = usize::from(*options.get(at + 1)?);
+                let option = options.get(at..at + size.max(2))?;
+                let port = || u16::from_be_bytes([option[2], option[3]]);
+                match (kind, size) {
+                    (254, 8) => return Some(SocketAddr::new(<[u8; 4]>::try_from(&option[4..]).ok()?.into(), port())),
+                    (254, 20) => return Some(SocketAddr::new(<[u8; 16]>::try_from(&option[4..]).ok()?.into(), port())),
+                    _ => at += size.max(2),
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The IP packet of an untagged `frame` in the tunnel a director builds towards a

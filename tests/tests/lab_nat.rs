@@ -1,18 +1,22 @@
 //! NAT, Full-NAT and the IP tunnel end to end: NAT and Full-NAT through a two-armed
 //! director between a client's segment and the real servers' segment, the tunnel to
 //! real servers set up with `realserver.sh start --tun`; real TCP (curl, kept-alive
-//! connections, a 4 MiB download and upload) and UDP through it, over IPv4 and IPv6.
+//! connections, a 4 MiB download and upload) and UDP through it, over IPv4 and IPv6;
+//! Full-NAT's TOA read from the segments a real server receives.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
     sync::Mutex,
     time::Duration,
 };
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use lb_tests::{
-    lab::{self, Arms, HTTP_PORT, LOCAL4, LOCAL6, Lab, UDP_PORT, VIP4, VIP6},
+    capture::Capture,
+    lab::{self, Arms, HTTP_PORT, LOCAL4, LOCAL6, Lab, MAPPED_HTTP_PORT, UDP_PORT, VIP4, VIP6},
+    packet::{self, Received},
     prometheus::Samples,
 };
 
@@ -156,4 +160,75 @@ fn tun_real_servers_decapsulate_without_a_tunnel_device_and_uploads_find_the_pat
     let too_big = metrics.value("lb_dropped_packets_total", &[("reason", "too_big")])?;
     ensure!(too_big >= 2.0, "path-MTU discovery was needed for both families ({too_big})");
     Ok(())
+}
+
+/// Full-NAT with TOA through a two-armed director: the real server (no route to the
+/// client) serves from the local address, as nginx's `$remote_addr` shows, and reads
+/// the client's address and port from the TOA option of the segments it receives, as
+/// the `toa` kernel module would: in the ACK that completes the handshake and the first
+/// data segment, and in no other. The MSS the client gets leaves room for the option in
+/// a full-sized segment, which then fills the MTU exactly.
+#[test]
+fn full_nat_with_toa_tells_real_servers_the_client_in_a_tcp_option() -> Result<()> {
+    let _one = ONE_LAB.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lab = Lab::start_with(1, Arms::Two { gateway: false })?;
+    let extra = format!("    local_addresses: [{LOCAL4}, \"{LOCAL6}\"]\n");
+    let yaml = lab.config_for("fnat", "rr", &[1], &extra).replace("protocol: tcp\n", "protocol: tcp\n    toa: true\n");
+    let _agent = lab.start_agent(&yaml)?;
+    let real = &lab.reals[0];
+    for vip in VIPS {
+        let (client, local) = match vip {
+            IpAddr::V4(_) => (IpAddr::V4(lab.client.ipv4), IpAddr::V4(LOCAL4)),
+            IpAddr::V6(_) => (IpAddr::V6(lab.client.ipv6), IpAddr::V6(LOCAL6)),
+        };
+        let capture = Capture::open(&real.netns, "eth0")?;
+        let replies = lab.http_get(&format!("{}peer", url(vip)), 1)?;
+        assert_eq!(replies[0].body, format!("{local} {MAPPED_HTTP_PORT}"), "{vip}: nginx sees the local address");
+        let (big, answer) = post_in_one_write(&lab, vip, 8000)?;
+        assert!(answer.ends_with(&format!("{local} {MAPPED_HTTP_PORT}")), "{vip}: {answer}");
+
+        // The client's segments as the real server received them, by connection.
+        let mut connections: HashMap<u16, Vec<Received>> = HashMap::new();
+        for segment in capture.received()?.iter().filter_map(|frame| packet::received_tcp(frame)) {
+            if segment.src.ip() == local && segment.dst.port() == MAPPED_HTTP_PORT {
+                connections.entry(segment.src.port()).or_default().push(segment);
+            }
+        }
+        let mut clients = Vec::new();
+        for segments in connections.values() {
+            let carrying: Vec<Option<SocketAddr>> = segments.iter().map(|s| packet::toa_client(&s.options)).collect();
+            let first_data = segments.iter().position(|s| s.payload_len > 0).context("no data segment")?;
+            assert!(segments[0].flags & 0x02 != 0 && carrying[0].is_none(), "{vip}: the SYN, without TOA");
+            assert!(carrying[1].is_some() && segments[1].payload_len == 0, "{vip}: the ACK of the handshake has it");
+            assert_eq!(carrying[first_data], carrying[1], "{vip}: so has the first data segment");
+            let later = carrying.iter().enumerate().filter(|(i, toa)| ![1, first_data].contains(i) && toa.is_some());
+            assert_eq!(later.count(), 0, "{vip}: no other segment has it: {segments:?}");
+            let client = carrying[1].unwrap();
+            if client.port() == big {
+                assert_eq!(segments[first_data].ip_len, 1500, "{vip}: a full-sized segment with TOA fills the MTU");
+            }
+            clients.push(client);
+        }
+        clients.sort();
+        let mut expected = vec![SocketAddr::new(client, replies[0].local_port), SocketAddr::new(client, big)];
+        expected.sort();
+        assert_eq!(clients, expected, "{vip}: the real server reads each connection's client");
+    }
+    let metrics = Samples::parse(&lab.metrics()?)?;
+    assert_eq!(metrics.value("lb_noted_packets_total", &[("reason", "toa_no_room")])?, 0.0);
+    Ok(())
+}
+
+/// A POST of `len` bytes from the client to `vip`, written at once (so the first data
+/// segment is full-sized); returns the client's port and the reply.
+fn post_in_one_write(lab: &Lab, vip: IpAddr, len: usize) -> Result<(u16, String)> {
+    let mut stream = lab.client.netns.within(|| {
+        TcpStream::connect_timeout(&SocketAddr::new(vip, HTTP_PORT), Duration::from_secs(5)).context("connecting")
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let head = format!("POST /peer HTTP/1.1\r\nHost: lab\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    stream.write_all(&[head.as_bytes(), &vec![b'x'; len]].concat())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok((stream.local_addr()?.port(), answer))
 }

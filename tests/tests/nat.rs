@@ -3,12 +3,12 @@
 //! checks the program's incremental checksum updates too. Replies are run inside a
 //! namespace whose routes lead back to the client ([`bed::Routes`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use lb_common::stats::Reason;
 use lb_tests::{
     bed::{self, ROUTER_MAC, RoutedBed as Bed, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac},
-    packet::{self, CLIENT_MAC, DIRECTOR_MAC, TCP_ACK, TCP_SYN},
+    packet::{self, CLIENT_MAC, DIRECTOR_MAC, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const VIP4: &str = "203.0.113.10";
@@ -196,4 +196,246 @@ fn an_established_nat_connection_keeps_its_port_across_a_reload() {
     let syn = packet::tcp_frame(sock("198.18.1.1", 43001), sock(VIP4, 80), TCP_SYN, b"");
     let expected = packet::tcp_frame(sock("198.18.1.1", 43001), sock(REAL4, 8081), TCP_SYN, b"");
     assert_eq!(bed.run(&syn), (XDP_TX, towards_real(REAL4, expected)), "a new one takes the new port");
+}
+
+/// The TCP services of [`services`] with TOA.
+fn with_toa(yaml: &str) -> String {
+    let line = |line: &str| {
+        if line.contains("protocol: tcp") { line.replacen(" reals:", " toa: true, reals:", 1) } else { line.to_owned() }
+    };
+    yaml.lines().map(|l| line(l) + "\n").collect()
+}
+
+/// A SYN's and a SYN-ACK's options as Linux sends them: MSS `mss`, SACK permitted,
+/// timestamps, NOP, window scale.
+fn syn_options(mss: u16) -> Vec<u8> {
+    let [high, low] = mss.to_be_bytes();
+    vec![2, 4, high, low, 4, 2, 8, 10, 0, 0, 0, 7, 0, 0, 0, 0, 1, 3, 3, 7]
+}
+
+/// `len` bytes of options: NOPs, then a timestamp.
+fn options_of(len: usize) -> Vec<u8> {
+    let mut options = vec![1; len - 10];
+    options.extend_from_slice(&[8, 10, 0, 0, 0, 8, 0, 0, 0, 7]);
+    options
+}
+
+/// The TOA option as DPVS and LVS's Full-NAT send it: kind 254, length 8 or 20, the
+/// client's port and address.
+fn toa(client: SocketAddr) -> Vec<u8> {
+    let address = match client.ip() {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    [vec![254, 2 + 2 + address.len() as u8], client.port().to_be_bytes().to_vec(), address].concat()
+}
+
+/// A client's TCP segment, and the options its real server must receive.
+struct Segment<'a> {
+    flags: u8,
+    sent: &'a [u8],
+    payload: &'a [u8],
+    received: Vec<u8>,
+    what: &'a str,
+}
+
+impl<'a> Segment<'a> {
+    /// An ACK with `sent` options, received with `first` in front of them.
+    fn ack(sent: &'a [u8], payload: &'a [u8], first: &[u8], what: &'a str) -> Self {
+        Self { flags: TCP_ACK, sent, payload, received: [first, sent].concat(), what }
+    }
+}
+
+/// Runs `segment` from the client's side of a connection (`outside`) and checks what
+/// leaves for the real server's side (`inside`), checksums summed again included.
+fn check_segment(bed: &Bed, outside: (SocketAddr, SocketAddr), inside: (SocketAddr, SocketAddr), segment: Segment) {
+    let Segment { flags, sent, payload, received, what } = segment;
+    let frame = packet::tcp_frame_with_options(outside.0, outside.1, flags, sent, payload);
+    let (verdict, out) = bed.run(&frame);
+    assert_eq!(verdict, XDP_TX, "{what}");
+    let expected = packet::tcp_frame_with_options(inside.0, inside.1, flags, &received, payload);
+    assert_eq!(out, towards_real(&inside.1.ip().to_string(), expected), "{what}");
+    assert!(packet::checksums_hold(&out), "{what}: checksums summed again");
+}
+
+/// Opens a Full-NAT connection from `client` to `vip` with a SYN, which never carries
+/// TOA (the real server reads it when the handshake completes, as from DPVS), and
+/// answers it with a SYN-ACK of MSS `mss`, which must reach the client with `lowered`.
+/// Returns the connection's ends on the real server's side.
+fn handshake(bed: &Bed, client: SocketAddr, vip: &str, mss: u16, lowered: u16) -> (SocketAddr, SocketAddr) {
+    let (_, real, local) = family(vip);
+    let syn = packet::tcp_frame_with_options(client, sock(vip, 80), TCP_SYN, &syn_options(1460), b"");
+    let (verdict, out) = bed.run(&syn);
+    assert_eq!(verdict, XDP_TX, "{vip}: SYN");
+    let inside = (sock(local, source_port(&out)), sock(real, 8080));
+    let expected = packet::tcp_frame_with_options(inside.0, inside.1, TCP_SYN, &syn_options(1460), b"");
+    assert_eq!(out, towards_real(real, expected), "{vip}: the SYN goes on without TOA");
+
+    let syn_ack = packet::tcp_frame_with_options(inside.1, inside.0, TCP_SYN | TCP_ACK, &syn_options(mss), b"");
+    let expected = packet::tcp_frame_with_options(sock(vip, 80), client, TCP_SYN | TCP_ACK, &syn_options(lowered), b"");
+    let (verdict, out) = bed.run(&syn_ack);
+    assert_eq!((verdict, out), (XDP_REDIRECT, towards_client(expected)), "{vip}: SYN-ACK, MSS {mss} -> {lowered}");
+    inside
+}
+
+/// The MSS a real server on a 1500-byte link announces for `vip`'s family, and what its
+/// client gets: less the option's 8 or 20 bytes, so a full-sized segment has room for it.
+fn mss_of(vip: &str) -> (u16, u16) {
+    if vip == VIP4 { (1460, 1452) } else { (1440, 1420) }
+}
+
+/// A connection with TOA from the client of `vip`'s family and `port`, through its
+/// handshake: the client, and the connection's ends on the real server's side.
+fn connect_with_toa(bed: &Bed, vip: &str, port: u16) -> (SocketAddr, (SocketAddr, SocketAddr)) {
+    let client = sock(family(vip).0, port);
+    let (mss, lowered) = mss_of(vip);
+    (client, handshake(bed, client, vip, mss, lowered))
+}
+
+#[test]
+fn full_nat_with_toa_gives_real_servers_the_client_in_its_first_segments() {
+    let bed = Bed::new(&with_toa(&services("fnat", "")));
+    for vip in [VIP4, VIP6] {
+        let (client, inside) = connect_with_toa(&bed, vip, 40100);
+        let (option, ack_options, syn) = (toa(client), options_of(12), syn_options(1460));
+        let segments = [
+            Segment { flags: TCP_SYN, ..Segment::ack(&syn, b"", &[], "a SYN sent again") },
+            Segment { flags: TCP_RST | TCP_ACK, ..Segment::ack(&ack_options, b"", &[], "a RST") },
+            Segment::ack(&ack_options, b"", &option, "the ACK that completes the handshake"),
+            Segment::ack(&ack_options, b"", &[], "another ACK without data"),
+            Segment::ack(&ack_options, b"GET / HTTP/1.1\r\n", &option, "the first data segment"),
+            Segment::ack(&ack_options, b"more of the request", &[], "a later data segment"),
+            Segment::ack(&ack_options, b"", &[], "a later ACK"),
+            Segment { flags: TCP_ACK | TCP_FIN, ..Segment::ack(&ack_options, b"", &[], "the FIN") },
+        ];
+        for segment in segments {
+            check_segment(&bed, (client, sock(vip, 80)), inside, segment);
+        }
+        // Replies are not touched, beyond the SYN-ACK's MSS.
+        let reply = packet::tcp_frame_with_options(inside.1, inside.0, TCP_ACK, &ack_options, b"200 OK");
+        let expected = packet::tcp_frame_with_options(sock(vip, 80), client, TCP_ACK, &ack_options, b"200 OK");
+        assert_eq!(bed.run(&reply), (XDP_REDIRECT, towards_client(expected)), "{vip}: a reply");
+    }
+    assert_eq!(bed.reason(Reason::ToaNoRoom), 0);
+}
+
+#[test]
+fn without_toa_full_nat_leaves_the_options_and_the_mss_alone() {
+    let bed = Bed::new(&services("fnat", ""));
+    let client = sock("198.18.1.1", 40200);
+    let inside = handshake(&bed, client, VIP4, 1460, 1460);
+    let ack_options = options_of(12);
+    for payload in [&b""[..], b"GET /"] {
+        check_segment(&bed, (client, sock(VIP4, 80)), inside, Segment::ack(&ack_options, payload, &[], "no TOA"));
+    }
+}
+
+#[test]
+fn a_segment_without_room_for_toa_goes_on_without_it_and_is_counted() {
+    let bed = Bed::new(&with_toa(&services("fnat", "")));
+    let mut no_room = 0;
+    // The most option bytes a header may have for the option to fit beside them (60
+    // bytes in all), and the IP header's length.
+    for (vip, fitting, ip_header) in [(VIP4, 32, 20), (VIP6, 20, 40)] {
+        let (client, inside) = connect_with_toa(&bed, vip, 40300);
+        let option = toa(client);
+        let ack_options = options_of(12);
+        // The largest payload whose packet, grown by the option, still fits the MTU.
+        let fits = vec![b'x'; usize::from(bed::LINK_MTU) - ip_header - 20 - ack_options.len() - option.len()];
+        let too_big = vec![b'x'; fits.len() + 1];
+        let (full, longest, over) = (options_of(40), options_of(fitting), options_of(fitting + 4));
+        let segments = [
+            (Segment::ack(&full, b"", &[], "a full TCP header (60 bytes)"), true),
+            (Segment::ack(&over, b"", &[], "a header one word too long for the option"), true),
+            (Segment::ack(&longest, b"", &option, "a header the option just fits"), false),
+            (Segment::ack(&ack_options, &too_big, &[], "a data segment the option would take over the MTU"), true),
+            (Segment::ack(&ack_options, &fits, &option, "a data segment the option just fits the MTU"), false),
+            (Segment::ack(&ack_options, b"more", &[], "the next data segment"), false),
+        ];
+        for (segment, counted) in segments {
+            let what = format!("{vip}: {}", segment.what);
+            check_segment(&bed, (client, sock(vip, 80)), inside, segment);
+            no_room += u64::from(counted);
+            assert_eq!(bed.reason(Reason::ToaNoRoom), no_room, "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_toa_option_the_client_sent_itself_is_blanked() {
+    let bed = Bed::new(&with_toa(&services("fnat", "")));
+    let forged = [254, 8, 0, 80, 203, 0, 113, 66];
+    let forged6 = [&[254, 20, 0, 80][..], &"2001:db8::66".parse::<std::net::Ipv6Addr>().unwrap().octets()].concat();
+    let nops = [1; 8];
+    for vip in [VIP4, VIP6] {
+        // Ours goes first; theirs becomes NOPs: after a timestamp, at an odd offset
+        // after a NOP, of the IPv6 length, and in a full header that has no room for ours.
+        let timestamp = options_of(12);
+        let sack = [5, 18, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4];
+        let cases = [
+            ([&timestamp[..], &forged].concat(), [&timestamp[..], &nops].concat(), true),
+            ([&[1], &forged[..], &[1, 1, 1]].concat(), vec![1; 12], true),
+            (forged6.clone(), vec![1; 20], true),
+            (
+                [&timestamp[..], &forged, &sack, &[1, 1]].concat(),
+                [&timestamp[..], &nops, &sack, &[1, 1]].concat(),
+                false,
+            ),
+        ];
+        // Each the ACK that completes a handshake of its own.
+        for (port, (sent, blanked, room)) in (40400..).zip(cases) {
+            let (client, inside) = connect_with_toa(&bed, vip, port);
+            let received = if room { [&toa(client)[..], &blanked].concat() } else { blanked };
+            let segment = Segment { flags: TCP_ACK, sent: &sent, payload: b"", received, what: vip };
+            check_segment(&bed, (client, sock(vip, 80)), inside, segment);
+        }
+    }
+    assert_eq!(bed.reason(Reason::ToaNoRoom), 2, "the full headers");
+}
+
+#[test]
+fn only_an_mss_option_that_comes_first_in_the_syn_ack_is_lowered() {
+    let bed = Bed::new(&with_toa(&services("fnat", "")));
+    let client = sock("198.18.1.1", 40500);
+    let syn = packet::tcp_frame_with_options(client, sock(VIP4, 80), TCP_SYN, &syn_options(1460), b"");
+    let (verdict, out) = bed.run(&syn);
+    assert_eq!(verdict, XDP_TX);
+    let inside = (sock(LOCAL4, source_port(&out)), sock(REAL4, 8080));
+    // SACK permitted first: the data path looks no further (Linux, the BSDs and Windows
+    // send the MSS first), and the SYN-ACK goes on as it came.
+    let options = [4, 2, 2, 4, 0x05, 0xb4, 1, 1];
+    let syn_ack = packet::tcp_frame_with_options(inside.1, inside.0, TCP_SYN | TCP_ACK, &options, b"");
+    let expected = packet::tcp_frame_with_options(sock(VIP4, 80), client, TCP_SYN | TCP_ACK, &options, b"");
+    assert_eq!(bed.run(&syn_ack), (XDP_REDIRECT, towards_client(expected)));
+}
+
+#[test]
+fn a_fragment_goes_on_without_toa_and_the_next_segment_has_it() {
+    let bed = Bed::new(&with_toa(&services("fnat", "")));
+    let payload: Vec<u8> = (0..3000).map(|i| (i % 251) as u8).collect();
+    for vip in [VIP4, VIP6] {
+        let (client, inside) = connect_with_toa(&bed, vip, 40600);
+        let ack_options = options_of(12);
+        // The option would make the first fragment longer than the offsets of the
+        // others say: the datagram's fragments go on as they came, rewritten.
+        let cut = |src: SocketAddr, dst: SocketAddr| {
+            let segment = packet::tcp_with_options(src, dst, TCP_ACK, &ack_options, &payload);
+            let datagram = match src.ip() {
+                IpAddr::V4(_) => packet::ipv4(src.ip(), dst.ip(), packet::PROTO_TCP, &[], &segment),
+                IpAddr::V6(_) => packet::ipv6(src.ip(), dst.ip(), packet::PROTO_TCP, &segment),
+            };
+            let (ether_type, fragments) = match src.ip() {
+                IpAddr::V4(_) => (packet::ETHERTYPE_IPV4, packet::ipv4_fragments(&datagram, 1448)),
+                IpAddr::V6(_) => (packet::ETHERTYPE_IPV6, packet::ipv6_fragments(&datagram, 1448, 7)),
+            };
+            fragments.iter().map(|fragment| packet::ethernet(ether_type, fragment)).collect::<Vec<_>>()
+        };
+        let sent = cut(client, sock(vip, 80));
+        let expected = cut(inside.0, inside.1);
+        let real = inside.1.ip().to_string();
+        assert_eq!(bed.run(&sent[0]), (XDP_TX, towards_real(&real, expected[0].clone())), "{vip}: first fragment");
+        let segment = Segment::ack(&ack_options, b"GET /", &toa(client), "the next data segment");
+        check_segment(&bed, (client, sock(vip, 80)), inside, segment);
+    }
+    assert_eq!(bed.reason(Reason::ToaNoRoom), 0);
 }

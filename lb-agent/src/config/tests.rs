@@ -222,9 +222,7 @@ fn fnat_needs_a_local_address_of_the_vips_family() {
         "    reals:",
         "    local_addresses: [198.18.21.100, 198.18.21.101, \"2001:db8:21::100\"]\n    toa: true\n    reals:",
     );
-    let err = refused(&both);
-    assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].toa"));
-    assert!(err.message.contains("not supported yet"), "{err}");
+    assert!(parse(&both).unwrap().services[0].toa);
     let both = both.replace("    toa: true", "    toa: false");
     let config = parse(&both).unwrap();
     let web = &config.services[0];
@@ -234,4 +232,30 @@ fn fnat_needs_a_local_address_of_the_vips_family() {
     assert_eq!(locals, ["198.18.21.100", "198.18.21.101"]);
     let err = refused(&both.replace("    toa: false", "    local_port_range: [2000, 1000]"));
     assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].local_port_range"));
+}
+
+#[test]
+fn toa_goes_with_full_nat_over_tcp() {
+    let fnat = with_line(11, "    forwarding: fnat")
+        .replace("    reals:", "    local_addresses: [198.18.21.100]\n    toa: true\n    reals:");
+    let config = parse(&fnat).unwrap();
+    assert!(config.services[0].toa);
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+
+    let err = refused(&fnat.replace("protocol: tcp", "protocol: udp"));
+    assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].toa"));
+    assert!(err.message.contains("TCP option") && err.message.contains("udp"), "{err}");
+
+    for method in ["dr", "nat"] {
+        let err = refused(&fnat.replace("forwarding: fnat", &format!("forwarding: {method}")));
+        assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].toa"), "{method}");
+        assert!(err.message.contains("goes with fnat") && err.message.contains(method), "{err}");
+    }
+
+    // A real server of another method beside Full-NAT ones: valid, and said.
+    let mixed = fnat.replace("weight: 2 }", "weight: 2, forwarding: nat }");
+    let warnings = parse(&mixed).unwrap().warnings();
+    assert_eq!(warnings, ["service web: toa applies to its fnat real servers only; 198.18.1.12 (nat) get none"]);
+    let mixed_without = mixed.replace("    toa: true\n", "");
+    assert!(parse(&mixed_without).unwrap().warnings().is_empty());
 }

@@ -4,7 +4,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES};
 
-use super::{Config, Forwarding, Real, Timeouts, VirtualService};
+use super::{Config, Forwarding, Protocol, Real, Timeouts, VirtualService};
 
 /// IPVS limits weights to this (ipvsadm -w 0..65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -179,10 +179,6 @@ fn check_full_nat(at: &str, service: &VirtualService) -> Result<(), Invalid> {
     for (k, local) in service.local_addresses.iter().enumerate() {
         check_address(&format!("{at}.local_addresses[{k}]"), *local)?;
     }
-    if service.toa {
-        // Refused until the data path inserts the option, so no operator relies on it.
-        return Err(invalid(format!("{at}.toa"), "TOA (the client's address in a TCP option) is not supported yet"));
-    }
     let [first, last] = service.local_port_range;
     if first == 0 || first > last {
         return Err(invalid(
@@ -199,11 +195,32 @@ fn check_full_nat(at: &str, service: &VirtualService) -> Result<(), Invalid> {
     }
     let full_nat = service.reals.iter().any(|real| service.forwarding_of(real) == Forwarding::Fnat)
         || service.forwarding == Forwarding::Fnat;
+    if service.toa {
+        check_toa(&format!("{at}.toa"), service, full_nat)?;
+    }
     if full_nat && locals == 0 {
         let version = if service.vip.is_ipv4() { "IPv4" } else { "IPv6" };
         return Err(invalid(
             format!("{at}.local_addresses"),
             format!("fnat needs a local address of the VIP's IP version ({version}) for its connections to leave from"),
+        ));
+    }
+    Ok(())
+}
+
+/// TOA is a TCP option that only Full-NAT needs: NAT keeps the client's address as the
+/// source, and `dr` and `tun` do not rewrite it at all.
+fn check_toa(field: &str, service: &VirtualService, full_nat: bool) -> Result<(), Invalid> {
+    if service.protocol != Protocol::Tcp {
+        return Err(invalid(field, format!("TOA is a TCP option; a {} service has none to carry", service.protocol)));
+    }
+    if !full_nat {
+        return Err(invalid(
+            field,
+            format!(
+                "TOA goes with fnat, whose real servers see a local address; with {} they see the client's own",
+                service.forwarding
+            ),
         ));
     }
     Ok(())

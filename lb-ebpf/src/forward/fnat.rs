@@ -10,9 +10,10 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
-    conn::{CONN_REPLY, Conn},
+    IPPROTO_TCP,
+    conn::{CONN_REPLY, CONN_TOA, Conn},
     real::RealServer,
-    service::Service,
+    service::{SERVICE_TOA, Service},
     stats::Reason,
 };
 
@@ -41,8 +42,11 @@ pub fn open(
     }
     conn.dst = real.address;
     conn.dst_port = super::real_port(packet, real);
+    if service.flags & SERVICE_TOA != 0 && packet.flow.protocol == IPPROTO_TCP {
+        conn.flags |= CONN_TOA;
+    }
     *reply = *conn;
-    reply.flags = CONN_REPLY;
+    reply.flags |= CONN_REPLY;
     reply.src = packet.flow.dst;
     reply.src_port = packet.flow.dst_port;
     reply.dst = packet.flow.src;

@@ -5,6 +5,7 @@ mod client;
 mod fnat;
 pub mod icmp;
 mod nat;
+pub mod toa;
 
 pub use nat::Rewrite;
 mod too_big;
