@@ -510,7 +510,7 @@ fn real_server(
         _ => [0; 16],
     };
     let carried = if service.vip.is_ipv4() { IPPROTO_IPIP } else { IPPROTO_IPV6 };
-    let outer_sum = outer_ipv4_sum(first_four(&tunnel_source), first_four(&address), carried);
+    let outer_sum = outer_ipv4_sum(&tunnel_source, &address, carried);
     // The port is named only where it differs from the service's: 0 lets a port-0
     // service's connections keep the port each client asked for.
     let port = real.port.filter(|port| *port != service.port).unwrap_or(0);
@@ -530,10 +530,6 @@ fn real_server(
         outer_sum,
         _spare: [0; 4],
     }
-}
-
-fn first_four(address: &[u8; 16]) -> [u8; 4] {
-    [address[0], address[1], address[2], address[3]]
 }
 
 /// An address as the maps store it: 16 bytes, IPv4 in the first four.

@@ -79,10 +79,11 @@ pub const OUTER_DF: u16 = 0x4000;
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_IPV6: u8 = 41;
 
-/// [`RealServer::outer_sum`] for a tunnel from `source` to `destination` carrying
+/// [`RealServer::outer_sum`] for a tunnel from `source` to `destination` (IPv4, as the
+/// maps store it: the first four of 16 bytes) carrying
 /// `carried` (IPPROTO_IPIP or IPPROTO_IPV6): the words of the outer IPv4 header that
 /// do not change from packet to packet, summed and folded (RFC 1071).
-pub const fn outer_ipv4_sum(source: [u8; 4], destination: [u8; 4], carried: u8) -> u16 {
+pub const fn outer_ipv4_sum(source: &[u8; 16], destination: &[u8; 16], carried: u8) -> u16 {
     let words = [
         0x4500,
         OUTER_DF as u32,

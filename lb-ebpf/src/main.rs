@@ -86,7 +86,7 @@ fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
     // SAFETY: a per-CPU value, used by this CPU's packet only, for this call.
     let maps::Opening { conn, reply } = unsafe { &mut *opening };
     forward::open(packet, service, id, real, conn, reply)?;
-    let action = forward::to_real(ctx, packet, conn, real)?;
+    let action = forward::to_real(ctx, packet, conn, real, forward::Rewrite::Whole)?;
     stats::count_request(conn, packet.ip_len, true);
     Ok(action)
 }
@@ -95,7 +95,7 @@ fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
 #[inline(never)]
 fn established(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Result<u32, Reason> {
     let real = forward::reachable(ctx, packet, conn.real)?;
-    let action = forward::to_real(ctx, packet, conn, real)?;
+    let action = forward::to_real(ctx, packet, conn, real, forward::Rewrite::Whole)?;
     // Only a packet that was forwarded keeps its connection alive.
     conn::touch(conn, packet);
     stats::count_request(conn, packet.ip_len, false);
@@ -153,7 +153,7 @@ fn later_fragment(ctx: &XdpContext, packet: &mut parse::Packet) -> Result<u32, R
         return Ok(action);
     }
     let real = forward::reachable(ctx, packet, conn.real)?;
-    let action = forward::fragment_to_real(ctx, packet, conn, real)?;
+    let action = forward::to_real(ctx, packet, conn, real, forward::Rewrite::Addresses)?;
     stats::count_request(conn, packet.ip_len, false);
     Ok(action)
 }

@@ -18,6 +18,8 @@ use lb_agent::{
     neighbour::{Link, Links},
 };
 
+use lb_common::stats::Reason;
+
 use crate::packet::DIRECTOR_MAC;
 
 /// XDP verdicts, as `BPF_PROG_TEST_RUN` reports them.
@@ -216,7 +218,12 @@ impl RoutedBed {
     /// A data path holding `services` (as [`director`] takes them), every real server
     /// on the ingress interface.
     pub fn new(services: &str) -> Self {
-        Self { director: director(services, 4096, on_ingress).unwrap(), routes: Routes::new().unwrap() }
+        Self::with_reach(services, on_ingress)
+    }
+
+    /// Like [`RoutedBed::new`], each real server where `reach` says.
+    pub fn with_reach(services: &str, reach: Reach) -> Self {
+        Self { director: director(services, 4096, reach).unwrap(), routes: Routes::new().unwrap() }
     }
 
     /// The verdict and the frame out of one run of `frame`.
@@ -226,7 +233,12 @@ impl RoutedBed {
     }
 
     /// How many packets `reason` counted so far.
-    pub fn reason(&self, reason: lb_common::stats::Reason) -> u64 {
-        self.director.reason_counts().unwrap().iter().find(|(r, _)| *r == reason).unwrap().1
+    pub fn reason(&self, reason: Reason) -> u64 {
+        reason_count(&self.director, reason)
     }
+}
+
+/// How many packets `reason` counted so far on `director`'s data path.
+pub fn reason_count(director: &Director, reason: Reason) -> u64 {
+    director.reason_counts().unwrap().iter().find(|(r, _)| *r == reason).unwrap().1
 }

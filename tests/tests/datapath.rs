@@ -61,8 +61,7 @@ impl Bed {
     }
 
     fn reason(&self, reason: Reason) -> u64 {
-        let counts = self.director.reason_counts().unwrap();
-        counts.iter().find(|(r, _)| *r == reason).unwrap().1
+        bed::reason_count(&self.director, reason)
     }
 
     fn status(&self, service: &str) -> lb_api::ServiceStatus {

@@ -62,7 +62,7 @@ impl Bed {
     }
 
     fn reason(&self, reason: Reason) -> u64 {
-        self.director.reason_counts().unwrap().iter().find(|(r, _)| *r == reason).unwrap().1
+        bed::reason_count(&self.director, reason)
     }
 }
 

@@ -68,52 +68,41 @@ pub fn open(
     Ok(())
 }
 
-/// A client's packet to its real server, as its connection says.
+/// A client's packet to its real server, as its connection says; `what` is
+/// `Rewrite::Addresses` for a later fragment, which has no transport header.
 #[inline(always)]
-pub fn to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer) -> Result<u32, Reason> {
-    match Forwarding::from_u8(conn.forwarding) {
-        // Direct routing: the real server has the VIP on a loopback and answers the
-        // client itself, so only the Ethernet addresses change.
-        Some(Forwarding::Dr) => Ok(transmit(ctx, real)),
-        Some(Forwarding::Tun) if packet.ip_len > u32::from(tun::inner_mtu(real)) => {
-            // Answered here rather than in `tun`, so the two frames are never on the
-            // stack together.
-            too_big::reply(ctx, packet, tun::inner_mtu(real))?;
-            Err(Reason::TooBig)
-        }
-        Some(Forwarding::Tun) => tun::to_real(ctx, packet, real),
-        Some(Forwarding::Nat | Forwarding::Fnat) => rewritten_to_real(ctx, packet, conn, real, Rewrite::Whole),
-        None => Err(Reason::UnsupportedForwarding),
-    }
-}
-
-/// A later fragment (no transport header) of a connection's datagram, to its real
-/// server: addresses rewritten as the connection says, ports left to the first.
-#[inline(always)]
-pub fn fragment_to_real(ctx: &XdpContext, packet: &Packet, conn: &Conn, real: &RealServer) -> Result<u32, Reason> {
-    match Forwarding::from_u8(conn.forwarding) {
-        Some(Forwarding::Dr) => Ok(transmit(ctx, real)),
-        // Its sender cannot make a fragment smaller: no answer.
-        Some(Forwarding::Tun) if packet.ip_len > u32::from(tun::inner_mtu(real)) => Err(Reason::TooBigUnanswered),
-        Some(Forwarding::Tun) => tun::to_real(ctx, packet, real),
-        Some(Forwarding::Nat | Forwarding::Fnat) => rewritten_to_real(ctx, packet, conn, real, Rewrite::Addresses),
-        None => Err(Reason::UnsupportedForwarding),
-    }
-}
-
-/// NAT rewrites a client's packet's destination to RIP:rport; Full-NAT its source to
-/// the local address and port too.
-#[inline(always)]
-fn rewritten_to_real(
+pub fn to_real(
     ctx: &XdpContext,
     packet: &Packet,
     conn: &Conn,
     real: &RealServer,
     what: Rewrite,
 ) -> Result<u32, Reason> {
-    let src = (conn.forwarding == Forwarding::Fnat as u8).then_some((&conn.src, conn.src_port));
-    nat::rewrite(ctx, packet, src, Some((&conn.dst, conn.dst_port)), what)?;
-    Ok(transmit(ctx, real))
+    let inner_mtu = tun::inner_mtu(real);
+    match Forwarding::from_u8(conn.forwarding) {
+        // Direct routing: the real server has the VIP on a loopback and answers the
+        // client itself, so only the Ethernet addresses change.
+        Some(Forwarding::Dr) => Ok(transmit(ctx, real)),
+        // A fragment's sender cannot make it smaller: no answer.
+        Some(Forwarding::Tun) if packet.ip_len > u32::from(inner_mtu) && what == Rewrite::Addresses => {
+            Err(Reason::TooBigUnanswered)
+        }
+        Some(Forwarding::Tun) if packet.ip_len > u32::from(inner_mtu) => {
+            // Answered here rather than in `tun`, so the two frames are never on the
+            // stack together.
+            too_big::reply(ctx, packet, inner_mtu)?;
+            Err(Reason::TooBig)
+        }
+        Some(Forwarding::Tun) => tun::to_real(ctx, packet, real),
+        // NAT rewrites the destination to RIP:rport; Full-NAT the source to the local
+        // address and port too.
+        Some(Forwarding::Nat | Forwarding::Fnat) => {
+            let src = (conn.forwarding == Forwarding::Fnat as u8).then_some((&conn.src, conn.src_port));
+            nat::rewrite(ctx, packet, src, Some((&conn.dst, conn.dst_port)), what)?;
+            Ok(transmit(ctx, real))
+        }
+        None => Err(Reason::UnsupportedForwarding),
+    }
 }
 
 /// A real server's reply (or a later fragment of one: `Rewrite::Addresses`), back to
