@@ -6,7 +6,10 @@ use crate::real::Forwarding;
 /// A flow's 5-tuple as its packets carry it; either family, unused address bytes zero.
 /// A client's flow is keyed as the client sent it; the reply direction of a NAT or
 /// Full-NAT connection as the real server sends it.
-#[repr(C)]
+///
+/// Aligned to 4 bytes (its layout is the same), so the data path copies its addresses
+/// a word at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],

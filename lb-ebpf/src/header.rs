@@ -15,6 +15,54 @@ pub fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some(start as *const T)
 }
 
+/// `N` 32-bit words of the frame at `ptr`, in the frame's byte order: one load each.
+/// The verifier allows unaligned loads from a frame, but LLVM does not know it and
+/// reads what it cannot prove aligned (an address after the 14-byte Ethernet header) a
+/// byte at a time, holding all of an IPv6 address's bytes in registers and on the
+/// stack before storing them; so these loads are written out.
+///
+/// # Safety
+/// `ptr` must point into the frame with `4 * N` bytes after it (as `header` checks).
+#[inline(always)]
+pub unsafe fn load_words<const N: usize>(ptr: *const u8) -> [u32; N] {
+    let mut words = [0; N];
+    for (i, word) in words.iter_mut().enumerate() {
+        let value: u64;
+        // SAFETY: within the frame, as the caller promised.
+        unsafe {
+            core::arch::asm!(
+                "{value} = *(u32 *)({ptr} + 0)",
+                ptr = in(reg) ptr.add(4 * i),
+                value = lateout(reg) value,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        *word = value as u32;
+    }
+    words
+}
+
+/// An IPv4 address of the frame at `ptr`.
+///
+/// # Safety
+/// As for [`load_words`].
+#[inline(always)]
+pub unsafe fn load_ipv4(ptr: *const [u8; 4]) -> [u8; 4] {
+    // SAFETY: as the caller promised.
+    let [word] = unsafe { load_words(ptr.cast()) };
+    word.to_ne_bytes()
+}
+
+/// An IPv6 address of the frame at `ptr`.
+///
+/// # Safety
+/// As for [`load_words`].
+#[inline(always)]
+pub unsafe fn load_ipv6(ptr: *const [u8; 16]) -> [u8; 16] {
+    // SAFETY: as the caller promised; four words are sixteen bytes, in the same order.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(load_words(ptr.cast())) }
+}
+
 /// The frame's length in bytes.
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> usize {

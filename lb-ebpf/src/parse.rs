@@ -22,7 +22,7 @@ use network_types::{
 
 use crate::{
     csum,
-    header::{frame_len, header},
+    header::{frame_len, header, load_ipv4, load_ipv6},
 };
 
 /// What the rest of the journey needs to know of a packet.
@@ -202,8 +202,9 @@ fn ipv4(ctx: &XdpContext, l3: usize, packet: &mut Packet) -> Result<(Transport, 
     let flow = &mut packet.flow;
     flow.family = FAMILY_IPV4;
     flow.protocol = ip.proto;
-    flow.src[..4].copy_from_slice(&ip.src_addr);
-    flow.dst[..4].copy_from_slice(&ip.dst_addr);
+    // SAFETY: `header` checked the whole IPv4 header is within the frame.
+    flow.src[..4].copy_from_slice(&unsafe { load_ipv4(&raw const ip.src_addr) });
+    flow.dst[..4].copy_from_slice(&unsafe { load_ipv4(&raw const ip.dst_addr) });
     let transport = Transport { offset: l3 + header_len, len: total_len - header_len };
     Ok((transport, total_len as u32))
 }
@@ -239,8 +240,9 @@ fn ipv6(ctx: &XdpContext, l3: usize, packet: &mut Packet) -> Result<(Transport, 
     let flow = &mut packet.flow;
     flow.family = FAMILY_IPV6;
     flow.protocol = next_header;
-    flow.src = ip.src_addr;
-    flow.dst = ip.dst_addr;
+    // SAFETY: `header` checked the whole IPv6 header is within the frame.
+    flow.src = unsafe { load_ipv6(&raw const ip.src_addr) };
+    flow.dst = unsafe { load_ipv6(&raw const ip.dst_addr) };
     Ok((transport, (Ipv6Hdr::LEN + payload_len) as u32))
 }
 
@@ -273,8 +275,9 @@ fn quoted(ctx: &XdpContext, transport: &Transport, packet: &mut Packet) -> Resul
         if ip.version() != 4 || header_len < Ipv4Hdr::LEN {
             return Err(Reason::MalformedIcmp);
         }
-        packet.flow.src[..4].copy_from_slice(&ip.dst_addr);
-        packet.flow.dst[..4].copy_from_slice(&ip.src_addr);
+        // SAFETY: as above.
+        packet.flow.src[..4].copy_from_slice(&unsafe { load_ipv4(&raw const ip.dst_addr) });
+        packet.flow.dst[..4].copy_from_slice(&unsafe { load_ipv4(&raw const ip.src_addr) });
         (quoted_l3 + header_len, ip.proto)
     } else {
         let ip: *const Ipv6Hdr = header(ctx, quoted_l3).ok_or(Reason::MalformedIcmp)?;
@@ -283,8 +286,9 @@ fn quoted(ctx: &XdpContext, transport: &Transport, packet: &mut Packet) -> Resul
         if ip.vcf[0] >> 4 != 6 {
             return Err(Reason::MalformedIcmp);
         }
-        packet.flow.src = ip.dst_addr;
-        packet.flow.dst = ip.src_addr;
+        // SAFETY: as above.
+        packet.flow.src = unsafe { load_ipv6(&raw const ip.dst_addr) };
+        packet.flow.dst = unsafe { load_ipv6(&raw const ip.src_addr) };
         (quoted_l3 + Ipv6Hdr::LEN, ip.next_hdr)
     };
     if quoted_protocol != IPPROTO_TCP && quoted_protocol != IPPROTO_UDP {

@@ -11,6 +11,7 @@
 //! a VIP (`DECAP_VIPS`) → `strip` → `maps::count_*`.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 // Shared with lb_ingress, of which lb_decap needs only the header check, not the
 // rewrite's checksum updates.
