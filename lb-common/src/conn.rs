@@ -71,7 +71,13 @@ pub struct Conn {
     pub dst: [u8; 16],
     pub src_port: [u8; 2],
     pub dst_port: [u8; 2],
-    pub _spare: [u8; 4],
+    /// What the rewrite (NAT, Full-NAT) changes in a one's complement sum, worked out
+    /// when the entry is written, since every packet of the flow changes the same bytes
+    /// (RFC 1624's `~m + m'`, in the machine's byte order): the addresses (the IPv4
+    /// header's checksum, and a later fragment's) ...
+    pub address_delta: u16,
+    /// ... and the addresses and ports (the TCP or UDP checksum). 0 for dr and tun.
+    pub port_delta: u16,
 }
 
 impl Conn {

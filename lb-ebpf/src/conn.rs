@@ -73,6 +73,7 @@ pub fn plain(real: u32, service: u32, forwarding: u8) -> Conn {
         dst: [0; 16],
         src_port: [0; 2],
         dst_port: [0; 2],
-        _spare: [0; 4],
+        address_delta: 0,
+        port_delta: 0,
     }
 }

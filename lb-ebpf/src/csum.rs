@@ -3,26 +3,39 @@
 
 use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 
-use crate::header::header;
+use crate::header::{header, load_words};
 
 /// Whether the IPv4 header of `len` bytes at `offset` sums to all ones, as a header
-/// that arrived intact does.
+/// that arrived intact does. Summed a 32-bit word at a time in the machine's order
+/// (a one's complement sum is the same in either order, RFC 1071): the 20 bytes
+/// every header has at once, then any options a word at a time.
 #[inline(always)]
 pub fn ipv4_header_intact(ctx: &XdpContext, offset: usize, len: usize) -> bool {
-    let mut sum: u32 = 0;
-    let mut at = 0;
-    // At most 15 32-bit words (IHL 15).
-    for _ in 0..15 {
+    let Some(fixed) = header::<[u8; 20]>(ctx, offset) else { return false };
+    // SAFETY: `header` checked the 20 bytes are within the frame.
+    let words: [u32; 5] = unsafe { load_words(fixed.cast()) };
+    let mut sum: u64 = words.iter().map(|&word| u64::from(word)).sum();
+    let mut at = 20;
+    // At most 10 words of options (IHL 15).
+    for _ in 0..10 {
         if at >= len {
             break;
         }
         let Some(word) = header::<[u8; 4]>(ctx, offset + at) else { return false };
         // SAFETY: `header` checked the four bytes are within the frame.
-        let word = unsafe { *word };
-        sum += u32::from(u16::from_be_bytes([word[0], word[1]])) + u32::from(u16::from_be_bytes([word[2], word[3]]));
+        let [word] = unsafe { load_words(word.cast()) };
+        sum += u64::from(word);
         at += 4;
     }
-    fold(sum) == 0xffff
+    fold64(sum) == 0xffff
+}
+
+/// A one's complement sum of 32-bit words folded to 16 bits.
+#[inline(always)]
+fn fold64(sum: u64) -> u16 {
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(sum as u32)
 }
 
 /// The change that replacing bytes makes to a one's complement sum: the sum of the
@@ -35,6 +48,30 @@ pub fn ipv4_header_intact(ctx: &XdpContext, offset: usize, len: usize) -> bool {
 pub struct Delta(u32);
 
 impl Delta {
+    /// A change worked out before (kept in a connection's entry).
+    #[inline(always)]
+    pub fn from_bits(bits: u16) -> Self {
+        Self(u32::from(bits))
+    }
+
+    #[inline(always)]
+    pub fn bits(self) -> u16 {
+        self.0 as u16
+    }
+
+    /// The change of replacing the `N` bytes `old` by `new` (`N` even, the bytes at an
+    /// even offset of the summed data), summed here rather than by `bpf_csum_diff`, for
+    /// bytes that are not in the frame.
+    #[inline(always)]
+    pub fn replace_bytes<const N: usize>(self, old: &[u8; N], new: &[u8; N]) -> Self {
+        let mut sum = self.0;
+        for i in (0..N).step_by(2) {
+            sum += u32::from(!u16::from_ne_bytes([old[i], old[i + 1]]))
+                + u32::from(u16::from_ne_bytes([new[i], new[i + 1]]));
+        }
+        Self(u32::from(fold(sum)))
+    }
+
     /// The change of replacing the `N` bytes at `old` (in the frame) by `new`, which
     /// must not overlap them. `N` is a multiple of 4.
     #[inline(always)]

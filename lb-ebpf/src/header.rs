@@ -63,6 +63,47 @@ pub unsafe fn load_ipv6(ptr: *const [u8; 16]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(load_words(ptr.cast())) }
 }
 
+/// Writes `words` (in the frame's byte order) to the frame at `ptr`: one store each,
+/// for the reason [`load_words`] gives.
+///
+/// # Safety
+/// `ptr` must point into the frame with `4 * N` writable bytes after it.
+#[inline(always)]
+pub unsafe fn store_words<const N: usize>(ptr: *mut u8, words: [u32; N]) {
+    for (i, word) in words.into_iter().enumerate() {
+        // SAFETY: within the frame, as the caller promised.
+        unsafe {
+            core::arch::asm!(
+                "*(u32 *)({ptr} + 0) = {value}",
+                ptr = in(reg) ptr.add(4 * i),
+                value = in(reg) u64::from(word),
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+/// Writes an IPv4 address (the first four of the maps' 16 bytes) to the frame at `ptr`.
+///
+/// # Safety
+/// As for [`store_words`].
+#[inline(always)]
+pub unsafe fn store_ipv4(ptr: *mut [u8; 4], address: &[u8; 16]) {
+    let word = u32::from_ne_bytes([address[0], address[1], address[2], address[3]]);
+    // SAFETY: as the caller promised.
+    unsafe { store_words(ptr.cast(), [word]) }
+}
+
+/// Writes an IPv6 address to the frame at `ptr`.
+///
+/// # Safety
+/// As for [`store_words`].
+#[inline(always)]
+pub unsafe fn store_ipv6(ptr: *mut [u8; 16], address: &[u8; 16]) {
+    // SAFETY: as the caller promised; sixteen bytes are four words, in the same order.
+    unsafe { store_words(ptr.cast(), core::mem::transmute::<[u8; 16], [u32; 4]>(*address)) }
+}
+
 /// The frame's length in bytes.
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> usize {

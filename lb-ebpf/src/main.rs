@@ -84,8 +84,9 @@ fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
     let real = forward::reachable(ctx, packet, id)?;
     let opening = maps::OPENING.get_ptr_mut(0).ok_or(Reason::ConnInsertFailed)?;
     // SAFETY: a per-CPU value, used by this CPU's packet only, for this call.
-    let maps::Opening { conn, reply } = unsafe { &mut *opening };
-    forward::open(packet, service, id, real, conn, reply)?;
+    let opening = unsafe { &mut *opening };
+    forward::open(packet, service, id, real, opening)?;
+    let conn = &opening.conn;
     let action = forward::to_real(ctx, packet, conn, real, forward::Rewrite::Whole)?;
     stats::count_request(conn, packet.ip_len, true);
     Ok(action)

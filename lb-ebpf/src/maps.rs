@@ -60,10 +60,11 @@ pub static LOCAL_ADDRESSES: Array<[u8; 16]> = Array::with_max_entries(LOCAL_ADDR
 #[map]
 pub static OPENING: PerCpuArray<Opening> = PerCpuArray::with_max_entries(1, 0);
 
-/// A new connection's entries, for each direction.
+/// A new connection's entries, for each direction, and (NAT, Full-NAT) the reply's key.
 pub struct Opening {
     pub conn: Conn,
     pub reply: Conn,
+    pub reply_key: FlowKey,
 }
 
 /// The programs `lb_ingress` tail-calls, by `lb_common::TAIL_CALL_*` (the agent fills

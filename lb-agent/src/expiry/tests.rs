@@ -46,7 +46,8 @@ fn entry(forwarding: Forwarding, flags: u8, last_seen: u32, src: (&str, u16), ds
         dst: bytes(dst.0),
         src_port: src.1.to_be_bytes(),
         dst_port: dst.1.to_be_bytes(),
-        _spare: [0; 4],
+        address_delta: 0,
+        port_delta: 0,
     }
 }
 

@@ -17,7 +17,12 @@ use lb_common::{
     stats::Reason,
 };
 
-use crate::{conn, maps::LOCAL_ADDRESSES, parse::Packet};
+use super::nat::set_deltas;
+use crate::{
+    conn,
+    maps::{LOCAL_ADDRESSES, Opening},
+    parse::Packet,
+};
 
 /// Local (address, port) pairs tried for a new connection before it is refused. They
 /// run through every local address for one port, then the next port, so a pool of at
@@ -28,13 +33,8 @@ const PROBES: u32 = 8;
 /// free local address and port, taken by writing the reply's entry. A function of its
 /// own, for the stack's sake.
 #[inline(never)]
-pub fn open(
-    packet: &Packet,
-    service: &Service,
-    real: &RealServer,
-    conn: &mut Conn,
-    reply: &mut Conn,
-) -> Result<(), Reason> {
+pub fn open(packet: &Packet, service: &Service, real: &RealServer, opening: &mut Opening) -> Result<(), Reason> {
+    let Opening { conn, reply, reply_key } = opening;
     let locals = u32::from(service.locals_len);
     let ports = u32::from(service.local_port_count);
     if locals == 0 || ports == 0 {
@@ -55,11 +55,16 @@ pub fn open(
     let seed = unsafe { bpf_get_prandom_u32() };
     for probe in 0..PROBES {
         let slot = service.locals_start + (seed + probe) % locals;
-        let Some(local) = LOCAL_ADDRESSES.get(slot) else { return Err(Reason::NoLocalAddress) };
+        let Some(local) = LOCAL_ADDRESSES.get_ptr(slot) else { return Err(Reason::NoLocalAddress) };
         let port = u32::from(service.local_port_first) + ((seed >> 8) + probe / locals) % ports;
-        conn.src = *local;
+        // SAFETY: a map value, which the kernel aligns to 8 bytes: read a word at a
+        // time (as [u8; 16] LLVM would read it a byte at a time).
+        conn.src = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(local.cast::<[u32; 4]>().read()) };
         conn.src_port = (port as u16).to_be_bytes();
-        if conn::insert(&conn.reply_key(&packet.flow), reply, true).is_ok() {
+        *reply_key = conn.reply_key(&packet.flow);
+        set_deltas(reply_key, reply);
+        if conn::insert(reply_key, reply, true).is_ok() {
+            set_deltas(&packet.flow, conn);
             return Ok(());
         }
     }

@@ -20,7 +20,12 @@ use lb_common::{
 };
 use network_types::eth::EthHdr;
 
-use crate::{conn, header::header, maps::REALS, parse::Packet};
+use crate::{
+    conn,
+    header::header,
+    maps::{Opening, REALS},
+    parse::Packet,
+};
 
 /// The real server `id`, if the data path can reach it from where `packet` came.
 #[inline(always)]
@@ -39,29 +44,35 @@ pub fn reachable(ctx: &XdpContext, packet: &Packet, id: u32) -> Result<&'static 
 }
 
 /// The entries of a new connection to `real`, written before its first packet leaves
-/// (a NAT or Full-NAT packet never leaves without the entry its reply needs); `conn`
-/// becomes the client direction's entry, `reply` the reply direction's.
+/// (a NAT or Full-NAT packet never leaves without the entry its reply needs):
+/// `opening.conn` becomes the client direction's entry, `opening.reply` the reply
+/// direction's, keyed by `opening.reply_key`.
 #[inline(always)]
 pub fn open(
     packet: &Packet,
     service: &Service,
     id: u32,
     real: &RealServer,
-    conn: &mut Conn,
-    reply: &mut Conn,
+    opening: &mut Opening,
 ) -> Result<(), Reason> {
-    *conn = conn::plain(id, service.index, real.forwarding);
-    match Forwarding::from_u8(real.forwarding) {
+    opening.conn = conn::plain(id, service.index, real.forwarding);
+    let rewrites = match Forwarding::from_u8(real.forwarding) {
         // Neither rewrites the packet: the real server answers the client itself.
-        Some(Forwarding::Dr | Forwarding::Tun) => {}
-        Some(Forwarding::Nat) => nat::open(packet, real, conn, reply)?,
-        Some(Forwarding::Fnat) => fnat::open(packet, service, real, conn, reply)?,
+        Some(Forwarding::Dr | Forwarding::Tun) => false,
+        Some(Forwarding::Nat) => {
+            nat::open(packet, real, opening)?;
+            true
+        }
+        Some(Forwarding::Fnat) => {
+            fnat::open(packet, service, real, opening)?;
+            true
+        }
         None => return Err(Reason::UnsupportedForwarding),
-    }
-    if let Err(reason) = conn::insert(&packet.flow, conn, false) {
+    };
+    if let Err(reason) = conn::insert(&packet.flow, &opening.conn, false) {
         // NAT and Full-NAT wrote the reply's entry already.
-        if matches!(Forwarding::from_u8(conn.forwarding), Some(Forwarding::Nat | Forwarding::Fnat)) {
-            conn::remove(&conn.reply_key(&packet.flow));
+        if rewrites {
+            conn::remove(&opening.reply_key);
         }
         return Err(reason);
     }
@@ -97,8 +108,7 @@ pub fn to_real(
         // NAT rewrites the destination to RIP:rport; Full-NAT the source to the local
         // address and port too.
         Some(Forwarding::Nat | Forwarding::Fnat) => {
-            let src = (conn.forwarding == Forwarding::Fnat as u8).then_some((&conn.src, conn.src_port));
-            nat::rewrite(ctx, packet, src, Some((&conn.dst, conn.dst_port)), what)?;
+            nat::rewrite(ctx, packet, conn, what)?;
             Ok(transmit(ctx, real))
         }
         None => Err(Reason::UnsupportedForwarding),
@@ -117,8 +127,7 @@ pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn, what: Rewrite) 
     };
     let client = if fnat { &conn.dst } else { &packet.flow.dst };
     let next_hop = client::next_hop(ctx, packet, &conn.src, client)?;
-    let dst = fnat.then_some((&conn.dst, conn.dst_port));
-    nat::rewrite(ctx, packet, Some((&conn.src, conn.src_port)), dst, what)?;
+    nat::rewrite(ctx, packet, conn, what)?;
     Ok(client::transmit(ctx, &next_hop))
 }
 

@@ -6,8 +6,8 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FAMILY_IPV4, IPPROTO_TCP,
-    conn::{CONN_REPLY, Conn},
-    real::RealServer,
+    conn::{CONN_REPLY, Conn, FlowKey},
+    real::{Forwarding, RealServer},
     stats::Reason,
 };
 use network_types::{
@@ -16,7 +16,13 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::{conn, csum::Delta, header::header, parse::Packet};
+use crate::{
+    conn,
+    csum::Delta,
+    header::{header, store_ipv4, store_ipv6},
+    maps::Opening,
+    parse::Packet,
+};
 
 /// An address and a port a packet is rewritten to.
 pub type Endpoint<'a> = (&'a [u8; 16], [u8; 2]);
@@ -25,16 +31,51 @@ pub type Endpoint<'a> = (&'a [u8; 16], [u8; 2]);
 /// the reply's, which holds the VIP and port to put back. A function of its own, for
 /// the stack's sake.
 #[inline(never)]
-pub fn open(packet: &Packet, real: &RealServer, conn: &mut Conn, reply: &mut Conn) -> Result<(), Reason> {
+pub fn open(packet: &Packet, real: &RealServer, opening: &mut Opening) -> Result<(), Reason> {
+    let Opening { conn, reply, reply_key } = opening;
     conn.dst = real.address;
     conn.dst_port = super::real_port(packet, real);
+    set_deltas(&packet.flow, conn);
     *reply = *conn;
     reply.flags = CONN_REPLY;
     reply.src = packet.flow.dst;
     reply.src_port = packet.flow.dst_port;
     reply.dst = [0; 16];
     reply.dst_port = [0; 2];
-    conn::insert(&conn.reply_key(&packet.flow), reply, false)
+    *reply_key = conn.reply_key(&packet.flow);
+    set_deltas(reply_key, reply);
+    conn::insert(reply_key, reply, false)
+}
+
+/// Which ends of its packets a NAT or Full-NAT entry rewrites, to its `src` and
+/// `dst`: (source, destination). NAT rewrites the destination of a client's packets
+/// and the source of the replies; Full-NAT both.
+#[inline(always)]
+fn rewritten_ends(entry: &Conn) -> (bool, bool) {
+    let fnat = entry.forwarding == Forwarding::Fnat as u8;
+    (entry.is_reply() || fnat, !entry.is_reply() || fnat)
+}
+
+/// What `entry`'s rewrite of a packet of `flow` changes in its checksums
+/// (`Conn::address_delta`, `Conn::port_delta`): the same for every packet of the
+/// flow, so the entry holds it and its packets only add it. An IPv4 address's unused
+/// twelve bytes are zero on both sides, which adds nothing. A function of its own: in
+/// Full-NAT's search for a local port, LLVM would otherwise keep parts of it across
+/// the tries, on the stack.
+#[inline(never)]
+pub fn set_deltas(flow: &FlowKey, entry: &mut Conn) {
+    let (src, dst) = rewritten_ends(entry);
+    let (mut addresses, mut ports) = (Delta::default(), Delta::default());
+    if src {
+        addresses = addresses.replace_bytes(&flow.src, &entry.src);
+        ports = ports.replace(flow.src_port, entry.src_port);
+    }
+    if dst {
+        addresses = addresses.replace_bytes(&flow.dst, &entry.dst);
+        ports = ports.replace(flow.dst_port, entry.dst_port);
+    }
+    entry.address_delta = addresses.bits();
+    entry.port_delta = addresses.and(ports).bits();
 }
 
 /// How much of a packet a rewrite changes.
@@ -47,55 +88,76 @@ pub enum Rewrite {
     Addresses,
 }
 
-/// Rewrites the packet's source and/or destination (address and port), with the IPv4
-/// header checksum and the TCP or UDP checksum (whose pseudo-header holds the
-/// addresses) updated to match. A function of its own, for the stack's sake.
+/// Rewrites the packet's source and/or destination (address and port) as `conn`
+/// says (`rewritten_ends`), with the IPv4 header checksum and the TCP or UDP checksum
+/// (whose pseudo-header holds the addresses) updated by the changes worked out when
+/// `conn` was written. A function of its own, for the stack's sake.
 #[inline(never)]
-pub fn rewrite(
-    ctx: &XdpContext,
-    packet: &Packet,
-    src: Option<Endpoint>,
-    dst: Option<Endpoint>,
-    what: Rewrite,
-) -> Result<(), Reason> {
-    let addresses = rewrite_addresses(ctx, packet, src, dst)?;
+pub fn rewrite(ctx: &XdpContext, packet: &Packet, conn: &Conn, what: Rewrite) -> Result<(), Reason> {
+    let (src, dst) = rewritten_ends(conn);
+    write_addresses(ctx, packet, conn, src, dst)?;
     if what == Rewrite::Addresses {
         return Ok(());
     }
+    let delta = Delta::from_bits(conn.port_delta);
     if packet.flow.protocol == IPPROTO_TCP {
         let tcp = header::<TcpHdr>(ctx, packet.l4).ok_or(Reason::TruncatedL4)?.cast_mut();
         // SAFETY: `header` checked the TCP header is within the frame.
         let tcp = unsafe { &mut *tcp };
-        let ports = replace_ports(&mut tcp.source, &mut tcp.dest, src, dst);
-        tcp.check = addresses.and(ports).apply(tcp.check);
+        write_ports(&mut tcp.source, &mut tcp.dest, conn, src, dst);
+        tcp.check = delta.apply(tcp.check);
     } else {
         let udp = header::<UdpHdr>(ctx, packet.l4).ok_or(Reason::TruncatedL4)?.cast_mut();
         // SAFETY: `header` checked the UDP header is within the frame.
         let udp = unsafe { &mut *udp };
-        let ports = replace_ports(&mut udp.src, &mut udp.dst, src, dst);
+        write_ports(&mut udp.src, &mut udp.dst, conn, src, dst);
         // An IPv4 datagram sent without a checksum (zero) keeps none; a computed zero
         // is sent as all ones, as zero would mean "none".
         if udp.check != [0; 2] || packet.flow.family != FAMILY_IPV4 {
-            let check = addresses.and(ports).apply(udp.check);
+            let check = delta.apply(udp.check);
             udp.check = if check == [0; 2] { [0xff; 2] } else { check };
         }
     }
     Ok(())
 }
 
-/// Rewrites the packet's source and/or destination address (ports are ignored), with
-/// the IPv4 header checksum; returns the change to the pseudo-header's sum.
+/// Writes `conn`'s source and/or destination address, and (IPv4) the header checksum.
 #[inline(always)]
-pub fn rewrite_addresses(
-    ctx: &XdpContext,
-    packet: &Packet,
-    src: Option<Endpoint>,
-    dst: Option<Endpoint>,
-) -> Result<Delta, Reason> {
+fn write_addresses(ctx: &XdpContext, packet: &Packet, conn: &Conn, src: bool, dst: bool) -> Result<(), Reason> {
     if packet.flow.family == FAMILY_IPV4 {
-        rewrite_ipv4(ctx, packet.l3, src, dst)
+        let ip = header::<Ipv4Hdr>(ctx, packet.l3).ok_or(Reason::MalformedIp)?.cast_mut();
+        // SAFETY: `header` checked the IPv4 header is within the frame.
+        unsafe {
+            if src {
+                store_ipv4(&raw mut (*ip).src_addr, &conn.src);
+            }
+            if dst {
+                store_ipv4(&raw mut (*ip).dst_addr, &conn.dst);
+            }
+            (*ip).check = Delta::from_bits(conn.address_delta).apply((*ip).check);
+        }
     } else {
-        rewrite_ipv6(ctx, packet.l3, src, dst)
+        let ip = header::<Ipv6Hdr>(ctx, packet.l3).ok_or(Reason::MalformedIp)?.cast_mut();
+        // SAFETY: `header` checked the IPv6 header is within the frame.
+        unsafe {
+            if src {
+                store_ipv6(&raw mut (*ip).src_addr, &conn.src);
+            }
+            if dst {
+                store_ipv6(&raw mut (*ip).dst_addr, &conn.dst);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn write_ports(source: &mut [u8; 2], dest: &mut [u8; 2], conn: &Conn, src: bool, dst: bool) {
+    if src {
+        *source = conn.src_port;
+    }
+    if dst {
+        *dest = conn.dst_port;
     }
 }
 
