@@ -6,7 +6,7 @@ use std::{
     os::fd::AsFd,
 };
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
@@ -125,7 +125,10 @@ impl Dataplane {
             real_stats: typed(&mut ebpf, names::REAL_STATS)?,
             verdict_stats: typed(&mut ebpf, names::VERDICT_STATS)?,
         };
-        Ok(Self { ebpf, maps, attached: StdHashMap::new() })
+        let dataplane = Self { ebpf, maps, attached: StdHashMap::new() };
+        // Entries are stamped with it from the first packet on.
+        dataplane.clock()?.tick()?;
+        Ok(dataplane)
     }
 
     /// The reader of the program's log records; they go to `logger`. Call once, when
@@ -286,6 +289,15 @@ impl Dataplane {
         Ok(ConnTable { map: HashMap::try_from(map).context("CONNS is not a hash map")? })
     }
 
+    /// A handle of its own on the data path's clock (`CLOCK`).
+    pub fn clock(&self) -> Result<Clock> {
+        let map = self.ebpf.map(names::CLOCK).ok_or_else(|| anyhow!("the object has no map {}", names::CLOCK))?;
+        let Map::Array(data) = map else { bail!("{} is not an array", names::CLOCK) };
+        let fd = data.fd().as_fd().try_clone_to_owned().context("duplicating CLOCK's descriptor")?;
+        let map = Map::from_map_data(MapData::from_fd(fd)?)?;
+        Ok(Clock { map: Array::try_from(map).context("CLOCK is not an array")? })
+    }
+
     fn program_mut(&mut self) -> &mut Xdp {
         self.ebpf
             .program_mut(names::INGRESS_PROGRAM)
@@ -324,6 +336,26 @@ impl ConnTable {
             Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(err) => Err(err).context("removing from CONNS"),
         }
+    }
+}
+
+/// The data path's clock (`CLOCK`): seconds of CLOCK_MONOTONIC_COARSE, which the agent
+/// writes every second, so no packet has to ask the kernel.
+pub struct Clock {
+    map: Array<MapData, u32>,
+}
+
+impl Clock {
+    /// Sets the clock to the kernel's time; answers it.
+    pub fn tick(&mut self) -> Result<u32> {
+        let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: the call writes only the timespec it is given.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut time) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("reading CLOCK_MONOTONIC_COARSE");
+        }
+        let now = time.tv_sec as u32;
+        self.map.set(0, now, 0).context("writing CLOCK")?;
+        Ok(now)
     }
 }
 

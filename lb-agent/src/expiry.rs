@@ -23,7 +23,10 @@ use lb_common::{
     conn::{CONN_CLOSING, Conn, FlowKey},
 };
 
-use crate::{config::Timeouts, dataplane::ConnTable};
+use crate::{
+    config::Timeouts,
+    dataplane::{Clock, ConnTable},
+};
 
 /// How often the table is walked, at the least.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -34,6 +37,7 @@ const PAUSE_FACTOR: u32 = 4;
 /// The ager: its own handle on the connection table, and what it counted.
 pub struct Expiry {
     table: ConnTable,
+    clock: Clock,
     counts: Arc<Counts>,
 }
 
@@ -66,8 +70,9 @@ pub struct Sweep {
 }
 
 impl Expiry {
-    pub fn new(table: ConnTable) -> Self {
-        Self { table, counts: Arc::default() }
+    /// The ager of `table`, whose entries are stamped by `clock`.
+    pub fn new(table: ConnTable, clock: Clock) -> Self {
+        Self { table, clock, counts: Arc::default() }
     }
 
     pub fn counts(&self) -> Arc<Counts> {
@@ -78,7 +83,9 @@ impl Expiry {
     /// direction's entry goes first, then the reply's, so a Full-NAT local port is
     /// never free while a client entry still forwards with it.
     pub fn expire(&mut self, timeouts: &Timeouts) -> Result<Sweep> {
-        let now = now()?;
+        // The data path's own clock, set now: idle times are measured on the clock the
+        // entries were stamped by.
+        let now = self.clock.tick()?;
         // An entry idle for no longer than the shortest timeout of its protocol is
         // fresh, and so is its connection: only the others are looked at again.
         let mut candidates = Vec::new();
@@ -226,15 +233,13 @@ fn idle(now: u32, conn: &Conn) -> u32 {
 
 pub use lb_common::conn::{client_key, reply_key};
 
-/// Seconds of the clock the data path stamps entries with: `bpf_ktime_get_coarse_ns`
-/// reads CLOCK_MONOTONIC_COARSE.
-fn now() -> Result<u32> {
-    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: the call writes only the timespec it is given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut time) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("reading CLOCK_MONOTONIC_COARSE");
+/// Keeps the data path's clock going: a tick a second, for as long as the agent runs.
+pub async fn keep_time(mut clock: Clock) -> Result<()> {
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        second.tick().await;
+        clock.tick()?;
     }
-    Ok(time.tv_sec as u32)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use lb_agent::{
     config::{self, Config},
     dataplane::{self, Dataplane, EbpfLogLevel},
     director::Director,
-    expiry::Expiry,
+    expiry::{self, Expiry},
     metrics,
     neighbour::{self, Neighbours, Solicit},
     systemd,
@@ -96,7 +96,8 @@ async fn run(args: Args) -> Result<()> {
     if args.ebpf_log_level != EbpfLogLevel::Off {
         tasks.spawn(ebpf_log(dataplane.logger(log::logger())?));
     }
-    let expiry = Expiry::new(dataplane.conn_table()?);
+    tasks.spawn(expiry::keep_time(dataplane.clock()?));
+    let expiry = Expiry::new(dataplane.conn_table()?, dataplane.clock()?);
     let director = Arc::new(Mutex::new(Director::new(dataplane)));
     let neighbours = Neighbours::connect()?;
     let served = serve(&director, &neighbours, &args.config, config, signals, tasks, expiry).await;

@@ -59,6 +59,7 @@ pub mod names {
     pub const SCHED_RING: &str = "SCHED_RING";
     pub const SCHED_CURSOR: &str = "SCHED_CURSOR";
     pub const CONNS: &str = "CONNS";
+    pub const CLOCK: &str = "CLOCK";
     pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";

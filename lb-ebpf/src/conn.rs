@@ -1,7 +1,6 @@
 //! The connection table: a known flow keeps its real server (and its rewrite); a new
 //! one is remembered before its first packet leaves.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     IPPROTO_TCP,
     conn::{CONN_CLOSING, Conn, FlowKey},
@@ -9,7 +8,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::CONNS,
+    maps::{CLOCK, CONNS},
     parse::{Packet, TCP_FIN, TCP_RST},
 };
 
@@ -51,11 +50,11 @@ pub fn remove(flow: &FlowKey) {
     let _ = CONNS.remove(flow);
 }
 
-/// Seconds of the kernel's monotonic clock, as the agent reads it to age entries.
+/// Seconds of the kernel's monotonic clock, as the agent keeps them in `CLOCK` and ages
+/// entries by them.
 #[inline(always)]
 pub fn now() -> u32 {
-    // SAFETY: a helper without arguments.
-    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+    CLOCK.get(0).copied().unwrap_or(0)
 }
 
 /// An entry with nothing rewritten (direct routing, tunnels), seen now.

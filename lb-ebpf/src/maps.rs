@@ -45,6 +45,13 @@ pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVIC
 #[map]
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
 
+/// Seconds of the kernel's CLOCK_MONOTONIC_COARSE, written by the agent every second
+/// (and before each walk of its ager): what connection entries are stamped with.
+/// Asking the kernel's clock on every packet took about a sixth of an established
+/// packet's time.
+#[map]
+pub static CLOCK: Array<u32> = Array::with_max_entries(1, 0);
+
 /// The ports of datagrams whose first fragment was forwarded, for the fragments that
 /// follow (which carry no ports).
 #[map]

@@ -4,10 +4,18 @@
 //! again, a removed connection's packets find nothing. Replies are run inside a
 //! namespace whose routes lead back to the client ([`Routes`]).
 
-use std::{net::SocketAddr, thread::sleep, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::sleep,
+    time::Duration,
+};
 
 use lb_agent::{
-    dataplane::{Dataplane, EbpfLogLevel},
+    dataplane::{Clock, Dataplane, EbpfLogLevel},
     director::Director,
     expiry::{Expiry, Sweep},
 };
@@ -34,16 +42,41 @@ struct Bed {
     director: Director,
     expiry: Expiry,
     routes: Routes,
+    /// Ticks the data path's clock as the agent's `keep_time` does, until dropped.
+    _clock: Ticking,
+}
+
+struct Ticking(Arc<AtomicBool>);
+
+impl Ticking {
+    fn start(mut clock: Clock) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                clock.tick().unwrap();
+                sleep(Duration::from_millis(100));
+            }
+        });
+        Self(stop)
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Bed {
     /// A data path holding `services`, with the top-level `settings`.
     fn new(settings: &str, services: &str) -> Self {
         let dataplane = Dataplane::load(4096, EbpfLogLevel::Off).expect("loading lb_ingress (as root?)");
-        let expiry = Expiry::new(dataplane.conn_table().unwrap());
+        let expiry = Expiry::new(dataplane.conn_table().unwrap(), dataplane.clock().unwrap());
+        let clock = Ticking::start(dataplane.clock().unwrap());
         let mut director = Director::new(dataplane);
         bed::reconfigure_with(&mut director, settings, services, bed::on_ingress).unwrap();
-        Self { director, expiry, routes: Routes::new().unwrap() }
+        Self { director, expiry, routes: Routes::new().unwrap(), _clock: clock }
     }
 
     fn reconfigure(&mut self, settings: &str, services: &str) {

@@ -11,7 +11,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     IPPROTO_TCP,
-    conn::{CONN_REPLY, CONN_TOA, Conn},
+    conn::{CONN_REPLY, CONN_TOA},
     real::RealServer,
     service::{SERVICE_TOA, Service},
     stats::Reason,

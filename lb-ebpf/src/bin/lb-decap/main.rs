@@ -13,12 +13,13 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
-// Shared with lb_ingress, of which lb_decap needs only the header check, not the
-// rewrite's checksum updates.
+// Shared with lb_ingress, of which lb_decap needs only the header check and the
+// link-layer header, not the rewrite's checksum updates and address copies.
 #[path = "../../csum.rs"]
 #[allow(dead_code)]
 mod csum;
 #[path = "../../header.rs"]
+#[allow(dead_code)]
 mod header;
 mod maps;
 mod strip;
