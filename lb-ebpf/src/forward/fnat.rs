@@ -61,10 +61,9 @@ pub fn open(packet: &Packet, service: &Service, real: &RealServer, opening: &mut
         // time (as [u8; 16] LLVM would read it a byte at a time).
         conn.src = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(local.cast::<[u32; 4]>().read()) };
         conn.src_port = (port as u16).to_be_bytes();
+        set_deltas(&packet.flow, conn, reply);
         *reply_key = conn.reply_key(&packet.flow);
-        set_deltas(reply_key, reply);
         if conn::insert(reply_key, reply, true).is_ok() {
-            set_deltas(&packet.flow, conn);
             return Ok(());
         }
     }

@@ -35,15 +35,14 @@ pub fn open(packet: &Packet, real: &RealServer, opening: &mut Opening) -> Result
     let Opening { conn, reply, reply_key } = opening;
     conn.dst = real.address;
     conn.dst_port = super::real_port(packet, real);
-    set_deltas(&packet.flow, conn);
     *reply = *conn;
     reply.flags = CONN_REPLY;
     reply.src = packet.flow.dst;
     reply.src_port = packet.flow.dst_port;
     reply.dst = [0; 16];
     reply.dst_port = [0; 2];
+    set_deltas(&packet.flow, conn, reply);
     *reply_key = conn.reply_key(&packet.flow);
-    set_deltas(reply_key, reply);
     conn::insert(reply_key, reply, false)
 }
 
@@ -56,26 +55,26 @@ fn rewritten_ends(entry: &Conn) -> (bool, bool) {
     (entry.is_reply() || fnat, !entry.is_reply() || fnat)
 }
 
-/// What `entry`'s rewrite of a packet of `flow` changes in its checksums
+/// Works out what the rewrites of a new connection change in its packets' checksums
 /// (`Conn::address_delta`, `Conn::port_delta`): the same for every packet of the
-/// flow, so the entry holds it and its packets only add it. An IPv4 address's unused
-/// twelve bytes are zero on both sides, which adds nothing. A function of its own: in
+/// flow, so each entry holds it and its packets only add it. The client's packets of
+/// `flow` lose their destination (and, for Full-NAT, their source) for `conn`'s; the
+/// replies get back what those took away, so the reply's changes are the client's
+/// negated (in one's complement, every bit flipped). An IPv4 address's unused twelve
+/// bytes are zero on both sides, which adds nothing. A function of its own: in
 /// Full-NAT's search for a local port, LLVM would otherwise keep parts of it across
 /// the tries, on the stack.
 #[inline(never)]
-pub fn set_deltas(flow: &FlowKey, entry: &mut Conn) {
-    let (src, dst) = rewritten_ends(entry);
-    let (mut addresses, mut ports) = (Delta::default(), Delta::default());
-    if src {
-        addresses = addresses.replace_bytes(&flow.src, &entry.src);
-        ports = ports.replace(flow.src_port, entry.src_port);
+pub fn set_deltas(flow: &FlowKey, conn: &mut Conn, reply: &mut Conn) {
+    let mut addresses = Delta::default().replace_bytes(&flow.dst, &conn.dst);
+    let mut ports = Delta::default().replace(flow.dst_port, conn.dst_port);
+    if conn.forwarding == Forwarding::Fnat as u8 {
+        addresses = addresses.replace_bytes(&flow.src, &conn.src);
+        ports = ports.replace(flow.src_port, conn.src_port);
     }
-    if dst {
-        addresses = addresses.replace_bytes(&flow.dst, &entry.dst);
-        ports = ports.replace(flow.dst_port, entry.dst_port);
-    }
-    entry.address_delta = addresses.bits();
-    entry.port_delta = addresses.and(ports).bits();
+    let all = addresses.and(ports);
+    (conn.address_delta, conn.port_delta) = (addresses.bits(), all.bits());
+    (reply.address_delta, reply.port_delta) = (!addresses.bits(), !all.bits());
 }
 
 /// How much of a packet a rewrite changes.
