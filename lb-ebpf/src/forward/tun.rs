@@ -23,7 +23,7 @@ use network_types::{
 use super::nat::first_four;
 use crate::{
     csum,
-    header::{header, write_link},
+    header::{header, store_ipv6, store_words, write_link},
     parse::Packet,
 };
 
@@ -106,8 +106,9 @@ fn write_ipv4(
         src_addr: *first_four(&real.tunnel_source),
         dst_addr: *first_four(&real.address),
     };
-    // SAFETY: `header` checked the outer header's bytes are within the frame.
-    unsafe { *ip = outer };
+    // SAFETY: `header` checked the outer header's bytes are within the frame; the
+    // header is 20 bytes, five words.
+    unsafe { store_words(ip.cast(), core::mem::transmute::<Ipv4Hdr, [u32; 5]>(outer)) };
     Ok(())
 }
 
@@ -120,21 +121,19 @@ fn write_ipv6(
 ) -> Result<(), Reason> {
     let ip = header::<Ipv6Hdr>(ctx, packet.l3).ok_or(Reason::NoHeadroom)?.cast_mut();
     let label = flow_label(packet);
+    let vcf = [
+        0x60 | (traffic_class >> 4),
+        (traffic_class << 4) | ((label >> 16) as u8 & 0x0f),
+        (label >> 8) as u8,
+        label as u8,
+    ];
+    let [len_high, len_low] = (packet.ip_len as u16).to_be_bytes();
+    let lengths = [len_high, len_low, carried, OUTER_TTL];
     // SAFETY: `header` checked the outer header's bytes are within the frame.
     unsafe {
-        *ip = Ipv6Hdr {
-            vcf: [
-                0x60 | (traffic_class >> 4),
-                (traffic_class << 4) | ((label >> 16) as u8 & 0x0f),
-                (label >> 8) as u8,
-                label as u8,
-            ],
-            payload_len: (packet.ip_len as u16).to_be_bytes(),
-            next_hdr: carried,
-            hop_limit: OUTER_TTL,
-            src_addr: real.tunnel_source,
-            dst_addr: real.address,
-        };
+        store_words(ip.cast(), [u32::from_ne_bytes(vcf), u32::from_ne_bytes(lengths)]);
+        store_ipv6(&raw mut (*ip).src_addr, &real.tunnel_source);
+        store_ipv6(&raw mut (*ip).dst_addr, &real.address);
     }
     Ok(())
 }

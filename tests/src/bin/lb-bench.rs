@@ -99,13 +99,15 @@ fn bench() -> Result<()> {
     let verified = toa.and_then(|program| program.verified_instruction_count()).unwrap_or(0);
     println!("lb_toa: {verified} instructions walked by the verifier\n");
     println!("{:<40} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
-    for case in &cases {
+    let only = std::env::var("LB_BENCH_ONLY").unwrap_or_default();
+    for case in cases.iter().filter(|case| case.name.contains(&only)) {
         // Round by round, each program's median beside the other's: the VM's speed
         // drifts, and a ratio taken within a round does not see the drift.
         let (mut lb_ns, mut base_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let mut lb_frames = case.frames.iter().cycle();
         let mut base_cycle = base_frames.iter().cycle();
-        for _ in 0..ROUNDS {
+        let rounds: usize = std::env::var("LB_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS);
+        for _ in 0..rounds {
             let lb_round = median(lb, &mut lb_frames, case.verdict)?;
             let base_round = median(baseline, &mut base_cycle, XDP_TX)?;
             lb_ns.push(lb_round);
