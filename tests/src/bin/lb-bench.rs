@@ -5,6 +5,9 @@
 //! feed the program its own output), issued back to back from this warm process; the
 //! kernel times the program's run. The median of many samples is printed. A benchmark
 //! measures and prints; it asserts nothing.
+//!
+//! For profiling (e.g. under `perf record`), `LB_BENCH_ONLY` keeps the rows whose name
+//! contains it and `LB_BENCH_ROUNDS` sets the rounds (20 by default).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -100,13 +103,16 @@ fn bench() -> Result<()> {
     println!("lb_toa: {verified} instructions walked by the verifier\n");
     println!("{:<40} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
     let only = std::env::var("LB_BENCH_ONLY").unwrap_or_default();
+    let rounds = match std::env::var("LB_BENCH_ROUNDS") {
+        Ok(rounds) => rounds.parse().context("LB_BENCH_ROUNDS: expected a number of rounds")?,
+        Err(_) => ROUNDS,
+    };
     for case in cases.iter().filter(|case| case.name.contains(&only)) {
         // Round by round, each program's median beside the other's: the VM's speed
         // drifts, and a ratio taken within a round does not see the drift.
         let (mut lb_ns, mut base_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let mut lb_frames = case.frames.iter().cycle();
         let mut base_cycle = base_frames.iter().cycle();
-        let rounds: usize = std::env::var("LB_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS);
         for _ in 0..rounds {
             let lb_round = median(lb, &mut lb_frames, case.verdict)?;
             let base_round = median(baseline, &mut base_cycle, XDP_TX)?;
