@@ -93,6 +93,9 @@ pub struct VirtualService {
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,
+    /// ipvsadm `-b`: `sh-port`, `sh-fallback` (`mh-port`, `mh-fallback` once mh is).
+    #[serde(default)]
+    pub scheduler_flags: Vec<SchedulerFlag>,
     /// The forwarding method of the real servers that do not name their own.
     #[serde(default)]
     pub forwarding: Forwarding,
@@ -150,6 +153,37 @@ pub enum Scheduler {
     Ovf,
 }
 
+/// ipvsadm's scheduler flags (`-b`), each belonging to one scheduler.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulerFlag {
+    ShPort,
+    ShFallback,
+    MhPort,
+    MhFallback,
+}
+
+impl SchedulerFlag {
+    /// The scheduler the flag is for.
+    pub fn scheduler(self) -> Scheduler {
+        match self {
+            Self::ShPort | Self::ShFallback => Scheduler::Sh,
+            Self::MhPort | Self::MhFallback => Scheduler::Mh,
+        }
+    }
+}
+
+impl fmt::Display for SchedulerFlag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ShPort => "sh-port",
+            Self::ShFallback => "sh-fallback",
+            Self::MhPort => "mh-port",
+            Self::MhFallback => "mh-fallback",
+        })
+    }
+}
+
 /// IPVS's forwarding methods, with ipvsadm's words as aliases.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -180,7 +214,9 @@ impl TryFrom<Scheduler> for lb_common::service::Scheduler {
         match scheduler {
             Scheduler::Rr => Ok(Self::Rr),
             Scheduler::Wrr => Ok(Self::Wrr),
-            other => Err(Unsupported { what: "scheduler", name: other.to_string(), supported: "rr, wrr" }),
+            Scheduler::Sh => Ok(Self::Sh),
+            Scheduler::Dh => Ok(Self::Dh),
+            other => Err(Unsupported { what: "scheduler", name: other.to_string(), supported: "rr, wrr, sh, dh" }),
         }
     }
 }

@@ -22,12 +22,12 @@ use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
     interface::{Interface, InterfaceKey},
     real::{Forwarding, IPPROTO_IPIP, IPPROTO_IPV6, RealServer, outer_ipv4_sum},
-    service::{SERVICE_TOA, Scheduler, Service, ServiceKey},
+    service::{SERVICE_SH_FALLBACK, SERVICE_SH_PORT, SERVICE_TOA, Scheduler, Service, ServiceKey},
     stats::{Counters, Reason},
 };
 
 use crate::{
-    config::{Config, Protocol, Real, Timeouts, VirtualService},
+    config::{Config, Protocol, Real, SchedulerFlag, Timeouts, VirtualService},
     dataplane::Dataplane,
     neighbour::{Link, Links},
     registry::Registry,
@@ -226,11 +226,10 @@ impl Director {
                 let tunnel_source = config.tunnel_source_for(real.address).or(link.and_then(|link| link.source));
                 let link = usable_link(link, forwarding, tunnel_source);
                 plan.reals.insert(id, real_server(service, real, forwarding, link, tunnel_source));
-                if link.is_some() {
-                    candidates.push(Candidate { id, weight: real.weight });
-                }
+                candidates.push(Candidate { id, weight: real.weight, reachable: link.is_some() });
             }
-            let sequence = sched::sequence(scheduler, &candidates);
+            let sh_fallback = service.scheduler_flags.contains(&SchedulerFlag::ShFallback);
+            let sequence = sched::sequence(scheduler, sh_fallback, &candidates);
             let slots = match self.written.sequences.get(&index) {
                 Some((slots, written)) if *written == sequence => slots.clone(),
                 _ => {
@@ -476,7 +475,7 @@ fn service_value(
         sequence_start: slots.start,
         sequence_len: slots.end - slots.start,
         scheduler: scheduler as u8,
-        flags: if service.toa { SERVICE_TOA } else { 0 },
+        flags: service_flags(service),
         locals_len,
         _pad: 0,
         locals_start,
@@ -484,6 +483,19 @@ fn service_value(
         local_port_count: last - first + 1,
         _spare: [0; 8],
     }
+}
+
+fn service_flags(service: &VirtualService) -> u8 {
+    let mut flags = if service.toa { SERVICE_TOA } else { 0 };
+    for flag in &service.scheduler_flags {
+        flags |= match flag {
+            SchedulerFlag::ShPort => SERVICE_SH_PORT,
+            SchedulerFlag::ShFallback => SERVICE_SH_FALLBACK,
+            // Refused by validation until mh is supported.
+            SchedulerFlag::MhPort | SchedulerFlag::MhFallback => 0,
+        };
+    }
+    flags
 }
 
 /// The link the data path may use for a real server: direct routing only sends frames

@@ -5,22 +5,69 @@ mod ring;
 
 pub use ring::{Ring, Slots};
 
-use lb_common::{MAX_SEQUENCE_LEN, service::Scheduler};
+use lb_common::{
+    MAX_SEQUENCE_LEN,
+    service::{HASH_BUCKETS, NO_REAL, Scheduler},
+};
 
-/// A real server as a scheduler sees it: its stable id and its weight. Only real servers
-/// that can take new connections (resolved) are given.
+/// A real server as a scheduler sees it, in the configuration's order: its stable id,
+/// its weight, and whether the data path can reach it (resolved).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Candidate {
     pub id: u32,
     pub weight: u32,
+    pub reachable: bool,
 }
 
-/// One cycle of the service's schedule, as real-server ids.
-pub fn sequence(scheduler: Scheduler, candidates: &[Candidate]) -> Vec<u32> {
-    match scheduler {
-        Scheduler::Rr => rr_sequence(candidates),
-        Scheduler::Wrr => wrr_sequence(&fit_weights(candidates)),
+impl Candidate {
+    /// Whether it may take a new connection: IPVS's weight above 0, and reachable.
+    fn available(&self) -> bool {
+        self.weight > 0 && self.reachable
     }
+}
+
+/// What the data path reads to schedule: for rr and wrr one cycle of the service's
+/// schedule, for sh and dh the hash table (with sh-fallback, its fallback table after
+/// it), as real-server ids.
+pub fn sequence(scheduler: Scheduler, sh_fallback: bool, candidates: &[Candidate]) -> Vec<u32> {
+    let reachable: Vec<Candidate> = candidates.iter().filter(|c| c.reachable).copied().collect();
+    match scheduler {
+        Scheduler::Rr => rr_sequence(&reachable),
+        Scheduler::Wrr => wrr_sequence(&fit_weights(&reachable)),
+        // ip_vs_sh_reassign: a real server takes as many buckets as its weight, at
+        // least one.
+        Scheduler::Sh => hash_table(candidates, |c| c.weight.max(1), sh_fallback),
+        // ip_vs_dh_reassign: one bucket each, weights aside.
+        Scheduler::Dh => hash_table(candidates, |_| 1, false),
+    }
+}
+
+/// IPVS's sh and dh tables: the buckets dealt to the real servers in order, each
+/// taking `buckets_of` consecutive ones, round and round until all are dealt. A
+/// bucket whose real server cannot take a new connection holds `NO_REAL`, as IPVS's
+/// scheduler finds no server there. With `fallback`, a second table follows: for each
+/// bucket, the first available real server from it on (wrapping), where
+/// ip_vs_sh_get_fallback's search from that bucket ends. Empty without real servers.
+fn hash_table(candidates: &[Candidate], buckets_of: impl Fn(&Candidate) -> u32, fallback: bool) -> Vec<u32> {
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let mut dealt: Vec<&Candidate> = Vec::with_capacity(HASH_BUCKETS as usize);
+    for candidate in candidates.iter().cycle() {
+        let room = HASH_BUCKETS as usize - dealt.len();
+        dealt.extend(std::iter::repeat_n(candidate, (buckets_of(candidate) as usize).min(room)));
+        if dealt.len() == HASH_BUCKETS as usize {
+            break;
+        }
+    }
+    let mut table: Vec<u32> = dealt.iter().map(|c| if c.available() { c.id } else { NO_REAL }).collect();
+    if fallback {
+        let next_available =
+            |bucket: usize| (0..dealt.len()).map(|step| table[(bucket + step) % dealt.len()]).find(|&id| id != NO_REAL);
+        let fallbacks: Vec<u32> = (0..dealt.len()).map(|bucket| next_available(bucket).unwrap_or(NO_REAL)).collect();
+        table.extend(fallbacks);
+    }
+    table
 }
 
 /// IPVS rr: every real server with a weight above 0, in order.
@@ -63,7 +110,7 @@ fn fit_weights(candidates: &[Candidate]) -> Vec<Candidate> {
         .map(|c| {
             let scaled = u64::from(c.weight / gcd) * room / cycle;
             let weight = if c.weight > 0 { scaled.max(1) as u32 } else { 0 };
-            Candidate { id: c.id, weight }
+            Candidate { weight, ..*c }
         })
         .collect()
 }

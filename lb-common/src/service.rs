@@ -20,6 +20,11 @@ pub enum Scheduler {
     Rr = 0,
     /// Weighted round robin: IPVS's gcd-stepped sequence of weights.
     Wrr = 1,
+    /// Source hashing: the client's address (and with `SERVICE_SH_PORT` its port)
+    /// picks one of [`HASH_BUCKETS`] buckets the agent dealt out by weight.
+    Sh = 2,
+    /// Destination hashing: the packet's destination address picks a bucket.
+    Dh = 3,
 }
 
 impl Scheduler {
@@ -27,6 +32,8 @@ impl Scheduler {
         match value {
             0 => Some(Self::Rr),
             1 => Some(Self::Wrr),
+            2 => Some(Self::Sh),
+            3 => Some(Self::Dh),
             _ => None,
         }
     }
@@ -35,6 +42,16 @@ impl Scheduler {
 /// `Service::flags`: Full-NAT connections carry the client's address to the real server
 /// in a TCP option (TOA).
 pub const SERVICE_TOA: u8 = 1 << 0;
+/// `Service::flags`: sh hashes the client's port with its address (ipvsadm `-b sh-port`).
+pub const SERVICE_SH_PORT: u8 = 1 << 1;
+/// `Service::flags`: sh's table is followed by its fallback table (ipvsadm `-b
+/// sh-fallback`): a bucket whose real server cannot take the connection sends it on.
+pub const SERVICE_SH_FALLBACK: u8 = 1 << 2;
+
+/// The buckets of an sh or dh table (IPVS's `IP_VS_SH_TAB_BITS`, `IP_VS_DH_TAB_BITS`: 8).
+pub const HASH_BUCKETS: u32 = 256;
+/// A bucket whose real server cannot take a new connection (weight 0, unresolved).
+pub const NO_REAL: u32 = u32::MAX;
 
 /// The value of a service: where its statistics and scheduling state live.
 ///

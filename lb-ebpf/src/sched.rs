@@ -1,13 +1,15 @@
 //! Choosing a real server for a new connection.
 //!
 //! rr and wrr both walk a sequence the agent computed (IPVS's order, weight-0 and
-//! unresolved real servers left out): the data path only takes the next slot.
+//! unresolved real servers left out): the data path only takes the next slot. sh and
+//! dh hash an address (IPVS's `hash_32`) into a table of `HASH_BUCKETS` the agent
+//! dealt out, and, for sh with `sh-fallback`, into the fallback table after it.
 
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::debug;
 use lb_common::{
     FAMILY_IPV4,
-    service::{Scheduler, Service},
+    service::{HASH_BUCKETS, NO_REAL, SERVICE_SH_FALLBACK, SERVICE_SH_PORT, Scheduler, Service},
     stats::Reason,
 };
 
@@ -25,6 +27,11 @@ pub fn new_connection(ctx: &XdpContext, packet: &Packet, service: &Service) -> R
     }
     let real = match Scheduler::from_u8(service.scheduler) {
         Some(Scheduler::Rr | Scheduler::Wrr) => next_in_sequence(service)?,
+        Some(Scheduler::Sh) => {
+            let port = if service.flags & SERVICE_SH_PORT != 0 { packet.flow.src_port } else { [0; 2] };
+            by_hash(service, hash_key(&packet.flow.src, port), service.flags & SERVICE_SH_FALLBACK != 0)?
+        }
+        Some(Scheduler::Dh) => by_hash(service, hash_key(&packet.flow.dst, [0; 2]), false)?,
         None => return Err(Reason::NoRealServer),
     };
     log_new_connection(ctx, packet, service, real);
@@ -40,6 +47,33 @@ fn next_in_sequence(service: &Service) -> Result<u32, Reason> {
     let turn = fetch_add_one(unsafe { &raw mut (*cursor).turn });
     let slot = service.sequence_start + (turn % u64::from(service.sequence_len)) as u32;
     SCHED_RING.get(slot).copied().ok_or(Reason::NoRealServer)
+}
+
+/// IPVS's `ip_vs_sh_hashkey` and `ip_vs_dh_hashkey`: an IPv6 address folded to 32 bits
+/// by XOR (an IPv4 one is its first word, the others being zero), plus the port (sh
+/// with `sh-port`), by `hash_32` to a bucket.
+#[inline(always)]
+fn hash_key(address: &[u8; 16], port: [u8; 2]) -> u32 {
+    let word = |at: usize| u32::from_be_bytes([address[at], address[at + 1], address[at + 2], address[at + 3]]);
+    let folded = word(0) ^ word(4) ^ word(8) ^ word(12);
+    // The kernel's hash_32: GOLDEN_RATIO_32, the top 8 bits.
+    folded.wrapping_add(u32::from(u16::from_be_bytes(port))).wrapping_mul(0x61c8_8647) >> 24
+}
+
+/// The real server of `bucket`; if it cannot take the connection and `fallback` is
+/// set, the one ip_vs_sh_get_fallback's search finds, which starts at bucket
+/// `2 * bucket` (its offsets add the hash twice).
+#[inline(always)]
+fn by_hash(service: &Service, bucket: u32, fallback: bool) -> Result<u32, Reason> {
+    if service.sequence_len < HASH_BUCKETS {
+        return Err(Reason::NoRealServer);
+    }
+    let mut real = SCHED_RING.get(service.sequence_start + bucket).copied().ok_or(Reason::NoRealServer)?;
+    if real == NO_REAL && fallback && service.sequence_len == 2 * HASH_BUCKETS {
+        let slot = service.sequence_start + HASH_BUCKETS + (2 * bucket) % HASH_BUCKETS;
+        real = SCHED_RING.get(slot).copied().ok_or(Reason::NoRealServer)?;
+    }
+    if real == NO_REAL { Err(Reason::NoRealServer) } else { Ok(real) }
 }
 
 /// `*counter += 1` atomically across CPUs, returning the old value. Rust's bpf target

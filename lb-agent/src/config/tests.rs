@@ -117,10 +117,22 @@ fn weight_out_of_range_is_refused_at_its_line() {
 }
 
 #[test]
+fn scheduler_flags_must_belong_to_the_scheduler() {
+    let sh = with_line(10, "    scheduler: sh\n    scheduler_flags: [sh-port, sh-fallback]");
+    let web = &parse(&sh).unwrap().services[0];
+    assert_eq!(web.scheduler_flags, [SchedulerFlag::ShPort, SchedulerFlag::ShFallback]);
+    let err = refused(&with_line(10, "    scheduler: wrr\n    scheduler_flags: [sh-port]"));
+    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].scheduler_flags[0]"));
+    assert_eq!(err.message, "`sh-port` is a flag of the sh scheduler, not of wrr");
+    let err = refused(&with_line(10, "    scheduler: sh\n    scheduler_flags: [sh-sticky]"));
+    assert_eq!(err.line, Some(11), "{err}");
+}
+
+#[test]
 fn unsupported_scheduler_says_so() {
     let err = refused(&with_line(10, "    scheduler: lc"));
     assert_eq!((err.line, err.field.as_str()), (Some(10), "services[0].scheduler"));
-    assert_eq!(err.message, "scheduler `lc` is not supported yet (supported: rr, wrr)");
+    assert_eq!(err.message, "scheduler `lc` is not supported yet (supported: rr, wrr, sh, dh)");
     let err = refused(&with_line(10, "    scheduler: fastest"));
     assert!(err.message.contains("unknown variant `fastest`"), "{err}");
 }

@@ -117,6 +117,14 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
     check_address(&format!("{at}.vip"), service.vip)?;
     lb_common::service::Scheduler::try_from(service.scheduler)
         .map_err(|unsupported| invalid(format!("{at}.scheduler"), unsupported.to_string()))?;
+    for (i, flag) in service.scheduler_flags.iter().enumerate() {
+        if flag.scheduler() != service.scheduler {
+            return Err(invalid(
+                format!("{at}.scheduler_flags[{i}]"),
+                format!("`{flag}` is a flag of the {} scheduler, not of {}", flag.scheduler(), service.scheduler),
+            ));
+        }
+    }
     check_full_nat(at, service)?;
     for (j, real) in service.reals.iter().enumerate() {
         let at = format!("{at}.reals[{j}]");

@@ -38,7 +38,7 @@ impl IpvsWrr {
 }
 
 fn candidates(weights: &[u32]) -> Vec<Candidate> {
-    weights.iter().enumerate().map(|(i, &weight)| Candidate { id: i as u32 + 100, weight }).collect()
+    weights.iter().enumerate().map(|(i, &weight)| Candidate { id: i as u32 + 100, weight, reachable: true }).collect()
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn wrr_follows_ipvs_for_many_weight_sets() {
         &[6, 9, 12, 15],
     ];
     for weights in sets {
-        let sequence = sequence(Scheduler::Wrr, &candidates(weights));
+        let sequence = sequence(Scheduler::Wrr, false, &candidates(weights));
         let mut ipvs = IpvsWrr::new(weights);
         // Two cycles: the sequence repeats exactly as IPVS's does.
         let expected: Vec<u32> = (0..sequence.len() * 2).map(|_| ipvs.next() as u32 + 100).collect();
@@ -67,34 +67,34 @@ fn wrr_follows_ipvs_for_many_weight_sets() {
 
 #[test]
 fn wrr_cycle_holds_each_real_weight_over_gcd_times() {
-    let sequence = sequence(Scheduler::Wrr, &candidates(&[2, 4, 6]));
+    let sequence = sequence(Scheduler::Wrr, false, &candidates(&[2, 4, 6]));
     assert_eq!(sequence, vec![102, 101, 102, 100, 101, 102]);
     let sequence = sequence_counts(&[1, 2, 3]);
     assert_eq!(sequence, vec![1, 2, 3]);
 }
 
 fn sequence_counts(weights: &[u32]) -> Vec<usize> {
-    let sequence = sequence(Scheduler::Wrr, &candidates(weights));
+    let sequence = sequence(Scheduler::Wrr, false, &candidates(weights));
     (0..weights.len()).map(|i| sequence.iter().filter(|&&id| id == i as u32 + 100).count()).collect()
 }
 
 #[test]
 fn weight_zero_takes_no_new_connections() {
     assert_eq!(sequence_counts(&[0, 3, 0]), vec![0, 1, 0]);
-    assert!(sequence(Scheduler::Wrr, &candidates(&[0, 0])).is_empty());
-    assert_eq!(sequence(Scheduler::Rr, &candidates(&[1, 0, 5])), vec![100, 102]);
+    assert!(sequence(Scheduler::Wrr, false, &candidates(&[0, 0])).is_empty());
+    assert_eq!(sequence(Scheduler::Rr, false, &candidates(&[1, 0, 5])), vec![100, 102]);
 }
 
 #[test]
 fn rr_ignores_weights_above_zero() {
-    assert_eq!(sequence(Scheduler::Rr, &candidates(&[1, 9, 3])), vec![100, 101, 102]);
-    assert!(sequence(Scheduler::Rr, &[]).is_empty());
+    assert_eq!(sequence(Scheduler::Rr, false, &candidates(&[1, 9, 3])), vec![100, 101, 102]);
+    assert!(sequence(Scheduler::Rr, false, &[]).is_empty());
 }
 
 #[test]
 fn oversized_wrr_cycle_is_scaled_in_proportion() {
     let weights = [65535, 65534, 1, 40000];
-    let sequence = sequence(Scheduler::Wrr, &candidates(&weights));
+    let sequence = sequence(Scheduler::Wrr, false, &candidates(&weights));
     assert!(sequence.len() <= MAX_SEQUENCE_LEN as usize);
     let counts = sequence_counts(&weights);
     let total: u32 = weights.iter().sum();

@@ -27,13 +27,22 @@ const WARMUP: usize = 100;
 const RUNS: usize = ROUNDS * (PER_ROUND + WARMUP);
 const REALS4: [(&str, u32); 3] = [("198.18.1.11", 1), ("198.18.1.12", 2), ("198.18.1.13", 3)];
 const REALS6: [(&str, u32); 3] = [("2001:db8:1::11", 1), ("2001:db8:1::12", 2), ("2001:db8:1::13", 3)];
-/// Each method's VIPs: (method, IPv4 VIP, IPv6 VIP). `toa` is Full-NAT with TOA.
+/// Each method's VIPs: (method, IPv4 VIP, IPv6 VIP). `toa` is Full-NAT with TOA. All
+/// use wrr; [`SCHEDULERS`] adds the other schedulers, by direct routing.
 const METHODS: [(&str, &str, &str); 5] = [
     ("dr", "203.0.113.10", "2001:db8:100::10"),
     ("tun", "203.0.113.13", "2001:db8:100::13"),
     ("nat", "203.0.113.11", "2001:db8:100::11"),
     ("fnat", "203.0.113.12", "2001:db8:100::12"),
     ("toa", "203.0.113.14", "2001:db8:100::14"),
+];
+
+/// The schedulers besides wrr: (scheduler, its flags, IPv4 VIP), direct routing.
+const SCHEDULERS: [(&str, &str, &str); 4] = [
+    ("rr", "", "203.0.113.20"),
+    ("sh", "", "203.0.113.21"),
+    ("sh", "sh-port, sh-fallback", "203.0.113.22"),
+    ("dh", "", "203.0.113.23"),
 ];
 
 struct Case {
@@ -70,9 +79,18 @@ fn bench() -> Result<()> {
             );
         }
     }
+    for (i, (scheduler, flags, vip)) in SCHEDULERS.iter().enumerate() {
+        let reals: Vec<String> =
+            REALS4.iter().map(|(address, weight)| format!("{{ address: \"{address}\", weight: {weight} }}")).collect();
+        services += &format!(
+            "  - {{ name: sched{i}, vip: \"{vip}\", port: 80, protocol: tcp, scheduler: {scheduler}, \
+             scheduler_flags: [{flags}], reals: [{}] }}\n",
+            reals.join(", ")
+        );
+    }
     // Room for every new flow of every case (two entries for NAT and Full-NAT), so no
     // insert has to evict.
-    let table = (16 * RUNS) as u32;
+    let table = (24 * RUNS) as u32;
     let director = bed::director(&services, table, bed::on_ingress)?;
     let lb = director.dataplane().program();
     let mut testbed = Ebpf::load(lb_agent::dataplane::TESTBED_OBJECT).context("loading the test bed object")?;
@@ -101,7 +119,7 @@ fn bench() -> Result<()> {
         .max_by_key(|program| program.id());
     let verified = toa.and_then(|program| program.verified_instruction_count()).unwrap_or(0);
     println!("lb_toa: {verified} instructions walked by the verifier\n");
-    println!("{:<40} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
+    println!("{:<48} {:>11} {:>13} {:>7}", "packet", "lb_ingress", "xdp_baseline", "ratio");
     let only = std::env::var("LB_BENCH_ONLY").unwrap_or_default();
     let rounds = match std::env::var("LB_BENCH_ROUNDS") {
         Ok(rounds) => rounds.parse().context("LB_BENCH_ROUNDS: expected a number of rounds")?,
@@ -121,7 +139,7 @@ fn bench() -> Result<()> {
             ratios.push(lb_round / base_round);
         }
         let (lb_ns, base_ns, ratio) = (middle(lb_ns), middle(base_ns), middle(ratios));
-        println!("{:<40} {:>11.1} {:>13.1} {:>6.2}x", case.name, lb_ns, base_ns, ratio);
+        println!("{:<48} {:>11.1} {:>13.1} {:>6.2}x", case.name, lb_ns, base_ns, ratio);
     }
     Ok(())
 }
@@ -177,6 +195,18 @@ fn cases() -> Vec<Case> {
                 opening: None,
                 verdict: XDP_TX,
             });
+        }
+        if method == "dr" {
+            for (scheduler, flags, vip) in SCHEDULERS {
+                let flags: String =
+                    flags.split(", ").filter(|f| !f.is_empty()).map(|f| format!(" +{}", &f[3..])).collect();
+                cases.push(Case {
+                    name: format!("IPv4 TCP dr, new flow (SYN), {scheduler}{flags}"),
+                    frames: new_flows("198.18.3.OCTET", vip),
+                    opening: None,
+                    verdict: XDP_TX,
+                });
+            }
         }
         if method == "nat" {
             // Its opening SYN is the service's second (after the established case's):
