@@ -348,15 +348,25 @@ pub struct Clock {
 impl Clock {
     /// Sets the clock to the kernel's time; answers it.
     pub fn tick(&mut self) -> Result<u32> {
-        let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: the call writes only the timespec it is given.
-        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut time) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("reading CLOCK_MONOTONIC_COARSE");
-        }
-        let now = time.tv_sec as u32;
+        let now = kernel_seconds()?;
         self.map.set(0, now, 0).context("writing CLOCK")?;
         Ok(now)
     }
+
+    /// The time the data path stamps entries with now.
+    pub fn read(&self) -> Result<u32> {
+        self.map.get(&0, 0).context("reading CLOCK")
+    }
+}
+
+/// Seconds of CLOCK_MONOTONIC_COARSE, the kernel's clock that `CLOCK` follows.
+pub fn kernel_seconds() -> Result<u32> {
+    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: the call writes only the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut time) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading CLOCK_MONOTONIC_COARSE");
+    }
+    Ok(time.tv_sec as u32)
 }
 
 /// Walks `CONNS` one entry at a time (aya 0.14 has no batched lookups: a

@@ -25,7 +25,7 @@ use lb_common::{
 
 use crate::{
     config::Timeouts,
-    dataplane::{Clock, ConnTable},
+    dataplane::{Clock, ConnTable, kernel_seconds},
 };
 
 /// How often the table is walked, at the least.
@@ -83,9 +83,20 @@ impl Expiry {
     /// direction's entry goes first, then the reply's, so a Full-NAT local port is
     /// never free while a client entry still forwards with it.
     pub fn expire(&mut self, timeouts: &Timeouts) -> Result<Sweep> {
-        // The data path's own clock, set now: idle times are measured on the clock the
-        // entries were stamped by.
-        let now = self.clock.tick()?;
+        // Idle times are measured on the clock the entries were stamped by. If it has
+        // fallen behind the kernel's (its ticker stalled), entries stamped before it
+        // catches up would look older than they are: no walk until it has.
+        let clock = self.clock.read()?;
+        let kernel = kernel_seconds()?;
+        if kernel > clock + 1 {
+            log::warn!("the data path's clock is {} s behind; ageing waits for it", kernel - clock);
+            return Ok(Sweep::default());
+        }
+        // `CLOCK` counts whole seconds and is written once a second, so a stamp may be up
+        // to two seconds behind its packet, and the clock is not ahead of this walk:
+        // taking now a second early, an idle time above the timeout means more than the
+        // timeout has passed (never early, at most two seconds late).
+        let now = clock.saturating_sub(1);
         // An entry idle for no longer than the shortest timeout of its protocol is
         // fresh, and so is its connection: only the others are looked at again.
         let mut candidates = Vec::new();
@@ -205,9 +216,8 @@ impl Connection {
         self.entries().any(|(_, conn)| conn.flags & CONN_CLOSING != 0)
     }
 
-    /// Idle for longer than its timeout. Both clocks count whole seconds, so an idle
-    /// time above the timeout means more than the timeout has passed: never early,
-    /// and at most a second late.
+    /// Idle for longer than its timeout, at `now` (which [`Expiry::expire`] takes a
+    /// second early, so this is never early).
     pub fn expired(&self, now: u32, timeouts: &Timeouts) -> bool {
         let Some((key, _)) = self.entries().next() else { return false };
         self.idle(now) > timeout(key.protocol, self.closing(), timeouts)
@@ -233,7 +243,8 @@ fn idle(now: u32, conn: &Conn) -> u32 {
 
 pub use lb_common::conn::{client_key, reply_key};
 
-/// Keeps the data path's clock going: a tick a second, for as long as the agent runs.
+/// Keeps the data path's clock going, the only writer of `CLOCK` once the data path is
+/// loaded: a tick a second, for as long as the agent runs.
 pub async fn keep_time(mut clock: Clock) -> Result<()> {
     let mut second = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -65,7 +65,8 @@ pub struct Service {
     pub index: u32,
     /// First slot of the service's sequence of real-server ids in `SCHED_RING`.
     pub sequence_start: u32,
-    /// Length of that sequence; 0 when no real server can take new connections.
+    /// Length of that sequence; 0 when no real server can take new connections (rr,
+    /// wrr) or there is none (sh, dh: their tables hold `NO_REAL` for the others).
     pub sequence_len: u32,
     /// A [`Scheduler`].
     pub scheduler: u8,

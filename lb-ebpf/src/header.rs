@@ -16,7 +16,9 @@ pub fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 }
 
 /// `N` 32-bit words of the frame at `ptr`, in the frame's byte order: one load each.
-/// The verifier allows unaligned loads from a frame, but LLVM does not know it and
+/// The verifier allows unaligned loads from a frame (on architectures with efficient
+/// unaligned access, such as x86-64 and arm64, and without `BPF_F_STRICT_ALIGNMENT`),
+/// but LLVM does not know it and
 /// reads what it cannot prove aligned (an address after the 14-byte Ethernet header) a
 /// byte at a time, holding all of an IPv6 address's bytes in registers and on the
 /// stack before storing them; so these loads are written out.

@@ -46,7 +46,7 @@ pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVIC
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
 
 /// Seconds of the kernel's CLOCK_MONOTONIC_COARSE, written by the agent every second
-/// (and before each walk of its ager): what connection entries are stamped with.
+/// (its only writer once loaded): what connection entries are stamped with.
 /// Asking the kernel's clock on every packet took about a sixth of an established
 /// packet's time.
 #[map]

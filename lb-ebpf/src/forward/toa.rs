@@ -44,7 +44,7 @@ use network_types::{
 
 use crate::{
     csum::Delta,
-    header::header,
+    header::{header, store_words},
     maps::{CONNS, TAIL_CALLS, TOA_WORK, ToaWork},
     parse::{Packet, TCP_ACK, TCP_RST, TCP_SYN},
     stats,
@@ -378,9 +378,8 @@ fn blank<const N: usize>(ctx: &XdpContext, offset: usize) -> Delta {
     let Some(option) = header_alone::<[u8; N]>(ctx, offset) else { return Delta::default() };
     let mut delta = Delta::default().remove(option);
     for word in 0..N / 4 {
-        // SAFETY: `header_alone` checked the `N` bytes are within the frame. Word by
-        // word: a whole-array store would become a call to a byte loop (`memset`).
-        unsafe { option.cast::<u32>().add(word).write_unaligned(u32::from_ne_bytes([OPTION_NOP; 4])) };
+        // SAFETY: `header_alone` checked the `N` bytes are within the frame.
+        unsafe { store_words(option.cast::<u8>().add(4 * word), [u32::from_ne_bytes([OPTION_NOP; 4])]) };
         delta = delta.replace([0; 2], [OPTION_NOP; 2]).replace([0; 2], [OPTION_NOP; 2]);
     }
     delta
