@@ -284,8 +284,7 @@ impl Dataplane {
     /// A handle of its own on the connection table, for ageing it without holding
     /// the director.
     pub fn conn_table(&self) -> Result<ConnTable> {
-        let fd = self.maps.conns.map().fd().as_fd().try_clone_to_owned().context("duplicating CONNS' descriptor")?;
-        let map = Map::from_map_data(MapData::from_fd(fd)?)?;
+        let map = own_handle(self.maps.conns.map(), names::CONNS)?;
         Ok(ConnTable { map: HashMap::try_from(map).context("CONNS is not a hash map")? })
     }
 
@@ -293,8 +292,7 @@ impl Dataplane {
     pub fn clock(&self) -> Result<Clock> {
         let map = self.ebpf.map(names::CLOCK).ok_or_else(|| anyhow!("the object has no map {}", names::CLOCK))?;
         let Map::Array(data) = map else { bail!("{} is not an array", names::CLOCK) };
-        let fd = data.fd().as_fd().try_clone_to_owned().context("duplicating CLOCK's descriptor")?;
-        let map = Map::from_map_data(MapData::from_fd(fd)?)?;
+        let map = own_handle(data, names::CLOCK)?;
         Ok(Clock { map: Array::try_from(map).context("CLOCK is not an array")? })
     }
 
@@ -337,6 +335,13 @@ impl ConnTable {
             Err(err) => Err(err).context("removing from CONNS"),
         }
     }
+}
+
+/// `data`'s map through a descriptor of its own, for a task that does not hold the
+/// director.
+fn own_handle(data: &MapData, name: &str) -> Result<Map> {
+    let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating {name}'s descriptor"))?;
+    Ok(Map::from_map_data(MapData::from_fd(fd)?)?)
 }
 
 /// The data path's clock (`CLOCK`): seconds of CLOCK_MONOTONIC_COARSE, which the agent

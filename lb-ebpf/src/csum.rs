@@ -105,8 +105,7 @@ impl Delta {
     /// The change of replacing two bytes that form one 16-bit word of the summed data.
     #[inline(always)]
     pub fn replace(self, old: [u8; 2], new: [u8; 2]) -> Self {
-        let sum = self.0 + u32::from(!u16::from_ne_bytes(old)) + u32::from(u16::from_ne_bytes(new));
-        Self(u32::from(fold(sum)))
+        self.replace_bytes(&old, &new)
     }
 
     /// This change, of bytes summed as if they started a 16-bit word, for where they are:

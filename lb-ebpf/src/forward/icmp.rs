@@ -18,13 +18,9 @@ use lb_common::{
     real::{Forwarding, RealServer},
     stats::Reason,
 };
-use network_types::ip::Ipv4Hdr;
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-use super::{
-    client,
-    nat::{Endpoint, replace_ports, rewrite_ipv4, rewrite_ipv6},
-    tun,
-};
+use super::{client, nat::first_four, tun};
 use crate::{csum::Delta, header::header, parse::Packet};
 
 /// An error about a packet that went to the client, on to the connection's real server
@@ -80,6 +76,9 @@ pub fn to_client(ctx: &XdpContext, packet: &Packet, conn: &Conn) -> Result<u32, 
     };
     Ok(client::transmit(ctx, &next_hop))
 }
+
+/// An address and a port a packet is rewritten to.
+type Endpoint<'a> = (&'a [u8; 16], [u8; 2]);
 
 /// New outer (source, destination) addresses and quoted (source, destination)
 /// endpoints; `None` leaves one as it is.
@@ -143,4 +142,60 @@ fn ipv4_check(ctx: &XdpContext, l3: usize) -> Result<[u8; 2], Reason> {
     let ip: *const Ipv4Hdr = header(ctx, l3).ok_or(Reason::MalformedIcmp)?;
     // SAFETY: `header` checked the IPv4 header is within the frame.
     Ok(unsafe { (*ip).check })
+}
+
+/// Rewrites the IPv4 addresses and the header checksum; returns the change to the
+/// pseudo-header's sum.
+#[inline(always)]
+fn rewrite_ipv4(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<Delta, Reason> {
+    let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
+    // SAFETY: `header` checked the IPv4 header is within the frame.
+    let ip = unsafe { &mut *ip };
+    let mut delta = Delta::default();
+    if let Some((address, _)) = src {
+        delta = replace_address(delta, &mut ip.src_addr, first_four(address));
+    }
+    if let Some((address, _)) = dst {
+        delta = replace_address(delta, &mut ip.dst_addr, first_four(address));
+    }
+    ip.check = delta.apply(ip.check);
+    Ok(delta)
+}
+
+/// Rewrites the IPv6 addresses (IPv6 has no header checksum); returns the change to
+/// the pseudo-header's sum.
+#[inline(always)]
+fn rewrite_ipv6(ctx: &XdpContext, l3: usize, src: Option<Endpoint>, dst: Option<Endpoint>) -> Result<Delta, Reason> {
+    let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
+    // SAFETY: `header` checked the IPv6 header is within the frame.
+    let ip = unsafe { &mut *ip };
+    let mut delta = Delta::default();
+    if let Some((address, _)) = src {
+        delta = replace_address(delta, &mut ip.src_addr, address);
+    }
+    if let Some((address, _)) = dst {
+        delta = replace_address(delta, &mut ip.dst_addr, address);
+    }
+    Ok(delta)
+}
+
+#[inline(always)]
+fn replace_address<const N: usize>(delta: Delta, field: &mut [u8; N], new: &[u8; N]) -> Delta {
+    let delta = delta.diff(field, new);
+    *field = *new;
+    delta
+}
+
+#[inline(always)]
+fn replace_ports(source: &mut [u8; 2], dest: &mut [u8; 2], src: Option<Endpoint>, dst: Option<Endpoint>) -> Delta {
+    let mut delta = Delta::default();
+    if let Some((_, port)) = src {
+        delta = delta.replace(*source, port);
+        *source = port;
+    }
+    if let Some((_, port)) = dst {
+        delta = delta.replace(*dest, port);
+        *dest = port;
+    }
+    delta
 }

@@ -24,9 +24,6 @@ use crate::{
     parse::Packet,
 };
 
-/// An address and a port a packet is rewritten to.
-pub type Endpoint<'a> = (&'a [u8; 16], [u8; 2]);
-
 /// Completes a new NAT connection's entry (`conn`, the client direction's) and writes
 /// the reply's, which holds the VIP and port to put back. A function of its own, for
 /// the stack's sake.
@@ -160,75 +157,9 @@ fn write_ports(source: &mut [u8; 2], dest: &mut [u8; 2], conn: &Conn, src: bool,
     }
 }
 
-/// Rewrites the IPv4 addresses and the header checksum; returns the change to the
-/// pseudo-header's sum.
-#[inline(always)]
-pub fn rewrite_ipv4(
-    ctx: &XdpContext,
-    l3: usize,
-    src: Option<Endpoint>,
-    dst: Option<Endpoint>,
-) -> Result<Delta, Reason> {
-    let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
-    // SAFETY: `header` checked the IPv4 header is within the frame.
-    let ip = unsafe { &mut *ip };
-    let mut delta = Delta::default();
-    if let Some((address, _)) = src {
-        delta = replace_address(delta, &mut ip.src_addr, first_four(address));
-    }
-    if let Some((address, _)) = dst {
-        delta = replace_address(delta, &mut ip.dst_addr, first_four(address));
-    }
-    ip.check = delta.apply(ip.check);
-    Ok(delta)
-}
-
-/// Rewrites the IPv6 addresses (IPv6 has no header checksum); returns the change to
-/// the pseudo-header's sum.
-#[inline(always)]
-pub fn rewrite_ipv6(
-    ctx: &XdpContext,
-    l3: usize,
-    src: Option<Endpoint>,
-    dst: Option<Endpoint>,
-) -> Result<Delta, Reason> {
-    let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(Reason::MalformedIp)?.cast_mut();
-    // SAFETY: `header` checked the IPv6 header is within the frame.
-    let ip = unsafe { &mut *ip };
-    let mut delta = Delta::default();
-    if let Some((address, _)) = src {
-        delta = replace_address(delta, &mut ip.src_addr, address);
-    }
-    if let Some((address, _)) = dst {
-        delta = replace_address(delta, &mut ip.dst_addr, address);
-    }
-    Ok(delta)
-}
-
-#[inline(always)]
-fn replace_address<const N: usize>(delta: Delta, field: &mut [u8; N], new: &[u8; N]) -> Delta {
-    let delta = delta.diff(field, new);
-    *field = *new;
-    delta
-}
-
 /// An IPv4 address as the maps store it: the first four of 16 bytes.
 #[inline(always)]
 pub fn first_four(address: &[u8; 16]) -> &[u8; 4] {
     // SAFETY: the first four bytes of a 16-byte array, with the array's lifetime.
     unsafe { &*address.as_ptr().cast::<[u8; 4]>() }
-}
-
-#[inline(always)]
-pub fn replace_ports(source: &mut [u8; 2], dest: &mut [u8; 2], src: Option<Endpoint>, dst: Option<Endpoint>) -> Delta {
-    let mut delta = Delta::default();
-    if let Some((_, port)) = src {
-        delta = delta.replace(*source, port);
-        *source = port;
-    }
-    if let Some((_, port)) = dst {
-        delta = delta.replace(*dest, port);
-        *dest = port;
-    }
-    delta
 }
