@@ -76,5 +76,9 @@ fn handle(request: Request, director: &Mutex<Director>) -> Response {
             Ok(services) => Response::Services { services },
             Err(err) => Response::Error { message: format!("{err:#}") },
         },
+        Request::Connections => match director.connections() {
+            Ok(connections) => Response::Connections { connections },
+            Err(err) => Response::Error { message: format!("{err:#}") },
+        },
     }
 }

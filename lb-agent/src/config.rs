@@ -44,23 +44,91 @@ pub struct Config {
     pub services: Vec<VirtualService>,
 }
 
-/// IPVS's connection timeouts (`ipvsadm --set tcp tcpfin udp`), in seconds: how long a
-/// connection may stay idle before the agent forgets it (and a Full-NAT connection's
-/// local port is free again). A field left out keeps IPVS's default.
+/// IPVS's connection timeouts, in seconds: how long a connection may stay idle in
+/// its state before the agent forgets it (and a Full-NAT connection's local port is
+/// free again). `tcp`, `tcp_fin` and `udp` are `ipvsadm --set`'s; the other TCP states
+/// can be set as old kernels' `/proc/sys/net/ipv4/vs/timeout_*` could. A field left out
+/// keeps IPVS's default.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    /// A TCP connection.
+    /// An established TCP connection.
     pub tcp: u32,
-    /// A TCP connection once a FIN or RST was seen, either way.
+    /// A TCP connection in FIN_WAIT (a FIN went one way).
     pub tcp_fin: u32,
     /// A UDP flow.
     pub udp: u32,
+    pub syn_sent: u32,
+    pub syn_recv: u32,
+    pub time_wait: u32,
+    pub close: u32,
+    pub close_wait: u32,
+    pub last_ack: u32,
+    pub listen: u32,
+    pub synack: u32,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { tcp: 900, tcp_fin: 120, udp: 300 }
+        Self::IPVS
+    }
+}
+
+impl Timeouts {
+    /// `ip_vs_proto_tcp.c`'s and `ip_vs_proto_udp.c`'s.
+    pub const IPVS: Self = Self {
+        tcp: 900,
+        tcp_fin: 120,
+        udp: 300,
+        syn_sent: 120,
+        syn_recv: 60,
+        time_wait: 120,
+        close: 10,
+        close_wait: 60,
+        last_ack: 30,
+        listen: 120,
+        synack: 120,
+    };
+
+    /// Every field by its name in the file.
+    pub fn named(&self) -> [(&'static str, u32); 11] {
+        let Self { tcp, tcp_fin, udp, syn_sent, syn_recv, time_wait, close, close_wait, last_ack, listen, synack } =
+            *self;
+        [
+            ("tcp", tcp),
+            ("tcp_fin", tcp_fin),
+            ("udp", udp),
+            ("syn_sent", syn_sent),
+            ("syn_recv", syn_recv),
+            ("time_wait", time_wait),
+            ("close", close),
+            ("close_wait", close_wait),
+            ("last_ack", last_ack),
+            ("listen", listen),
+            ("synack", synack),
+        ]
+    }
+
+    /// The timeout of a connection of `protocol` in `state` (a `lb_common::state`).
+    pub fn of(&self, protocol: u8, state: u8) -> u32 {
+        use lb_common::state::*;
+        if protocol != lb_common::IPPROTO_TCP {
+            return self.udp;
+        }
+        match state {
+            ESTABLISHED => self.tcp,
+            SYN_SENT => self.syn_sent,
+            SYN_RECV => self.syn_recv,
+            FIN_WAIT => self.tcp_fin,
+            TIME_WAIT => self.time_wait,
+            CLOSE => self.close,
+            CLOSE_WAIT => self.close_wait,
+            LAST_ACK => self.last_ack,
+            LISTEN => self.listen,
+            SYNACK => self.synack,
+            // IPVS's NONE, and whatever else: its 2 seconds.
+            _ => 2,
+        }
     }
 }
 

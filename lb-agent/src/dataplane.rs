@@ -4,6 +4,7 @@
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
     os::fd::AsFd,
+    sync::Arc,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -21,10 +22,14 @@ use lb_common::{
     names,
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
+    state::ConnCounts,
     stats::{Counters, Reason},
 };
 
 use crate::{config::XdpMode, offload, sched::Slots};
+
+mod real_conns;
+pub use real_conns::RealConns;
 
 /// The object `lb-ebpf` builds, embedded at compile time.
 static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -66,6 +71,7 @@ impl EbpfLogLevel {
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
+    real_conns: Arc<RealConns>,
     attached: StdHashMap<String, Attachment>,
 }
 
@@ -125,7 +131,8 @@ impl Dataplane {
             real_stats: typed(&mut ebpf, names::REAL_STATS)?,
             verdict_stats: typed(&mut ebpf, names::VERDICT_STATS)?,
         };
-        let dataplane = Self { ebpf, maps, attached: StdHashMap::new() };
+        let real_conns = Arc::new(RealConns::map(array_data(&ebpf, names::REAL_CONNS)?)?);
+        let dataplane = Self { ebpf, maps, real_conns, attached: StdHashMap::new() };
         // Entries are stamped with it from the first packet on.
         dataplane.clock()?.tick()?;
         Ok(dataplane)
@@ -270,6 +277,11 @@ impl Dataplane {
             .collect()
     }
 
+    /// Calls `visit` with every entry of the connection table.
+    pub fn walk_conns(&self, visit: impl FnMut(&FlowKey, &Conn)) -> Result<u64> {
+        walk(&self.maps.conns, visit)
+    }
+
     /// The real-server ids and service indexes that some connection entry still
     /// points at.
     pub fn conn_references(&self) -> Result<ConnReferences> {
@@ -288,11 +300,19 @@ impl Dataplane {
         Ok(ConnTable { map: HashMap::try_from(map).context("CONNS is not a hash map")? })
     }
 
+    /// Real server `id`'s active and inactive connections.
+    pub fn conn_counts(&self, id: u32) -> ConnCounts {
+        self.real_conns.get(id)
+    }
+
+    /// The real servers' connection counts (`REAL_CONNS`), mapped into memory.
+    pub fn real_conns(&self) -> Arc<RealConns> {
+        self.real_conns.clone()
+    }
+
     /// A handle of its own on the data path's clock (`CLOCK`).
     pub fn clock(&self) -> Result<Clock> {
-        let map = self.ebpf.map(names::CLOCK).ok_or_else(|| anyhow!("the object has no map {}", names::CLOCK))?;
-        let Map::Array(data) = map else { bail!("{} is not an array", names::CLOCK) };
-        let map = own_handle(data, names::CLOCK)?;
+        let map = own_handle(array_data(&self.ebpf, names::CLOCK)?, names::CLOCK)?;
         Ok(Clock { map: Array::try_from(map).context("CLOCK is not an array")? })
     }
 
@@ -334,6 +354,15 @@ impl ConnTable {
             Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(err) => Err(err).context("removing from CONNS"),
         }
+    }
+}
+
+/// The array map `name` of `ebpf`.
+fn array_data<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
+    match ebpf.map(name) {
+        Some(Map::Array(data)) => Ok(data),
+        Some(_) => bail!("{name} is not an array"),
+        None => bail!("the object has no map {name}"),
     }
 }
 

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow};
-use lb_api::{RealStatus, ServiceStatus, Stats};
+use lb_api::{ConnectionStatus, RealStatus, ServiceStatus, Stats};
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
     interface::{Interface, InterfaceKey},
@@ -28,6 +28,7 @@ use lb_common::{
 
 use crate::{
     config::{Config, Protocol, Real, SchedulerFlag, Timeouts, VirtualService},
+    connections,
     dataplane::Dataplane,
     neighbour::{Link, Links},
     registry::Registry,
@@ -364,12 +365,16 @@ impl Director {
         let mut reals = Vec::new();
         for real in &service.reals {
             let id = self.ids.reals.get(&(service.name.clone(), real.address)).context("running real without an id")?;
+            let conns = self.dataplane.conn_counts(id);
             reals.push(RealStatus {
                 address: real.address,
                 port: service.port_of(real),
                 weight: real.weight,
                 forwarding: service.forwarding_of(real).to_string(),
                 resolved: self.written.reals.get(&id).is_some_and(|r| r.ifindex != 0),
+                // A count may dip below zero for a moment (see `expiry`).
+                active_conns: conns.active.max(0) as u64,
+                inactive_conns: conns.inactive.max(0) as u64,
                 stats: stats(self.dataplane.real_counters(id)?),
             });
         }
@@ -382,6 +387,18 @@ impl Director {
             stats: stats(self.dataplane.service_counters(index)?),
             reals,
         })
+    }
+
+    /// The connections the table holds, as `ipvsadm -Lnc` lists them.
+    pub fn connections(&self) -> Result<Vec<ConnectionStatus>> {
+        let now = self.dataplane.clock()?.read()?;
+        let timeouts = self.timeouts();
+        let mut listed = Vec::new();
+        self.dataplane.walk_conns(|key, conn| {
+            let real = self.written.reals.get(&conn.real).map(|real| connections::address(&real.address, real.family));
+            listed.extend(connections::status(key, conn, now, &timeouts, real));
+        })?;
+        Ok(listed)
     }
 
     pub fn reason_counts(&self) -> Result<Vec<(Reason, u64)>> {

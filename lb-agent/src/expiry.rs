@@ -1,15 +1,18 @@
 //! Connection ageing, IPVS's timeouts: the agent forgets connections that have been
-//! idle for longer than their timeout, so a Full-NAT connection's local port (the key
-//! of its reply entry) is free again once the connection has ended or gone quiet.
+//! idle for longer than their state's timeout, so a Full-NAT connection's local port
+//! (the key of its reply entry) is free again once the connection has ended or gone
+//! quiet; and it keeps each real server's active and inactive counts true.
 //!
 //! The data path stamps an entry with the second it last forwarded a packet of it
-//! (`last_seen`) and marks it closing when a FIN or RST passes; it never removes an
-//! entry itself. [`Expiry::expire`] walks the table, pairs the two entries of a NAT or
-//! Full-NAT connection, and removes the connections idle for longer than their
-//! timeout: `tcp`, `tcp_fin` once closing, `udp`.
+//! (`last_seen`) and moves its TCP state; it never removes an entry itself.
+//! [`Expiry::expire`] walks the table, pairs the two entries of a NAT or Full-NAT
+//! connection, and removes the connections idle for longer than their timeout (by
+//! state: `tcp` established, `tcp_fin` in FIN_WAIT, `udp`, ...). As it walks it counts
+//! what each real server holds, and corrects the data path's counts by what they missed
+//! (connections evicted from a full table, and those it removed).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -19,13 +22,13 @@ use std::{
 
 use anyhow::{Context, Result};
 use lb_common::{
-    IPPROTO_TCP,
-    conn::{CONN_CLOSING, Conn, FlowKey},
+    conn::{Conn, FlowKey},
+    state::{self, ConnCounts},
 };
 
 use crate::{
     config::Timeouts,
-    dataplane::{Clock, ConnTable, kernel_seconds},
+    dataplane::{Clock, ConnTable, RealConns, kernel_seconds},
 };
 
 /// How often the table is walked, at the least.
@@ -38,6 +41,7 @@ const PAUSE_FACTOR: u32 = 4;
 pub struct Expiry {
     table: ConnTable,
     clock: Clock,
+    real_conns: Arc<RealConns>,
     counts: Arc<Counts>,
 }
 
@@ -70,9 +74,10 @@ pub struct Sweep {
 }
 
 impl Expiry {
-    /// The ager of `table`, whose entries are stamped by `clock`.
-    pub fn new(table: ConnTable, clock: Clock) -> Self {
-        Self { table, clock, counts: Arc::default() }
+    /// The ager of `table`, whose entries are stamped by `clock`, and whose
+    /// connections `real_conns` counts by real server.
+    pub fn new(table: ConnTable, clock: Clock, real_conns: Arc<RealConns>) -> Self {
+        Self { table, clock, real_conns, counts: Arc::default() }
     }
 
     pub fn counts(&self) -> Arc<Counts> {
@@ -97,12 +102,20 @@ impl Expiry {
         // taking now a second early, an idle time above the timeout means more than the
         // timeout has passed (never early, at most two seconds late).
         let now = clock.saturating_sub(1);
-        // An entry idle for no longer than the shortest timeout of its protocol is
-        // fresh, and so is its connection: only the others are looked at again.
+        // What the data path counted before the walk: the walk's own count replaces it,
+        // plus whatever the data path adds while the walk runs.
+        let counted = self.real_conns.all();
+        let mut held = HashMap::new();
+        // An entry idle for no longer than its state's timeout is fresh, and so is its
+        // connection: only the others are looked at again.
         let mut candidates = Vec::new();
         let entries = self.table.walk(|key, conn| {
-            let shortest = timeout(key.protocol, false, timeouts).min(timeout(key.protocol, true, timeouts));
-            if idle(now, conn) > shortest {
+            // A connection is counted by its client entry (a reply entry whose client
+            // entry is gone carries no more client packets).
+            if !conn.is_reply() {
+                tally(&mut held, key.protocol, conn, 1);
+            }
+            if idle(now, conn) > timeouts.of(key.protocol, conn.state) {
                 candidates.push(*key);
             }
         })?;
@@ -118,11 +131,26 @@ impl Expiry {
             seen.extend(connection.keys());
             if connection.expired(now, timeouts) && self.remove(&connection)? {
                 expired += 1;
+                if let Some((key, conn)) = &connection.client {
+                    tally(&mut held, key.protocol, conn, -1);
+                }
             }
         }
+        self.reconcile(&counted, &held);
         self.counts.entries.store(entries, Ordering::Relaxed);
         self.counts.expired.fetch_add(expired, Ordering::Relaxed);
         Ok(Sweep { entries, expired })
+    }
+
+    /// Sets each real server's counts to what the table holds (`held`), plus what the
+    /// data path changed since `counted` was read.
+    fn reconcile(&self, counted: &[ConnCounts], held: &HashMap<u32, ConnCounts>) {
+        for (id, counted) in (0..).zip(counted) {
+            let held = held.get(&id).copied().unwrap_or_default();
+            let change =
+                ConnCounts { active: held.active - counted.active, inactive: held.inactive - counted.inactive };
+            self.real_conns.add(id, change);
+        }
     }
 
     /// Removes the connection's entries, client direction first; answers whether any
@@ -211,27 +239,22 @@ impl Connection {
         self.entries().map(|(_, conn)| idle(now, conn)).min().unwrap_or(0)
     }
 
-    /// A FIN or RST passed, either way.
-    pub fn closing(&self) -> bool {
-        self.entries().any(|(_, conn)| conn.flags & CONN_CLOSING != 0)
-    }
-
-    /// Idle for longer than its timeout, at `now` (which [`Expiry::expire`] takes a
-    /// second early, so this is never early).
+    /// Idle for longer than its state's timeout, at `now` (which [`Expiry::expire`]
+    /// takes a second early, so this is never early). The state is the client entry's
+    /// (both hold it).
     pub fn expired(&self, now: u32, timeouts: &Timeouts) -> bool {
-        let Some((key, _)) = self.entries().next() else { return false };
-        self.idle(now) > timeout(key.protocol, self.closing(), timeouts)
+        let Some((key, conn)) = self.entries().next() else { return false };
+        self.idle(now) > timeouts.of(key.protocol, conn.state)
     }
 }
 
-/// The timeout of a connection of `protocol`: IPVS's `tcp` for a TCP connection,
-/// `tcp_fin` once it is `closing`, `udp` for the rest (the data path carries only TCP
-/// and UDP).
-pub fn timeout(protocol: u8, closing: bool, timeouts: &Timeouts) -> u32 {
-    match protocol {
-        IPPROTO_TCP if closing => timeouts.tcp_fin,
-        IPPROTO_TCP => timeouts.tcp,
-        _ => timeouts.udp,
+/// Adds `sign` connections in `conn`'s state to its real server's count in `held`.
+fn tally(held: &mut HashMap<u32, ConnCounts>, protocol: u8, conn: &Conn, sign: i64) {
+    let counts = held.entry(conn.real).or_default();
+    if state::is_active(protocol, conn.state) {
+        counts.active += sign;
+    } else {
+        counts.inactive += sign;
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod dataplane;
 pub mod director;
 pub mod expiry;

@@ -77,16 +77,21 @@ impl Collector for LbCollector {
                 services.iter().map(|s| (service_labels(s), value(&s.stats))),
             )?;
         }
-        let reals: Vec<([(&str, String); 2], &lb_api::Stats)> = services
+        let reals: Vec<([(&str, String); 2], &lb_api::RealStatus)> = services
             .iter()
-            .flat_map(|s| {
-                s.reals.iter().map(|r| ([("service", s.name.clone()), ("real", r.address.to_string())], &r.stats))
-            })
+            .flat_map(|s| s.reals.iter().map(|r| ([("service", s.name.clone()), ("real", r.address.to_string())], r)))
             .collect();
         for (name, help, value) in TRAFFIC {
             let help = format!("{help}, for a real server.");
-            let members = reals.iter().map(|(labels, stats)| (labels.clone(), value(stats)));
+            let members = reals.iter().map(|(labels, real)| (labels.clone(), value(&real.stats)));
             family(&mut encoder, &format!("lb_real_{name}"), &help, members)?;
+        }
+        for (name, help, value) in CONNECTIONS {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, real) in &reals {
+                let count = i64::try_from(value(real)).unwrap_or(i64::MAX);
+                ConstGauge::new(count).encode(metric.encode_family(labels)?)?;
+            }
         }
 
         for (name, help, counts) in VERDICTS {
@@ -124,6 +129,21 @@ const VERDICTS: [Verdicts; 3] = [
         "lb_noted_packets",
         "Packets the data path forwarded without something they should have had, by reason.",
         |verdict| verdict == Verdict::Note,
+    ),
+];
+
+/// The connections a real server holds, as ipvsadm counts them: (name, help, value).
+type Connections = (&'static str, &'static str, fn(&lb_api::RealStatus) -> u64);
+const CONNECTIONS: [Connections; 2] = [
+    (
+        "lb_real_active_connections",
+        "Connections of a real server that are established or opening (ipvsadm's ActiveConn).",
+        |real| real.active_conns,
+    ),
+    (
+        "lb_real_inactive_connections",
+        "Other connections a real server holds: closing TCP, UDP (ipvsadm's InActConn).",
+        |real| real.inactive_conns,
     ),
 ];
 

@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, BufRead, BufReader, Write},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
@@ -18,12 +18,15 @@ pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 pub enum Request {
     /// The virtual services and their real servers, with counters.
     List,
+    /// The connections the director holds.
+    Connections,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     Services { services: Vec<ServiceStatus> },
+    Connections { connections: Vec<ConnectionStatus> },
     Error { message: String },
 }
 
@@ -48,7 +51,28 @@ pub struct RealStatus {
     pub forwarding: String,
     /// Whether the director knows the real server's link-layer address.
     pub resolved: bool,
+    /// ipvsadm's ActiveConn: connections established, or opening (TCP).
+    pub active_conns: u64,
+    /// ipvsadm's InActConn: the other connections it holds (closing TCP, UDP).
+    pub inactive_conns: u64,
     pub stats: Stats,
+}
+
+/// A connection the director holds, as `ipvsadm -Lnc` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Seconds until it expires if it stays idle.
+    pub expires: u32,
+    /// IPVS's state name (`ESTABLISHED`, ...; `UDP` for UDP).
+    pub state: String,
+    /// The client.
+    pub source: SocketAddr,
+    /// The virtual service's address it came to.
+    pub virtual_address: SocketAddr,
+    /// The real server it goes to.
+    pub destination: SocketAddr,
 }
 
 /// Traffic counted by the director, in ipvsadm's terms. Only replies that come back

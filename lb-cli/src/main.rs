@@ -21,9 +21,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Virtual services and real servers with their counters (as `ipvsadm -Ln --stats`).
+    /// Virtual services and real servers with their connections (as `ipvsadm -Ln`).
     #[command(visible_alias = "ls")]
-    List,
+    List {
+        /// Their traffic counters instead (as `ipvsadm -Ln --stats`).
+        #[arg(long, conflicts_with = "connections")]
+        stats: bool,
+        /// The connection entries (as `ipvsadm -Lnc`).
+        #[arg(short = 'c', long)]
+        connections: bool,
+        /// Numeric output, as always (accepted for ipvsadm's habit).
+        #[arg(short = 'n', long)]
+        numeric: bool,
+    },
 }
 
 fn main() {
@@ -35,10 +45,23 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::List => match lb_api::call(&cli.socket, &Request::List)? {
+        Command::List { connections: true, .. } => match lb_api::call(&cli.socket, &Request::Connections)? {
+            Response::Connections { connections } => print!("{}", list::render_connections(&connections)),
+            other => refused(other)?,
+        },
+        Command::List { stats, .. } => match lb_api::call(&cli.socket, &Request::List)? {
+            Response::Services { services } if stats => print!("{}", list::render_stats(&services)),
             Response::Services { services } => print!("{}", list::render(&services)),
-            Response::Error { message } => bail!("the agent refused: {message}"),
+            other => refused(other)?,
         },
     }
     Ok(())
+}
+
+/// An answer that is not the one asked for: the agent's error, or a mismatch.
+fn refused(response: Response) -> Result<()> {
+    match response {
+        Response::Error { message } => bail!("the agent refused: {message}"),
+        other => bail!("the agent answered something else: {other:?}"),
+    }
 }

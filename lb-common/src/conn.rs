@@ -24,8 +24,6 @@ pub struct FlowKey {
 
 /// `Conn::flags`: the entry is for packets from the real server back to the client.
 pub const CONN_REPLY: u8 = 1 << 0;
-/// `Conn::flags`: a FIN or RST was seen: the connection is closing, and ages faster.
-pub const CONN_CLOSING: u8 = 1 << 1;
 /// `Conn::flags`: a Full-NAT TCP connection of a service with TOA: the client's segments
 /// carry its address to the real server in a TCP option until one with data has, and
 /// (on the reply's entry) the MSS of the real server's SYN-ACK is lowered to leave room
@@ -57,7 +55,8 @@ pub struct Conn {
     pub forwarding: u8,
     /// `CONN_*` bits.
     pub flags: u8,
-    /// Reserved for the TCP state (IPVS's state table).
+    /// The connection's TCP state (`state::*`, IPVS's table), the same in both entries
+    /// of a NAT or Full-NAT connection; `state::NONE` for UDP.
     pub state: u8,
     pub _pad: u8,
     /// When a packet of the flow was last seen, in seconds of the kernel's monotonic

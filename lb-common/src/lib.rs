@@ -11,6 +11,7 @@ pub mod fragment;
 pub mod interface;
 pub mod real;
 pub mod service;
+pub mod state;
 pub mod stats;
 
 #[cfg(feature = "user")]
@@ -59,6 +60,7 @@ pub mod names {
     pub const SCHED_RING: &str = "SCHED_RING";
     pub const SCHED_CURSOR: &str = "SCHED_CURSOR";
     pub const CONNS: &str = "CONNS";
+    pub const REAL_CONNS: &str = "REAL_CONNS";
     pub const CLOCK: &str = "CLOCK";
     pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";

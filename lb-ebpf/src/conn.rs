@@ -1,15 +1,20 @@
 //! The connection table: a known flow keeps its real server (and its rewrite); a new
-//! one is remembered before its first packet leaves.
+//! one is remembered before its first packet leaves. Each connection follows IPVS's
+//! TCP states, and each real server's active and inactive connections are counted as
+//! they open and change state.
 
 use lb_common::{
     IPPROTO_TCP,
-    conn::{CONN_CLOSING, Conn, FlowKey},
+    conn::{Conn, FlowKey, client_key, reply_key},
+    real::Forwarding,
+    state::{self, Direction, ESTABLISHED},
     stats::Reason,
 };
 
 use crate::{
-    maps::{CLOCK, CONNS},
-    parse::{Packet, TCP_FIN, TCP_RST},
+    atomic,
+    maps::{CLOCK, CONNS, REAL_CONNS},
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// The entry of a known flow, in the map (its packets refresh it in place).
@@ -20,20 +25,77 @@ pub fn lookup(flow: &FlowKey) -> Option<&'static mut Conn> {
     CONNS.get_ptr_mut(flow).map(|conn| unsafe { &mut *conn })
 }
 
-/// Notes that `packet` was seen: when, and whether the connection is closing. Each
-/// field is written only when it changes, so a busy flow does not keep dirtying a
-/// cache line that other CPUs read.
+/// Notes that `packet` was forwarded: when, and what it did to the connection's TCP
+/// state. Each field is written only when it changes, so a busy flow does not keep
+/// dirtying a cache line that other CPUs read.
 #[inline(always)]
 pub fn touch(conn: &mut Conn, packet: &Packet) {
     let now = now();
     if conn.last_seen != now {
         conn.last_seen = now;
     }
-    if packet.flow.protocol == IPPROTO_TCP
-        && packet.tcp_flags & (TCP_FIN | TCP_RST) != 0
-        && conn.flags & CONN_CLOSING == 0
-    {
-        conn.flags |= CONN_CLOSING;
+    // An established connection's plain segments leave it established in every
+    // table: decided without looking.
+    let steady = conn.state == ESTABLISHED && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK;
+    if packet.flow.protocol == IPPROTO_TCP && !steady {
+        follow_tcp(conn, &packet.flow, packet.tcp_flags);
+    }
+}
+
+/// IPVS's `set_tcp_state`: the connection's next state by the segment's flags and the
+/// way it went, with its real server's counts moved when it becomes active or inactive.
+/// A function of its own: it runs a few times per connection, not per packet.
+#[inline(never)]
+fn follow_tcp(conn: &mut Conn, flow: &FlowKey, flags: u8) {
+    let state = state::next_tcp_state(direction(conn), flags, conn.state);
+    if state == conn.state {
+        return;
+    }
+    let (was, is) = (state::is_active(IPPROTO_TCP, conn.state), state::is_active(IPPROTO_TCP, state));
+    if was != is {
+        let gained = if is { 1 } else { -1 };
+        count(conn.real, gained, -gained);
+    }
+    conn.state = state;
+    // Both entries of a NAT or Full-NAT connection hold its state, so the next segment
+    // either way starts from it.
+    let partner = if conn.is_reply() { client_key(flow, conn) } else { reply_key(flow, conn) };
+    if let Some(partner) = partner.and_then(|key| lookup(&key)) {
+        partner.state = state;
+    }
+}
+
+/// Which of IPVS's tables the connection's segments follow: a client's segment sees
+/// only half of the conversation when the replies do not pass the director.
+#[inline(always)]
+fn direction(conn: &Conn) -> Direction {
+    if conn.is_reply() {
+        Direction::Output
+    } else if conn.forwarding == Forwarding::Nat as u8 || conn.forwarding == Forwarding::Fnat as u8 {
+        Direction::Input
+    } else {
+        Direction::InputOnly
+    }
+}
+
+/// Counts a new connection of `protocol` on its real server `real`, active or not
+/// by the state it opens in.
+#[inline(always)]
+pub fn count_open(real: u32, protocol: u8) {
+    if state::is_active(protocol, state::opening(protocol)) { count(real, 1, 0) } else { count(real, 0, 1) }
+}
+
+#[inline(always)]
+fn count(real: u32, active: i64, inactive: i64) {
+    let Some(counts) = REAL_CONNS.get_ptr_mut(real) else { return };
+    // SAFETY: a map value, valid for the program's run; changed only atomically.
+    unsafe {
+        if active != 0 {
+            atomic::add(&raw mut (*counts).active, active);
+        }
+        if inactive != 0 {
+            atomic::add(&raw mut (*counts).inactive, inactive);
+        }
     }
 }
 
@@ -57,15 +119,16 @@ pub fn now() -> u32 {
     CLOCK.get(0).copied().unwrap_or(0)
 }
 
-/// An entry with nothing rewritten (direct routing, tunnels), seen now.
+/// An entry with nothing rewritten (direct routing, tunnels), of a connection of
+/// `protocol` opening now.
 #[inline(always)]
-pub fn plain(real: u32, service: u32, forwarding: u8) -> Conn {
+pub fn plain(real: u32, service: u32, forwarding: u8, protocol: u8) -> Conn {
     Conn {
         real,
         service,
         forwarding,
         flags: 0,
-        state: 0,
+        state: state::opening(protocol),
         _pad: 0,
         last_seen: now(),
         src: [0; 16],

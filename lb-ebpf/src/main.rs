@@ -8,6 +8,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod atomic;
 mod conn;
 mod csum;
 mod forward;

@@ -1,7 +1,7 @@
 //! Every map of the data path, in one place. The agent is their only writer.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
@@ -12,6 +12,7 @@ use lb_common::{
     interface::{Interface, InterfaceKey},
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
+    state::ConnCounts,
     stats::{Counters, Reason},
 };
 
@@ -44,6 +45,12 @@ pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVIC
 /// the flows land on.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+
+/// Per real server (by id), its active and inactive connections, for every CPU at
+/// once: what the least-connection schedulers weigh. Mapped into the agent's memory,
+/// which subtracts what it expires with atomic operations of its own.
+#[map]
+pub static REAL_CONNS: Array<ConnCounts> = Array::with_max_entries(MAX_REALS, BPF_F_MMAPABLE);
 
 /// Seconds of the kernel's CLOCK_MONOTONIC_COARSE, written by the agent every second
 /// (its only writer once loaded): what connection entries are stamped with.

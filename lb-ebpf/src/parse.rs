@@ -94,10 +94,7 @@ impl Packet {
 
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS: usize = 13;
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+pub use lb_common::state::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Where the IP packet starts, and what the Ethernet header says is in it.
 struct Link {

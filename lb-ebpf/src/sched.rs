@@ -14,6 +14,7 @@ use lb_common::{
 };
 
 use crate::{
+    atomic,
     maps::{SCHED_CURSOR, SCHED_RING},
     parse::Packet,
 };
@@ -44,7 +45,7 @@ fn next_in_sequence(service: &Service) -> Result<u32, Reason> {
         return Err(Reason::NoRealServer);
     }
     let cursor = SCHED_CURSOR.get_ptr_mut(service.index).ok_or(Reason::NoRealServer)?;
-    let turn = fetch_add_one(unsafe { &raw mut (*cursor).turn });
+    let turn = atomic::fetch_add_one(unsafe { &raw mut (*cursor).turn });
     let slot = service.sequence_start + (turn % u64::from(service.sequence_len)) as u32;
     SCHED_RING.get(slot).copied().ok_or(Reason::NoRealServer)
 }
@@ -74,22 +75,6 @@ fn by_hash(service: &Service, bucket: u32, fallback: bool) -> Result<u32, Reason
         real = SCHED_RING.get(slot).copied().ok_or(Reason::NoRealServer)?;
     }
     if real == NO_REAL { Err(Reason::NoRealServer) } else { Ok(real) }
-}
-
-/// `*counter += 1` atomically across CPUs, returning the old value. Rust's bpf target
-/// has no `AtomicU64::fetch_add` (it lacks compare-and-swap), but the instruction set has
-/// this one (BPF_ATOMIC | BPF_FETCH | BPF_ADD).
-#[inline(always)]
-fn fetch_add_one(counter: *mut u64) -> u64 {
-    let mut value: u64 = 1;
-    unsafe {
-        core::arch::asm!(
-            "{value} = atomic_fetch_add((u64 *)({counter} + 0), {value})",
-            counter = in(reg) counter,
-            value = inout(reg) value,
-        );
-    }
-    value
 }
 
 /// For an operator tracing scheduling decisions (`lb-agent --ebpf-log-level debug`);

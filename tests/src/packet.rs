@@ -15,10 +15,7 @@ pub const PROTO_IPIP: u8 = 4;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_IPV6: u8 = 41;
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+pub use lb_common::state::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Offset of the IP header in an untagged frame.
 pub const L3: usize = 14;

@@ -5,6 +5,7 @@
 //! namespace whose routes lead back to the client ([`Routes`]).
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -22,7 +23,7 @@ use lb_agent::{
 use lb_common::stats::Reason;
 use lb_tests::{
     bed::{self, Routes, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
-    packet::{self, TCP_ACK, TCP_FIN, TCP_SYN},
+    packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const VIP4: &str = "203.0.113.10";
@@ -72,7 +73,7 @@ impl Bed {
     /// A data path holding `services`, with the top-level `settings`.
     fn new(settings: &str, services: &str) -> Self {
         let dataplane = Dataplane::load(4096, EbpfLogLevel::Off).expect("loading lb_ingress (as root?)");
-        let expiry = Expiry::new(dataplane.conn_table().unwrap(), dataplane.clock().unwrap());
+        let expiry = Expiry::new(dataplane.conn_table().unwrap(), dataplane.clock().unwrap(), dataplane.real_conns());
         let clock = Ticking::start(dataplane.clock().unwrap());
         let mut director = Director::new(dataplane);
         bed::reconfigure_with(&mut director, settings, services, bed::on_ingress).unwrap();
@@ -147,8 +148,24 @@ fn full_nat_local_ports_return_when_their_connections_expire() {
     assert_eq!((bed.expiry.counts().expired(), bed.expiry.counts().entries()), (1, 4), "what the metrics read");
 }
 
+/// (active, inactive) by "service real-address".
+type Counts = BTreeMap<String, (u64, u64)>;
+
+/// The state of each connection the director lists, by client port, and the
+/// (active, inactive) counts of each real server, by service and address.
+fn states(bed: &Bed) -> (BTreeMap<(String, u16), String>, Counts) {
+    let listed = bed.director.connections().unwrap();
+    let states = listed.into_iter().map(|c| ((c.source.ip().to_string(), c.source.port()), c.state)).collect();
+    let services = bed.director.status().unwrap();
+    let counts = services
+        .iter()
+        .flat_map(|s| s.reals.iter().map(|r| (format!("{} {}", s.name, r.address), (r.active_conns, r.inactive_conns))))
+        .collect();
+    (states, counts)
+}
+
 #[test]
-fn a_closing_tcp_connection_expires_by_tcp_fin_and_a_nat_connection_goes_whole() {
+fn nat_connections_follow_ipvs_full_state_table_and_age_by_state() {
     let mut services = String::new();
     for (name, vip, real) in [("web4", VIP4, REAL4), ("web6", VIP6, REAL6)] {
         services += &format!(
@@ -156,36 +173,137 @@ fn a_closing_tcp_connection_expires_by_tcp_fin_and_a_nat_connection_goes_whole()
              reals: [{{ address: \"{real}\", port: 8080 }}] }}\n"
         );
     }
-    // udp: 1 too, so a TCP connection aged by the UDP timeout would show.
-    let mut bed = Bed::new("timeouts: { tcp: 900, tcp_fin: 1, udp: 1 }\n", &services);
+    // udp: 1 and tcp_fin: 1 too, so a TCP connection aged by the wrong timeout would show.
+    let mut bed = Bed::new("timeouts: { tcp: 900, tcp_fin: 1, udp: 1, time_wait: 1, close: 1 }\n", &services);
     let families = [("198.18.1.1", VIP4, REAL4), ("2001:db8:1::1", VIP6, REAL6)];
     let request = |client, vip, port, flags| packet::tcp_frame(sock(client, port), sock(vip, 80), flags, b"");
     let reply = |client, real, port, flags| packet::tcp_frame(sock(real, 8080), sock(client, port), flags, b"");
+    let mut expected = BTreeMap::new();
     for (client, vip, real) in families {
-        for port in [51000, 51001, 51002] {
-            assert_eq!(bed.run(&request(client, vip, port, TCP_SYN)).0, XDP_TX, "{vip} {port}");
+        let state = |port: u16, name: &str| ((client.to_owned(), port), name.to_owned());
+        // A segment from the client (through to the real server) or back.
+        let send = |bed: &Bed, from_client: bool, port, flags| {
+            let (frame, verdict) = if from_client {
+                (request(client, vip, port, flags), XDP_TX)
+            } else {
+                (reply(client, real, port, flags), XDP_REDIRECT)
+            };
+            assert_eq!(bed.run(&frame).0, verdict, "{vip} {port} {flags:#x}");
+        };
+        for port in [51000, 51001, 51002, 51003, 51004] {
+            send(&bed, true, port, TCP_SYN);
         }
-        // 51000: the client closes; 51001: the real server does; 51002 carries on.
-        assert_eq!(bed.run(&request(client, vip, 51000, TCP_FIN | TCP_ACK)).0, XDP_TX);
-        assert_eq!(bed.run(&reply(client, real, 51001, TCP_FIN | TCP_ACK)).0, XDP_REDIRECT);
-        assert_eq!(bed.run(&request(client, vip, 51002, TCP_ACK)).0, XDP_TX);
-        assert_eq!(bed.run(&reply(client, real, 51002, TCP_ACK)).0, XDP_REDIRECT);
+        assert_eq!(states(&bed).0[&(client.to_owned(), 51000)], "SYN_RECV", "a SYN from NONE");
+        for port in [51000, 51001, 51002, 51003] {
+            send(&bed, false, port, TCP_SYN | TCP_ACK);
+            send(&bed, true, port, TCP_ACK);
+        }
+        // 51000: the client closes first, 51001 the real server; 51002 is reset;
+        // 51003 carries on; 51004 never got its SYN-ACK.
+        let steps: [(u16, bool, u8, &str); 6] = [
+            (51000, true, TCP_FIN | TCP_ACK, "CLOSE_WAIT"),
+            (51000, false, TCP_FIN | TCP_ACK, "TIME_WAIT"),
+            (51001, false, TCP_FIN | TCP_ACK, "FIN_WAIT"),
+            (51001, true, TCP_FIN | TCP_ACK, "TIME_WAIT"),
+            (51002, true, TCP_RST, "CLOSE"),
+            (51003, false, TCP_ACK, "ESTABLISHED"),
+        ];
+        for (port, from_client, flags, after) in steps {
+            send(&bed, from_client, port, flags);
+            assert_eq!(states(&bed).0[&(client.to_owned(), port)], after, "{vip} {port} {flags:#x}");
+        }
+        expected.extend([
+            state(51000, "TIME_WAIT"),
+            state(51001, "TIME_WAIT"),
+            state(51002, "CLOSE"),
+            state(51003, "ESTABLISHED"),
+            state(51004, "SYN_RECV"),
+        ]);
     }
-    assert_eq!(bed.expire(), Sweep { entries: 12, expired: 0 });
+    let (listed, counts) = states(&bed);
+    assert_eq!(listed, expected);
+    let held = BTreeMap::from([(format!("web4 {REAL4}"), (2, 3)), (format!("web6 {REAL6}"), (2, 3))]);
+    assert_eq!(counts, held, "ESTABLISHED and SYN_RECV are active, the closing ones inactive");
+    assert_eq!(bed.expire(), Sweep { entries: 20, expired: 0 });
+    assert_eq!(states(&bed).1, held, "the walk finds what the data path counted");
 
     sleep(PAST_ONE_SECOND);
-    assert_eq!(bed.expire(), Sweep { entries: 12, expired: 4 }, "the closing ones, by tcp_fin");
+    assert_eq!(bed.expire(), Sweep { entries: 20, expired: 6 }, "TIME_WAIT and CLOSE, by their timeouts");
+    let held = BTreeMap::from([(format!("web4 {REAL4}"), (2, 0)), (format!("web6 {REAL6}"), (2, 0))]);
+    assert_eq!(states(&bed).1, held, "what expired is no longer counted");
     for (client, vip, real) in families {
-        for port in [51000, 51001] {
+        for port in [51000, 51001, 51002] {
             let ack = request(client, vip, port, TCP_ACK);
             assert_eq!(bed.run(&ack).0, XDP_DROP, "{vip} {port}: the client's entry is gone");
             let late = reply(client, real, port, TCP_ACK);
             assert_eq!(bed.run(&late), (XDP_PASS, late.clone()), "{vip} {port}: and the reply's");
         }
-        assert_eq!(bed.run(&request(client, vip, 51002, TCP_ACK)).0, XDP_TX, "{vip}: the open one stays");
-        assert_eq!(bed.run(&reply(client, real, 51002, TCP_ACK)).0, XDP_REDIRECT, "{vip}: both ways");
+        assert_eq!(bed.run(&request(client, vip, 51003, TCP_ACK)).0, XDP_TX, "{vip}: the open one stays");
+        assert_eq!(bed.run(&reply(client, real, 51003, TCP_ACK)).0, XDP_REDIRECT, "{vip}: both ways");
     }
-    assert_eq!(bed.reason(Reason::NoConnection), 4);
-    assert_eq!(bed.reason(Reason::NotAService), 4);
+    assert_eq!(bed.reason(Reason::NoConnection), 6);
+    assert_eq!(bed.reason(Reason::NotAService), 6);
+    assert_eq!(bed.expire(), Sweep { entries: 8, expired: 0 });
+}
+
+#[test]
+fn direct_routing_follows_ipvs_input_only_table_and_counts_survive_eviction() {
+    let services = bed::service("web", VIP4, 80, "tcp", "rr", &[(REAL4, 1)])
+        + &bed::service("dns", VIP4, 53, "udp", "rr", &[(REAL4, 1)]);
+    let mut bed = Bed::new("timeouts: { tcp_fin: 1, close: 1 }\n", &services);
+    let client = "198.18.1.1";
+    let segment = |port, flags| packet::tcp_frame(sock(client, port), sock(VIP4, 80), flags, b"");
+    // SYN → SYN_RECV, ACK → ESTABLISHED, FIN → FIN_WAIT, RST → CLOSE.
+    let steps: [(u16, u8, &str); 7] = [
+        (52000, TCP_SYN, "SYN_RECV"),
+        (52000, TCP_ACK, "ESTABLISHED"),
+        (52000, TCP_FIN | TCP_ACK, "FIN_WAIT"),
+        (52000, TCP_ACK, "FIN_WAIT"),
+        (52001, TCP_SYN, "SYN_RECV"),
+        (52001, TCP_ACK, "ESTABLISHED"),
+        (52001, TCP_RST, "CLOSE"),
+    ];
+    for (port, flags, after) in steps {
+        assert_eq!(bed.run(&segment(port, flags)).0, XDP_TX, "{port} {flags:#x}");
+        assert_eq!(states(&bed).0[&(client.to_owned(), port)], after, "{port} {flags:#x}");
+    }
+    for port in [52002, 52003] {
+        assert_eq!(bed.run(&segment(port, TCP_SYN)).0, XDP_TX);
+        assert_eq!(bed.run(&segment(port, TCP_ACK)).0, XDP_TX);
+    }
+    let query = packet::udp_frame(sock(client, 5353), sock(VIP4, 53), b"query");
+    assert_eq!(bed.run(&query).0, XDP_TX);
+    assert_eq!(states(&bed).0[&(client.to_owned(), 5353)], "UDP");
+    let web = format!("web {REAL4}");
+    let dns = format!("dns {REAL4}");
+    assert_eq!(states(&bed).1[&web], (2, 2), "established active; FIN_WAIT and CLOSE inactive");
+    assert_eq!(states(&bed).1[&dns], (0, 1), "UDP is inactive");
+
+    // What the data path counted but the table no longer holds (an eviction tells
+    // nobody) is taken back by the next walk.
+    let mut table = bed.director.dataplane().conn_table().unwrap();
+    assert!(table.remove(&flow_key(client, 52002)).unwrap());
+    assert_eq!(states(&bed).1[&web], (2, 2), "not yet seen");
     assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 });
+    assert_eq!(states(&bed).1[&web], (1, 2), "reconciled with the table");
+
+    sleep(PAST_ONE_SECOND);
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 2 }, "FIN_WAIT by tcp_fin, CLOSE by close");
+    assert_eq!((states(&bed).1[&web], states(&bed).1[&dns]), ((1, 0), (0, 1)), "52003, and the UDP flow");
+}
+
+/// The key of the client's TCP flow to `VIP4:80` from `client:port`.
+fn flow_key(client: &str, port: u16) -> lb_common::conn::FlowKey {
+    let mut key = lb_common::conn::FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: port.to_be_bytes(),
+        dst_port: 80u16.to_be_bytes(),
+        protocol: lb_common::IPPROTO_TCP,
+        family: lb_common::FAMILY_IPV4,
+        _pad: [0; 2],
+    };
+    key.src[..4].copy_from_slice(&client.parse::<std::net::Ipv4Addr>().unwrap().octets());
+    key.dst[..4].copy_from_slice(&VIP4.parse::<std::net::Ipv4Addr>().unwrap().octets());
+    key
 }

@@ -86,12 +86,12 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     assert_eq!(metrics.value("lb_dropped_packets_total", &[("reason", "malformed_ip")])?, 0.0);
     ensure!(metrics.get("lb_passed_packets_total", &[("reason", "not_ip")]).is_some(), "pass reasons are exported");
 
-    let list = lab.on_director(&[
-        &lb_tests::lab::binary("lbctl")?.to_string_lossy(),
-        "--socket",
-        &lab.api_socket().to_string_lossy(),
-        "list",
-    ])?;
+    let lbctl = |args: &[&str]| -> Result<String> {
+        let lbctl = lb_tests::lab::binary("lbctl")?;
+        let socket = lab.api_socket();
+        lab.on_director(&[&[&*lbctl.to_string_lossy(), "--socket", &*socket.to_string_lossy()], args].concat())
+    };
+    let list = lbctl(&["list", "--stats"])?;
     assert!(list.contains("Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes"), "{list}");
     let conns = |prefix: &str| {
         let line = list.lines().find(|line| line.starts_with(prefix));
@@ -99,6 +99,23 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     };
     assert_eq!(conns("TCP  203.0.113.10:80").as_deref(), Some("300"), "{list}");
     assert_eq!(conns("  -> [2001:db8:1::13]:80").as_deref(), Some("150"), "{list}");
+
+    // Every connection was closed by the client's FIN, which only direct routing's
+    // input-only table sees: FIN_WAIT, inactive, until tcp_fin (120 s) has passed.
+    let list = lbctl(&["list", "-n"])?;
+    assert!(list.contains("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"), "{list}");
+    assert!(list.contains("\nTCP  203.0.113.10:80 wrr\n"), "{list}");
+    for (real, weight) in lab.reals.iter().zip(WEIGHTS) {
+        let line =
+            format!("  -> {:<28} Route   {weight:<6} {:<10} {:<10}", format!("{}:80", real.ipv4), 0, weight * 50);
+        assert!(list.contains(&line), "{line:?} in\n{list}");
+        let labels = [("service", "web4"), ("real", &real.ipv4.to_string() as &str)];
+        assert_eq!(metrics.value("lb_real_active_connections", &labels)?, 0.0);
+        assert_eq!(metrics.value("lb_real_inactive_connections", &labels)?, f64::from(weight) * 50.0);
+    }
+    let connections = lbctl(&["list", "-c"])?;
+    let fin_wait = connections.lines().filter(|line| line.starts_with("TCP 0") && line.contains(" FIN_WAIT ")).count();
+    assert_eq!(fin_wait, 600, "web4's and web6's:\n{connections}");
 
     let log = agent.log.clone();
     let status = agent.stop()?;

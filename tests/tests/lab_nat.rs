@@ -111,7 +111,9 @@ fn forgets_idle_connections(lab: &Lab, agent: &lab::Agent, forwarding: &str, ext
     assert_eq!(metrics.value("lb_connections_expired_total", &[])?, 0.0, "{forwarding}: none idle for long yet");
     let opened: f64 = metrics.all("lb_service_connections_total").map(|(_, value)| value).sum();
     let config = lab.config_for(forwarding, "wrr", &[0, 1, 0], extra);
-    let outcome = agent.reload(&format!("timeouts: {{ tcp: 1, tcp_fin: 1, udp: 1 }}\n{config}"))?;
+    let every_state = "tcp: 1, tcp_fin: 1, udp: 1, syn_sent: 1, syn_recv: 1, time_wait: 1, close: 1, close_wait: 1, \
+                       last_ack: 1, listen: 1, synack: 1";
+    let outcome = agent.reload(&format!("timeouts: {{ {every_state} }}\n{config}"))?;
     ensure!(outcome.contains("reloaded:"), "{outcome}");
     let mut expired = 0.0;
     lab::wait_until(Duration::from_secs(20), "the ager to empty the connection table", || {

@@ -59,15 +59,17 @@ fn defaults_are_ipvsadm_s() {
     assert_eq!(config.interfaces[0].xdp_mode, XdpMode::Auto);
     assert_eq!(config.metrics_listen, "127.0.0.1:9798".parse().unwrap());
     assert!(config.services.is_empty());
-    assert_eq!(config.timeouts, Timeouts { tcp: 900, tcp_fin: 120, udp: 300 }, "ipvsadm -L --timeout");
+    let timeouts = config.timeouts;
+    assert_eq!((timeouts.tcp, timeouts.tcp_fin, timeouts.udp), (900, 120, 300), "ipvsadm -L --timeout");
+    assert_eq!((timeouts.time_wait, timeouts.close, timeouts.syn_recv), (120, 10, 60), "ip_vs_proto_tcp.c");
 }
 
 #[test]
 fn timeouts_left_out_keep_ipvs_defaults() {
     let config = parse(&format!("timeouts: {{ udp: 1 }}\n{EXAMPLE}")).unwrap();
-    assert_eq!(config.timeouts, Timeouts { tcp: 900, tcp_fin: 120, udp: 1 });
-    let config = parse(&format!("timeouts: {{ tcp: 60, tcp_fin: 10, udp: 30 }}\n{EXAMPLE}")).unwrap();
-    assert_eq!(config.timeouts, Timeouts { tcp: 60, tcp_fin: 10, udp: 30 });
+    assert_eq!(config.timeouts, Timeouts { udp: 1, ..Timeouts::default() });
+    let config = parse(&format!("timeouts: {{ tcp: 60, tcp_fin: 10, udp: 30, time_wait: 2 }}\n{EXAMPLE}")).unwrap();
+    assert_eq!(config.timeouts, Timeouts { tcp: 60, tcp_fin: 10, udp: 30, time_wait: 2, ..Timeouts::default() });
 }
 
 #[test]

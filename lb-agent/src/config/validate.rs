@@ -4,7 +4,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES};
 
-use super::{Config, Forwarding, Protocol, Real, Timeouts, VirtualService};
+use super::{Config, Forwarding, Protocol, Real, VirtualService};
 
 /// IPVS limits weights to this (ipvsadm -w 0..65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -96,8 +96,7 @@ fn check_tunnel_source(config: &Config) -> Result<(), Invalid> {
 }
 
 fn check_timeouts(config: &Config) -> Result<(), Invalid> {
-    let Timeouts { tcp, tcp_fin, udp } = config.timeouts;
-    for (name, seconds) in [("tcp", tcp), ("tcp_fin", tcp_fin), ("udp", udp)] {
+    for (name, seconds) in config.timeouts.named() {
         if seconds == 0 {
             return Err(invalid(format!("timeouts.{name}"), "0 seconds is too short (at least 1)"));
         }

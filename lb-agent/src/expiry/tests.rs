@@ -1,9 +1,10 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{
-    IPPROTO_UDP,
+    IPPROTO_TCP, IPPROTO_UDP,
     conn::{CONN_REPLY, Conn, FlowKey},
     real::Forwarding,
+    state::{ESTABLISHED, FIN_WAIT, SYN_RECV, TIME_WAIT},
 };
 
 use super::*;
@@ -39,7 +40,8 @@ fn entry(forwarding: Forwarding, flags: u8, last_seen: u32, src: (&str, u16), ds
         service: 3,
         forwarding: forwarding as u8,
         flags,
-        state: 0,
+        // Established, for TCP; a UDP connection's state is not looked at.
+        state: ESTABLISHED,
         _pad: 0,
         last_seen,
         src: bytes(src.0),
@@ -83,14 +85,17 @@ fn connection_of(start: (FlowKey, Conn), table: &[(FlowKey, Conn)]) -> Connectio
     Connection::of(start.0, start.1, |partner| Ok(table.get(partner).copied())).unwrap()
 }
 
-const TIMEOUTS: Timeouts = Timeouts { tcp: 900, tcp_fin: 120, udp: 300 };
+const TIMEOUTS: Timeouts = Timeouts::IPVS;
 
 #[test]
-fn the_timeout_is_ipvs_by_protocol_and_closing() {
-    assert_eq!(timeout(IPPROTO_TCP, false, &TIMEOUTS), 900);
-    assert_eq!(timeout(IPPROTO_TCP, true, &TIMEOUTS), 120);
-    assert_eq!(timeout(IPPROTO_UDP, false, &TIMEOUTS), 300);
-    assert_eq!(timeout(IPPROTO_UDP, true, &TIMEOUTS), 300, "UDP has no FIN");
+fn the_timeout_is_ipvs_by_protocol_and_state() {
+    assert_eq!(Timeouts::default(), TIMEOUTS);
+    assert_eq!(TIMEOUTS.of(IPPROTO_TCP, ESTABLISHED), 900);
+    assert_eq!(TIMEOUTS.of(IPPROTO_TCP, FIN_WAIT), 120, "ipvsadm --set's tcpfin");
+    assert_eq!(TIMEOUTS.of(IPPROTO_TCP, SYN_RECV), 60);
+    assert_eq!(TIMEOUTS.of(IPPROTO_TCP, lb_common::state::CLOSE), 10);
+    assert_eq!(TIMEOUTS.of(IPPROTO_TCP, lb_common::state::NONE), 2);
+    assert_eq!(TIMEOUTS.of(IPPROTO_UDP, lb_common::state::NONE), 300);
 }
 
 #[test]
@@ -117,15 +122,15 @@ fn a_connection_is_as_idle_as_its_fresher_entry_from_either_end() {
 }
 
 #[test]
-fn closing_either_way_shortens_a_tcp_connection_to_tcp_fin() {
-    for closing in [0, 1] {
-        let mut pair = fnat(IPPROTO_TCP, 100, 100);
-        pair[closing].1.flags |= CONN_CLOSING;
-        let connection = connection_of(pair[0], &pair);
-        assert!(connection.closing());
-        assert!(!connection.expired(220, &TIMEOUTS));
-        assert!(connection.expired(221, &TIMEOUTS), "tcp_fin, from the entry {closing}");
-    }
+fn a_tcp_connection_ages_by_its_state_which_the_client_entry_holds() {
+    let mut pair = fnat(IPPROTO_TCP, 100, 100);
+    pair[0].1.state = TIME_WAIT;
+    let connection = connection_of(pair[1], &pair);
+    assert!(!connection.expired(220, &TIMEOUTS));
+    assert!(connection.expired(221, &TIMEOUTS), "time_wait, from the client entry");
+    pair[0].1.state = FIN_WAIT;
+    let shorter = Timeouts { tcp_fin: 5, ..TIMEOUTS };
+    assert!(connection_of(pair[0], &pair).expired(106, &shorter), "tcp_fin");
     let udp = nat(IPPROTO_UDP, 100, 100);
     assert!(!connection_of(udp[0], &udp).expired(400, &TIMEOUTS));
     assert!(connection_of(udp[0], &udp).expired(401, &TIMEOUTS));
@@ -136,7 +141,7 @@ fn a_stamp_from_after_the_clock_was_read_is_not_idle() {
     let pair = nat(IPPROTO_UDP, 2000, 2000);
     let connection = connection_of(pair[0], &pair);
     assert_eq!(connection.idle(1999), 0);
-    assert!(!connection.expired(1999, &Timeouts { tcp: 1, tcp_fin: 1, udp: 1 }));
+    assert!(!connection.expired(1999, &Timeouts { tcp: 1, tcp_fin: 1, udp: 1, ..TIMEOUTS }));
 }
 
 #[test]

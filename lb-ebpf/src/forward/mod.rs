@@ -55,7 +55,7 @@ pub fn open(
     real: &RealServer,
     opening: &mut Opening,
 ) -> Result<(), Reason> {
-    opening.conn = conn::plain(id, service.index, real.forwarding);
+    opening.conn = conn::plain(id, service.index, real.forwarding, packet.flow.protocol);
     let rewrites = match Forwarding::from_u8(real.forwarding) {
         // Neither rewrites the packet: the real server answers the client itself.
         Some(Forwarding::Dr | Forwarding::Tun) => false,
@@ -76,6 +76,7 @@ pub fn open(
         }
         return Err(reason);
     }
+    conn::count_open(id, packet.flow.protocol);
     Ok(())
 }
 

@@ -81,9 +81,12 @@ fn demo() -> Result<()> {
     }
 
     let lbctl = lab::binary("lbctl")?;
-    println!("\nlbctl list (the layout of ipvsadm -Ln --stats):\n");
-    let list = lab.on_director(&[&lbctl.to_string_lossy(), "--socket", &lab.api_socket().to_string_lossy(), "list"])?;
-    println!("{}", indent(&list));
+    for (args, layout) in [(["list", "--stats"], "ipvsadm -Ln --stats"), (["list", "-n"], "ipvsadm -Ln")] {
+        println!("\nlbctl {} (the layout of {layout}):\n", args.join(" "));
+        let socket = lab.api_socket();
+        let command = [&*lbctl.to_string_lossy(), "--socket", &*socket.to_string_lossy(), args[0], args[1]];
+        println!("{}", indent(&lab.on_director(&command)?));
+    }
 
     agent.stop().context("stopping lb-agent")?;
     println!("lb-agent stopped (SIGTERM) and detached; removing the lab.");
