@@ -160,6 +160,8 @@ pub struct VirtualService {
     /// 0 serves every port of the VIP (a port-0 service).
     pub port: u16,
     pub protocol: Protocol,
+    /// ipvsadm's default is wlc.
+    #[serde(default)]
     pub scheduler: Scheduler,
     /// ipvsadm `-b`: `sh-port`, `sh-fallback` (`mh-port`, `mh-fallback` once mh is).
     #[serde(default)]
@@ -192,6 +194,13 @@ pub struct Real {
     #[serde(default = "default_weight")]
     pub weight: u32,
     pub forwarding: Option<Forwarding>,
+    /// ipvsadm `-x`: once it holds this many connections (active and inactive), it
+    /// takes no new ones until it holds fewer than `lower_threshold`; 0: no limit.
+    #[serde(default)]
+    pub upper_threshold: u32,
+    /// ipvsadm `-y`: 0 means 3/4 of `upper_threshold`.
+    #[serde(default)]
+    pub lower_threshold: u32,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -203,12 +212,13 @@ pub enum Protocol {
 
 /// IPVS's schedulers, by their ipvsadm names. Which of them the data path runs is
 /// checked in validation, so a known but unsupported one gets a clear answer.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     Rr,
     Wrr,
     Lc,
+    #[default]
     Wlc,
     Sed,
     Nq,
@@ -284,7 +294,17 @@ impl TryFrom<Scheduler> for lb_common::service::Scheduler {
             Scheduler::Wrr => Ok(Self::Wrr),
             Scheduler::Sh => Ok(Self::Sh),
             Scheduler::Dh => Ok(Self::Dh),
-            other => Err(Unsupported { what: "scheduler", name: other.to_string(), supported: "rr, wrr, sh, dh" }),
+            Scheduler::Lc => Ok(Self::Lc),
+            Scheduler::Wlc => Ok(Self::Wlc),
+            Scheduler::Sed => Ok(Self::Sed),
+            Scheduler::Nq => Ok(Self::Nq),
+            Scheduler::Fo => Ok(Self::Fo),
+            Scheduler::Ovf => Ok(Self::Ovf),
+            other => Err(Unsupported {
+                what: "scheduler",
+                name: other.to_string(),
+                supported: "rr, wrr, sh, dh, lc, wlc, sed, nq, fo, ovf",
+            }),
         }
     }
 }

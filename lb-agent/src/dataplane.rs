@@ -20,16 +20,15 @@ use lb_common::{
     conn::{Conn, FlowKey},
     interface::{Interface, InterfaceKey},
     names,
-    real::RealServer,
+    real::{RealLoad, RealServer},
     service::{SchedCursor, Service, ServiceKey},
-    state::ConnCounts,
     stats::{Counters, Reason},
 };
 
 use crate::{config::XdpMode, offload, sched::Slots};
 
-mod real_conns;
-pub use real_conns::RealConns;
+mod real_load;
+pub use real_load::{Limits, RealLoads};
 
 /// The object `lb-ebpf` builds, embedded at compile time.
 static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -71,7 +70,7 @@ impl EbpfLogLevel {
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
-    real_conns: Arc<RealConns>,
+    real_loads: Arc<RealLoads>,
     attached: StdHashMap<String, Attachment>,
 }
 
@@ -131,8 +130,8 @@ impl Dataplane {
             real_stats: typed(&mut ebpf, names::REAL_STATS)?,
             verdict_stats: typed(&mut ebpf, names::VERDICT_STATS)?,
         };
-        let real_conns = Arc::new(RealConns::map(array_data(&ebpf, names::REAL_CONNS)?)?);
-        let dataplane = Self { ebpf, maps, real_conns, attached: StdHashMap::new() };
+        let real_loads = Arc::new(RealLoads::map(array_data(&ebpf, names::REAL_LOAD)?)?);
+        let dataplane = Self { ebpf, maps, real_loads, attached: StdHashMap::new() };
         // Entries are stamped with it from the first packet on.
         dataplane.clock()?.tick()?;
         Ok(dataplane)
@@ -300,14 +299,20 @@ impl Dataplane {
         Ok(ConnTable { map: HashMap::try_from(map).context("CONNS is not a hash map")? })
     }
 
-    /// Real server `id`'s active and inactive connections.
-    pub fn conn_counts(&self, id: u32) -> ConnCounts {
-        self.real_conns.get(id)
+    /// Real server `id`'s connections, weight and thresholds.
+    pub fn real_load(&self, id: u32) -> RealLoad {
+        self.real_loads.get(id)
     }
 
-    /// The real servers' connection counts (`REAL_CONNS`), mapped into memory.
-    pub fn real_conns(&self) -> Arc<RealConns> {
-        self.real_conns.clone()
+    /// Sets real server `id`'s weight and thresholds, as the least-connection
+    /// schedulers read them.
+    pub fn set_limits(&self, id: u32, limits: Limits) {
+        self.real_loads.set_limits(id, limits);
+    }
+
+    /// The real servers' loads (`REAL_LOAD`), mapped into memory.
+    pub fn real_loads(&self) -> Arc<RealLoads> {
+        self.real_loads.clone()
     }
 
     /// A handle of its own on the data path's clock (`CLOCK`).

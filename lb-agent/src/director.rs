@@ -29,7 +29,7 @@ use lb_common::{
 use crate::{
     config::{Config, Protocol, Real, SchedulerFlag, Timeouts, VirtualService},
     connections,
-    dataplane::Dataplane,
+    dataplane::{Dataplane, Limits},
     neighbour::{Link, Links},
     registry::Registry,
     sched::{self, Candidate, Ring, Slots},
@@ -82,6 +82,8 @@ struct Plan {
     fresh_reals: Vec<u32>,
     interfaces: HashMap<InterfaceKey, Interface>,
     reals: HashMap<u32, RealServer>,
+    /// Each real server's weight and thresholds, for the dynamic schedulers.
+    limits: Vec<(u32, Limits)>,
     services: HashMap<ServiceKey, Service>,
     /// Sequences to write: (service index, slots, sequence).
     sequences: Vec<(u32, Slots, Vec<u32>)>,
@@ -204,6 +206,7 @@ impl Director {
                 })
                 .collect(),
             reals: HashMap::new(),
+            limits: Vec::new(),
             services: HashMap::new(),
             sequences: Vec::new(),
             locals: Vec::new(),
@@ -227,6 +230,12 @@ impl Director {
                 let tunnel_source = config.tunnel_source_for(real.address).or(link.and_then(|link| link.source));
                 let link = usable_link(link, forwarding, tunnel_source);
                 plan.reals.insert(id, real_server(service, real, forwarding, link, tunnel_source));
+                let limits = Limits {
+                    weight: real.weight,
+                    upper_threshold: real.upper_threshold,
+                    lower_threshold: real.lower_threshold,
+                };
+                plan.limits.push((id, limits));
                 candidates.push(Candidate { id, weight: real.weight, reachable: link.is_some() });
             }
             let sh_fallback = service.scheduler_flags.contains(&SchedulerFlag::ShFallback);
@@ -276,6 +285,7 @@ impl Director {
             fresh_reals,
             interfaces,
             reals,
+            limits,
             services,
             sequences,
             locals,
@@ -293,6 +303,9 @@ impl Director {
         let (reachable, unreachable): (HashMap<u32, RealServer>, HashMap<u32, RealServer>) =
             reals.into_iter().partition(|(_, real)| real.ifindex != 0);
         self.write_reals(reachable)?;
+        for (id, limits) in limits {
+            self.dataplane.set_limits(id, limits);
+        }
         let mut superseded = Vec::new();
         for (index, slots, sequence) in sequences {
             self.dataplane.write_sequence(&slots, &sequence)?;
@@ -365,7 +378,7 @@ impl Director {
         let mut reals = Vec::new();
         for real in &service.reals {
             let id = self.ids.reals.get(&(service.name.clone(), real.address)).context("running real without an id")?;
-            let conns = self.dataplane.conn_counts(id);
+            let conns = self.dataplane.real_load(id);
             reals.push(RealStatus {
                 address: real.address,
                 port: service.port_of(real),

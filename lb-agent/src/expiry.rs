@@ -23,12 +23,13 @@ use std::{
 use anyhow::{Context, Result};
 use lb_common::{
     conn::{Conn, FlowKey},
-    state::{self, ConnCounts},
+    real::RealLoad,
+    state,
 };
 
 use crate::{
     config::Timeouts,
-    dataplane::{Clock, ConnTable, RealConns, kernel_seconds},
+    dataplane::{Clock, ConnTable, RealLoads, kernel_seconds},
 };
 
 /// How often the table is walked, at the least.
@@ -41,7 +42,7 @@ const PAUSE_FACTOR: u32 = 4;
 pub struct Expiry {
     table: ConnTable,
     clock: Clock,
-    real_conns: Arc<RealConns>,
+    real_loads: Arc<RealLoads>,
     counts: Arc<Counts>,
 }
 
@@ -75,9 +76,9 @@ pub struct Sweep {
 
 impl Expiry {
     /// The ager of `table`, whose entries are stamped by `clock`, and whose
-    /// connections `real_conns` counts by real server.
-    pub fn new(table: ConnTable, clock: Clock, real_conns: Arc<RealConns>) -> Self {
-        Self { table, clock, real_conns, counts: Arc::default() }
+    /// connections `real_loads` counts by real server.
+    pub fn new(table: ConnTable, clock: Clock, real_loads: Arc<RealLoads>) -> Self {
+        Self { table, clock, real_loads, counts: Arc::default() }
     }
 
     pub fn counts(&self) -> Arc<Counts> {
@@ -104,7 +105,7 @@ impl Expiry {
         let now = clock.saturating_sub(1);
         // What the data path counted before the walk: the walk's own count replaces it,
         // plus whatever the data path adds while the walk runs.
-        let counted = self.real_conns.all();
+        let counted = self.real_loads.all();
         let mut held = HashMap::new();
         // An entry idle for no longer than its state's timeout is fresh, and so is its
         // connection: only the others are looked at again.
@@ -143,13 +144,12 @@ impl Expiry {
     }
 
     /// Sets each real server's counts to what the table holds (`held`), plus what the
-    /// data path changed since `counted` was read.
-    fn reconcile(&self, counted: &[ConnCounts], held: &HashMap<u32, ConnCounts>) {
+    /// data path changed since `counted` was read; one that held too many may take
+    /// new connections again.
+    fn reconcile(&self, counted: &[RealLoad], held: &HashMap<u32, Held>) {
         for (id, counted) in (0..).zip(counted) {
             let held = held.get(&id).copied().unwrap_or_default();
-            let change =
-                ConnCounts { active: held.active - counted.active, inactive: held.inactive - counted.inactive };
-            self.real_conns.add(id, change);
+            self.real_loads.count(id, held.active - counted.active, held.inactive - counted.inactive);
         }
     }
 
@@ -248,8 +248,15 @@ impl Connection {
     }
 }
 
+/// A real server's connections as the table holds them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    active: i64,
+    inactive: i64,
+}
+
 /// Adds `sign` connections in `conn`'s state to its real server's count in `held`.
-fn tally(held: &mut HashMap<u32, ConnCounts>, protocol: u8, conn: &Conn, sign: i64) {
+fn tally(held: &mut HashMap<u32, Held>, protocol: u8, conn: &Conn, sign: i64) {
     let counts = held.entry(conn.real).or_default();
     if state::is_active(protocol, conn.state) {
         counts.active += sign;

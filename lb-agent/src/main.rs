@@ -97,7 +97,7 @@ async fn run(args: Args) -> Result<()> {
         tasks.spawn(ebpf_log(dataplane.logger(log::logger())?));
     }
     tasks.spawn(expiry::keep_time(dataplane.clock()?));
-    let expiry = Expiry::new(dataplane.conn_table()?, dataplane.clock()?, dataplane.real_conns());
+    let expiry = Expiry::new(dataplane.conn_table()?, dataplane.clock()?, dataplane.real_loads());
     let director = Arc::new(Mutex::new(Director::new(dataplane)));
     let neighbours = Neighbours::connect()?;
     let served = serve(&director, &neighbours, &args.config, config, signals, tasks, expiry).await;

@@ -28,7 +28,8 @@ impl Candidate {
 
 /// What the data path reads to schedule: for rr and wrr one cycle of the service's
 /// schedule, for sh and dh the hash table (with sh-fallback, its fallback table after
-/// it), as real-server ids.
+/// it), for the dynamic schedulers the real servers that may take a connection, as
+/// real-server ids.
 pub fn sequence(scheduler: Scheduler, sh_fallback: bool, candidates: &[Candidate]) -> Vec<u32> {
     let reachable: Vec<Candidate> = candidates.iter().filter(|c| c.reachable).copied().collect();
     match scheduler {
@@ -39,6 +40,10 @@ pub fn sequence(scheduler: Scheduler, sh_fallback: bool, candidates: &[Candidate
         Scheduler::Sh => hash_table(candidates, |c| c.weight.max(1), sh_fallback),
         // ip_vs_dh_reassign: one bucket each, weights aside.
         Scheduler::Dh => hash_table(candidates, |_| 1, false),
+        // The data path weighs the live loads of these, in order.
+        Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq | Scheduler::Fo | Scheduler::Ovf => {
+            rr_sequence(&reachable)
+        }
     }
 }
 

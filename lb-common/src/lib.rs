@@ -60,7 +60,7 @@ pub mod names {
     pub const SCHED_RING: &str = "SCHED_RING";
     pub const SCHED_CURSOR: &str = "SCHED_CURSOR";
     pub const CONNS: &str = "CONNS";
-    pub const REAL_CONNS: &str = "REAL_CONNS";
+    pub const REAL_LOAD: &str = "REAL_LOAD";
     pub const CLOCK: &str = "CLOCK";
     pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";

@@ -105,5 +105,52 @@ pub const fn outer_ipv4_sum(source: &[u8; 16], destination: &[u8; 16], carried: 
     sum as u16
 }
 
+/// A real server's load (`REAL_LOAD`, by id): its connections as IPVS counts them, and
+/// what the schedulers that weigh them need. One array for all CPUs: the data path adds
+/// to the counts atomically as connections open and change state; the agent subtracts
+/// what it expires and reconciles them with what the table holds (an entry evicted from
+/// a full table tells nobody). Signed, as a count may dip below zero for a moment
+/// between the two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealLoad {
+    /// ipvsadm's ActiveConn: established TCP connections and those opening.
+    pub active: i64,
+    /// ipvsadm's InActConn: the other connections it holds (closing TCP, UDP).
+    pub inactive: i64,
+    /// Its weight (0: quiesced), written by the agent.
+    pub weight: u32,
+    /// ipvsadm `-x`: once it holds this many connections (active and inactive) it
+    /// takes no new ones; 0: no limit. Written by the agent.
+    pub upper_threshold: u32,
+    /// ipvsadm `-y`: it takes new connections again below this many (0: below 3/4 of
+    /// the upper threshold). Written by the agent.
+    pub lower_threshold: u32,
+    /// IPVS's `IP_VS_DEST_F_OVERLOAD`: non-zero from the connection that reached the
+    /// upper threshold (set by the data path) until the count falls below the lower
+    /// (cleared by the agent, which frees connections).
+    pub overloaded: u32,
+}
+
+impl RealLoad {
+    /// Connections it holds, as IPVS's `ip_vs_dest_totalconns`.
+    pub const fn total(&self) -> i64 {
+        self.active + self.inactive
+    }
+
+    /// Whether it may take new connections again (IPVS's `ip_vs_unbind_dest`).
+    pub const fn below_lower_threshold(&self) -> bool {
+        let total = self.total();
+        if self.lower_threshold != 0 {
+            total < self.lower_threshold as i64
+        } else if self.upper_threshold != 0 {
+            total * 4 < self.upper_threshold as i64 * 3
+        } else {
+            true
+        }
+    }
+}
+
 // The layout is the contract: no implicit padding, the same size on both sides.
 const _: () = assert!(core::mem::size_of::<RealServer>() == 64);
+const _: () = assert!(core::mem::size_of::<RealLoad>() == 32);

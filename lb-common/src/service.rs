@@ -25,6 +25,18 @@ pub enum Scheduler {
     Sh = 2,
     /// Destination hashing: the packet's destination address picks a bucket.
     Dh = 3,
+    /// Least connections: the least `active × 256 + inactive`.
+    Lc = 4,
+    /// Weighted least connections: the least `(active × 256 + inactive) / weight`.
+    Wlc = 5,
+    /// Shortest expected delay: the least `(active + 1) / weight`.
+    Sed = 6,
+    /// Never queue: a real server without active connections, else as sed.
+    Nq = 7,
+    /// Weighted failover: the highest weight.
+    Fo = 8,
+    /// Weighted overflow: the highest weight whose active connections are not above it.
+    Ovf = 9,
 }
 
 impl Scheduler {
@@ -34,8 +46,20 @@ impl Scheduler {
             1 => Some(Self::Wrr),
             2 => Some(Self::Sh),
             3 => Some(Self::Dh),
+            4 => Some(Self::Lc),
+            5 => Some(Self::Wlc),
+            6 => Some(Self::Sed),
+            7 => Some(Self::Nq),
+            8 => Some(Self::Fo),
+            9 => Some(Self::Ovf),
             _ => None,
         }
+    }
+
+    /// Whether it weighs the real servers' live loads (`REAL_LOAD`) at each new
+    /// connection; its sequence is then the real servers that may take one.
+    pub const fn is_dynamic(self) -> bool {
+        (self as u8) >= Self::Lc as u8
     }
 }
 

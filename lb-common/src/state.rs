@@ -113,16 +113,3 @@ pub const fn is_active(protocol: u8, state: u8) -> bool {
 pub const fn opening(protocol: u8) -> u8 {
     if protocol == crate::IPPROTO_TCP { SYN_RECV } else { NONE }
 }
-
-/// Per real server, its connections as IPVS counts them (`REAL_CONNS`): the data path
-/// adds as connections open and change state, the agent subtracts what it expires and
-/// reconciles both with what the table holds (entries evicted from a full table tell
-/// nobody). Signed, as a count may dip below zero for a moment between the two.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnCounts {
-    pub active: i64,
-    pub inactive: i64,
-}
-
-const _: () = assert!(core::mem::size_of::<ConnCounts>() == 16);

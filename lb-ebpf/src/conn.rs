@@ -13,7 +13,7 @@ use lb_common::{
 
 use crate::{
     atomic,
-    maps::{CLOCK, CONNS, REAL_CONNS},
+    maps::{CLOCK, CONNS, REAL_LOAD},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -79,15 +79,26 @@ fn direction(conn: &Conn) -> Direction {
 }
 
 /// Counts a new connection of `protocol` on its real server `real`, active or not
-/// by the state it opens in.
+/// by the state it opens in; one that reaches the real server's upper threshold marks
+/// it overloaded (IPVS's `ip_vs_bind_dest`).
 #[inline(always)]
 pub fn count_open(real: u32, protocol: u8) {
-    if state::is_active(protocol, state::opening(protocol)) { count(real, 1, 0) } else { count(real, 0, 1) }
+    if state::is_active(protocol, state::opening(protocol)) {
+        count(real, 1, 0)
+    } else {
+        count(real, 0, 1)
+    }
+    let Some(load) = REAL_LOAD.get_ptr_mut(real) else { return };
+    // SAFETY: a map value, valid for the program's run; the flag is only ever set here.
+    let load = unsafe { &mut *load };
+    if load.upper_threshold != 0 && load.overloaded == 0 && load.total() >= i64::from(load.upper_threshold) {
+        load.overloaded = 1;
+    }
 }
 
 #[inline(always)]
 fn count(real: u32, active: i64, inactive: i64) {
-    let Some(counts) = REAL_CONNS.get_ptr_mut(real) else { return };
+    let Some(counts) = REAL_LOAD.get_ptr_mut(real) else { return };
     // SAFETY: a map value, valid for the program's run; changed only atomically.
     unsafe {
         if active != 0 {

@@ -10,9 +10,8 @@ use lb_common::{
     conn::{Conn, FlowKey},
     fragment::{FRAGMENT_TABLE_SIZE, FirstFragment, FragmentKey},
     interface::{Interface, InterfaceKey},
-    real::RealServer,
+    real::{RealLoad, RealServer},
     service::{SchedCursor, Service, ServiceKey},
-    state::ConnCounts,
     stats::{Counters, Reason},
 };
 
@@ -46,11 +45,11 @@ pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVIC
 #[map]
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
 
-/// Per real server (by id), its active and inactive connections, for every CPU at
-/// once: what the least-connection schedulers weigh. Mapped into the agent's memory,
-/// which subtracts what it expires with atomic operations of its own.
+/// Per real server (by id), its connections for every CPU at once, its weight and its
+/// thresholds: what the least-connection schedulers weigh. Mapped into the agent's
+/// memory, which changes the counts with atomic operations of its own.
 #[map]
-pub static REAL_CONNS: Array<ConnCounts> = Array::with_max_entries(MAX_REALS, BPF_F_MMAPABLE);
+pub static REAL_LOAD: Array<RealLoad> = Array::with_max_entries(MAX_REALS, BPF_F_MMAPABLE);
 
 /// Seconds of the kernel's CLOCK_MONOTONIC_COARSE, written by the agent every second
 /// (its only writer once loaded): what connection entries are stamped with.

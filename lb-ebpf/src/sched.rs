@@ -3,9 +3,11 @@
 //! rr and wrr both walk a sequence the agent computed (IPVS's order, weight-0 and
 //! unresolved real servers left out): the data path only takes the next slot. sh and
 //! dh hash an address (IPVS's `hash_32`) into a table of `HASH_BUCKETS` the agent
-//! dealt out, and, for sh with `sh-fallback`, into the fallback table after it.
+//! dealt out, and, for sh with `sh-fallback`, into the fallback table after it. The
+//! dynamic schedulers (lc, wlc, sed, nq, fo, ovf) weigh the live loads of the real
+//! servers the agent listed, every CPU's connections counted in one place.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{cty::c_void, helpers::bpf_loop, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
     FAMILY_IPV4,
@@ -15,7 +17,7 @@ use lb_common::{
 
 use crate::{
     atomic,
-    maps::{SCHED_CURSOR, SCHED_RING},
+    maps::{REAL_LOAD, SCHED_CURSOR, SCHED_RING},
     parse::Packet,
 };
 
@@ -33,6 +35,7 @@ pub fn new_connection(ctx: &XdpContext, packet: &Packet, service: &Service) -> R
             by_hash(service, hash_key(&packet.flow.src, port), service.flags & SERVICE_SH_FALLBACK != 0)?
         }
         Some(Scheduler::Dh) => by_hash(service, hash_key(&packet.flow.dst, [0; 2]), false)?,
+        Some(_) => least_loaded(service)?,
         None => return Err(Reason::NoRealServer),
     };
     log_new_connection(ctx, packet, service, real);
@@ -75,6 +78,80 @@ fn by_hash(service: &Service, bucket: u32, fallback: bool) -> Result<u32, Reason
         real = SCHED_RING.get(slot).copied().ok_or(Reason::NoRealServer)?;
     }
     if real == NO_REAL { Err(Reason::NoRealServer) } else { Ok(real) }
+}
+
+/// What a scan of a service's real servers has found so far: `bpf_loop`'s context.
+struct Scan {
+    /// The service's first slot in `SCHED_RING`, and its [`Scheduler`].
+    start: u32,
+    scheduler: u8,
+    /// The real server chosen so far (`NO_REAL`: none), its overhead and weight.
+    best: u32,
+    best_weight: u32,
+    best_overhead: i64,
+}
+
+/// IPVS's dynamic schedulers (`ip_vs_lc.c`, `ip_vs_wlc.c`, `ip_vs_sed.c`,
+/// `ip_vs_nq.c`, `ip_vs_fo.c`, `ip_vs_ovf.c`): every real server of the service's run
+/// weighed by its live load, in order, skipping those quiesced or overloaded. The loop
+/// is the kernel's (`bpf_loop`), so the verifier checks its body once, whatever the
+/// number of real servers.
+#[inline(never)]
+fn least_loaded(service: &Service) -> Result<u32, Reason> {
+    let mut scan = Scan {
+        start: service.sequence_start,
+        scheduler: service.scheduler,
+        best: NO_REAL,
+        best_weight: 0,
+        best_overhead: 0,
+    };
+    // SAFETY: `weigh` is a static function of the program, `scan` lives on this
+    // frame for the whole call.
+    unsafe {
+        bpf_loop(service.sequence_len, weigh as *mut c_void, (&raw mut scan).cast(), 0);
+    }
+    if scan.best == NO_REAL { Err(Reason::NoRealServer) } else { Ok(scan.best) }
+}
+
+/// One real server of a [`Scan`]: whether it is better than the best so far, by the
+/// scheduler's formula. Answers 1 to stop (nq's idle server), 0 to go on.
+extern "C" fn weigh(index: u64, scan: *mut c_void) -> i64 {
+    // SAFETY: `least_loaded`'s `Scan`, for the duration of its `bpf_loop`.
+    let scan = unsafe { &mut *scan.cast::<Scan>() };
+    let Some(&id) = SCHED_RING.get(scan.start.wrapping_add(index as u32)) else { return 1 };
+    let Some(load) = REAL_LOAD.get(id) else { return 0 };
+    let weight = load.weight;
+    if weight == 0 || load.overloaded != 0 {
+        return 0;
+    }
+    // A count may dip below zero for a moment (the agent reconciles it).
+    let (active, inactive) = (load.active.max(0), load.inactive.max(0));
+    let none = scan.best == NO_REAL;
+    // (overhead, weight) is smaller than the best's: overhead / weight, multiplied out.
+    let lighter =
+        |overhead: i64| none || scan.best_overhead * i64::from(weight) > overhead * i64::from(scan.best_weight);
+    let (better, overhead, stop) = match Scheduler::from_u8(scan.scheduler) {
+        Some(Scheduler::Lc) => {
+            let overhead = (active << 8) + inactive;
+            (none || overhead < scan.best_overhead, overhead, false)
+        }
+        Some(Scheduler::Wlc) => {
+            let overhead = (active << 8) + inactive;
+            (lighter(overhead), overhead, false)
+        }
+        Some(Scheduler::Sed) => (lighter(active + 1), active + 1, false),
+        // An idle real server at once, else as sed.
+        Some(Scheduler::Nq) => (active == 0 || lighter(active + 1), active + 1, active == 0),
+        Some(Scheduler::Fo) => (weight > scan.best_weight, 0, false),
+        Some(Scheduler::Ovf) => (active <= i64::from(weight) && (none || weight > scan.best_weight), 0, false),
+        _ => return 1,
+    };
+    if better {
+        scan.best = id;
+        scan.best_weight = weight;
+        scan.best_overhead = overhead;
+    }
+    i64::from(stop)
 }
 
 /// For an operator tracing scheduling decisions (`lb-agent --ebpf-log-level debug`);

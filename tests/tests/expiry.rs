@@ -73,7 +73,7 @@ impl Bed {
     /// A data path holding `services`, with the top-level `settings`.
     fn new(settings: &str, services: &str) -> Self {
         let dataplane = Dataplane::load(4096, EbpfLogLevel::Off).expect("loading lb_ingress (as root?)");
-        let expiry = Expiry::new(dataplane.conn_table().unwrap(), dataplane.clock().unwrap(), dataplane.real_conns());
+        let expiry = Expiry::new(dataplane.conn_table().unwrap(), dataplane.clock().unwrap(), dataplane.real_loads());
         let clock = Ticking::start(dataplane.clock().unwrap());
         let mut director = Director::new(dataplane);
         bed::reconfigure_with(&mut director, settings, services, bed::on_ingress).unwrap();

@@ -220,3 +220,58 @@ fn a_real_server_whose_mac_changes_keeps_receiving_its_connections() -> Result<(
     }
     Ok(())
 }
+
+#[test]
+fn wlc_sends_new_connections_to_the_least_loaded_and_thresholds_stop_and_resume_them() -> Result<()> {
+    let (_one, lab) = lab();
+    let web4 = url(IpAddr::V4(VIP4));
+    let agent = lab.start_agent(&lab.config("wlc", &[1, 1, 0]))?;
+    // Long-lived connections, held on the first two real servers.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut connection = lab.connect(SocketAddr::new(IpAddr::V4(VIP4), HTTP_PORT))?;
+        let name = connection.get()?;
+        held.push((connection, name));
+    }
+    let on = |name: &str| held.iter().filter(|(_, held)| held == name).count();
+    assert_eq!((on(&lab.reals[0].name), on(&lab.reals[1].name)), (5, 5), "wlc alternates between equals");
+
+    // The third comes in: it has no active connection, so it takes every new one (a
+    // closed connection weighs 1/256 of an active one).
+    let outcome = agent.reload(&lab.config("wlc", &[1, 1, 1]))?;
+    ensure!(outcome.contains("reloaded:"), "{outcome}");
+    assert_eq!(spread(&lab, &answered_by(&lab.http_get(&web4, 20)?)), vec![0, 0, 20]);
+    let lbctl = lb_tests::lab::binary("lbctl")?;
+    let list =
+        lab.on_director(&[&*lbctl.to_string_lossy(), "--socket", &*lab.api_socket().to_string_lossy(), "list"])?;
+    for (real, (active, inactive)) in lab.reals.iter().zip([(5, 0), (5, 0), (0, 20)]) {
+        let line = format!("  -> {:<28} Route   1      {active:<10} {inactive:<10}", format!("{}:80", real.ipv4));
+        assert!(list.contains(&line), "the held connections active, the closed ones not: {line:?} in\n{list}");
+    }
+
+    // An upper threshold of 25 on the third: five more, then the others take them.
+    let rs3 = format!("      - {{ address: {}, weight: 1 }}", lab.reals[2].ipv4);
+    let limited = |settings: &str| {
+        let limit = rs3.replace(" }", ", upper_threshold: 25 }");
+        format!("{settings}{}", lab.config("wlc", &[1, 1, 1]).replace(&rs3, &limit))
+    };
+    let outcome = agent.reload(&limited(""))?;
+    ensure!(outcome.contains("reloaded:"), "{outcome}");
+    assert_eq!(spread(&lab, &answered_by(&lab.http_get(&web4, 10)?)), vec![3, 2, 5], "overloaded at 25");
+    let metrics = Samples::parse(&lab.metrics()?)?;
+    let rs3_labels = [("service", "web4"), ("real", &lab.reals[2].ipv4.to_string() as &str)];
+    assert_eq!(metrics.value("lb_real_inactive_connections", &rs3_labels)?, 25.0);
+
+    // Once its closed connections expire (below 3/4 of 25), it takes new ones again.
+    let outcome = agent.reload(&limited("timeouts: { tcp_fin: 1 }\n"))?;
+    ensure!(outcome.contains("reloaded:"), "{outcome}");
+    lab::wait_until(std::time::Duration::from_secs(20), "the closed connections to expire", || {
+        let metrics = Samples::parse(&lab.metrics()?)?;
+        Ok(metrics.value("lb_real_inactive_connections", &rs3_labels)? == 0.0)
+    })?;
+    assert_eq!(spread(&lab, &answered_by(&lab.http_get(&web4, 5)?)), vec![0, 0, 5], "no longer overloaded");
+    for (connection, name) in &mut held {
+        assert_eq!(&connection.get()?, name, "the held connections stayed where they were");
+    }
+    Ok(())
+}

@@ -1,14 +1,17 @@
-//! The hashing schedulers (sh, dh) through `BPF_PROG_TEST_RUN`: for thousands of new
-//! flows, the real server the data path chooses is the one a model of IPVS's own code
-//! (`ip_vs_sh.c`, `ip_vs_dh.c`, written again here from it, list walks and all) chooses,
-//! with weights, quiesced real servers, `sh-port` and `sh-fallback`.
+//! The schedulers through `BPF_PROG_TEST_RUN`: for thousands of new flows, the real
+//! server the data path chooses is the one a model of IPVS's own code chooses (written
+//! again here from it, list walks and all): the hashing ones (`ip_vs_sh.c`,
+//! `ip_vs_dh.c`) with weights, quiesced real servers, `sh-port` and `sh-fallback`; the
+//! dynamic ones (`ip_vs_lc.c`, `ip_vs_wlc.c`, `ip_vs_sed.c`, `ip_vs_nq.c`, `ip_vs_fo.c`,
+//! `ip_vs_ovf.c`) as connections open, close and go, and weights and thresholds change
+//! (`ip_vs_bind_dest`, `ip_vs_unbind_dest`, `__ip_vs_update_dest`).
 
 use std::net::{IpAddr, SocketAddr};
 
 use lb_agent::director::Director;
 use lb_tests::{
     bed::{self, XDP_DROP, XDP_TX, real_mac},
-    packet::{self, TCP_SYN},
+    packet::{self, TCP_ACK, TCP_FIN, TCP_SYN},
 };
 
 const REALS4: [&str; 4] = ["198.18.1.11", "198.18.1.12", "198.18.1.13", "198.18.1.14"];
@@ -212,5 +215,284 @@ fn dh_chooses_by_destination_as_ipvs_does() {
                 assert_eq!(chosen(&director, client, vip), expected, "{weights:?} {client} -> {vip}");
             }
         }
+    }
+}
+
+/// A real server as IPVS's dynamic schedulers see it (`struct ip_vs_dest`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Load {
+    weight: u32,
+    active: i64,
+    inactive: i64,
+    u_threshold: u32,
+    l_threshold: u32,
+    overload: bool,
+}
+
+impl Load {
+    /// `ip_vs_dest_conn_overhead`.
+    fn conn_overhead(&self) -> i64 {
+        (self.active << 8) + self.inactive
+    }
+}
+
+/// `ip_vs_lc_schedule`.
+fn lc_schedule(dests: &[Load]) -> Option<usize> {
+    let mut least: Option<(usize, i64)> = None;
+    for (i, dest) in dests.iter().enumerate() {
+        if dest.overload || dest.weight == 0 {
+            continue;
+        }
+        let doh = dest.conn_overhead();
+        if least.is_none_or(|(_, loh)| doh < loh) {
+            least = Some((i, doh));
+        }
+    }
+    least.map(|(i, _)| i)
+}
+
+/// `ip_vs_wlc_schedule` (`overhead` = `ip_vs_dest_conn_overhead`) and
+/// `ip_vs_sed_schedule` (`overhead` = `ip_vs_sed_dest_overhead`, active + 1): the first
+/// available real server, then any whose overhead per weight is smaller.
+fn weighted_least(dests: &[Load], overhead: fn(&Load) -> i64) -> Option<usize> {
+    let first = dests.iter().position(|dest| !dest.overload && dest.weight > 0)?;
+    let (mut least, mut loh) = (first, overhead(&dests[first]));
+    for (i, dest) in dests.iter().enumerate().skip(first + 1) {
+        if dest.overload {
+            continue;
+        }
+        let doh = overhead(dest);
+        if loh * i64::from(dest.weight) > doh * i64::from(dests[least].weight) {
+            (least, loh) = (i, doh);
+        }
+    }
+    Some(least)
+}
+
+/// `ip_vs_nq_schedule`: an idle real server at once, else as sed.
+fn nq_schedule(dests: &[Load]) -> Option<usize> {
+    let mut least: Option<(usize, i64)> = None;
+    for (i, dest) in dests.iter().enumerate() {
+        if dest.overload || dest.weight == 0 {
+            continue;
+        }
+        let doh = dest.active + 1;
+        if dest.active == 0 {
+            return Some(i);
+        }
+        if least.is_none_or(|(l, loh)| loh * i64::from(dest.weight) > doh * i64::from(dests[l].weight)) {
+            least = Some((i, doh));
+        }
+    }
+    least.map(|(i, _)| i)
+}
+
+/// `ip_vs_fo_schedule`: the first of the highest weight.
+fn fo_schedule(dests: &[Load]) -> Option<usize> {
+    let (mut hweight, mut hw) = (None, 0);
+    for (i, dest) in dests.iter().enumerate() {
+        if !dest.overload && dest.weight > hw {
+            (hweight, hw) = (Some(i), dest.weight);
+        }
+    }
+    hweight
+}
+
+/// `ip_vs_ovf_schedule`: the first of the highest weight whose active connections are
+/// not above it.
+fn ovf_schedule(dests: &[Load]) -> Option<usize> {
+    let (mut h, mut hw) = (None, 0);
+    for (i, dest) in dests.iter().enumerate() {
+        let w = dest.weight;
+        if dest.overload || dest.active > i64::from(w) || w == 0 {
+            continue;
+        }
+        if h.is_none() || w > hw {
+            (h, hw) = (Some(i), w);
+        }
+    }
+    h
+}
+
+fn dynamic_schedule(scheduler: &str, dests: &[Load]) -> Option<usize> {
+    match scheduler {
+        "lc" => lc_schedule(dests),
+        "wlc" => weighted_least(dests, Load::conn_overhead),
+        "sed" => weighted_least(dests, |dest| dest.active + 1),
+        "nq" => nq_schedule(dests),
+        "fo" => fo_schedule(dests),
+        "ovf" => ovf_schedule(dests),
+        other => panic!("no model of {other}"),
+    }
+}
+
+/// `ip_vs_bind_dest`: a new connection (a TCP SYN opens in SYN_RECV: active), and the
+/// upper threshold.
+fn bind(dest: &mut Load) {
+    dest.active += 1;
+    if dest.u_threshold != 0 && dest.active + dest.inactive >= i64::from(dest.u_threshold) {
+        dest.overload = true;
+    }
+}
+
+/// `ip_vs_unbind_dest`: a connection freed, and the lower threshold.
+fn unbind(dest: &mut Load, active: bool) {
+    if active {
+        dest.active -= 1;
+    } else {
+        dest.inactive -= 1;
+    }
+    let total = dest.active + dest.inactive;
+    if dest.l_threshold != 0 {
+        if total < i64::from(dest.l_threshold) {
+            dest.overload = false;
+        }
+    } else if dest.u_threshold != 0 {
+        if total * 4 < i64::from(dest.u_threshold) * 3 {
+            dest.overload = false;
+        }
+    } else {
+        dest.overload = false;
+    }
+}
+
+/// `__ip_vs_update_dest`, as `ipvsadm -e` changes a weight or thresholds.
+fn update(dest: &mut Load, weight: u32, u_threshold: u32, l_threshold: u32) {
+    if u_threshold == 0 || i64::from(u_threshold) > dest.active {
+        dest.overload = false;
+    }
+    (dest.weight, dest.u_threshold, dest.l_threshold) = (weight, u_threshold, l_threshold);
+}
+
+/// The services of the dynamic test: one per family, each with its four real servers
+/// at `limits` (weight, upper, lower).
+fn dynamic_services(scheduler: &str, vips: &[&str], limits: &[(u32, u32, u32)]) -> String {
+    let mut yaml = String::new();
+    for (i, vip) in vips.iter().enumerate() {
+        let reals = if vip.contains(':') { REALS6 } else { REALS4 };
+        let reals: Vec<String> = reals
+            .iter()
+            .zip(limits)
+            .map(|(real, (weight, upper, lower))| {
+                format!(
+                    "{{ address: \"{real}\", weight: {weight}, upper_threshold: {upper}, lower_threshold: {lower} }}"
+                )
+            })
+            .collect();
+        yaml += &format!(
+            "  - {{ name: d{i}, vip: \"{vip}\", port: 80, protocol: tcp, scheduler: {scheduler}, reals: [{}] }}\n",
+            reals.join(", ")
+        );
+    }
+    yaml
+}
+
+/// A connection the test holds open: its client, its service's VIP, its real server,
+/// and whether it is still active (no FIN yet).
+struct Held {
+    client: SocketAddr,
+    vip: &'static str,
+    real: usize,
+    active: bool,
+}
+
+#[test]
+fn dynamic_schedulers_choose_as_ipvs_does_as_connections_open_close_and_limits_change() {
+    const VIPS: [&str; 2] = ["203.0.113.10", "2001:db8:100::10"];
+    const STEPS: u32 = 1500;
+    let phases: [[(u32, u32, u32); 4]; 3] = [
+        [(1, 0, 0), (2, 0, 0), (3, 0, 0), (1, 0, 0)],
+        [(3, 40, 30), (0, 0, 0), (2, 25, 0), (1, 0, 0)],
+        [(5, 0, 0), (5, 60, 50), (1, 0, 0), (2, 10, 0)],
+    ];
+    let mut overloaded_in_all = 0;
+    for scheduler in ["lc", "wlc", "sed", "nq", "fo", "ovf"] {
+        let mut clients = Clients(0xfeed ^ scheduler.len() as u64);
+        let mut director =
+            bed::director(&dynamic_services(scheduler, &VIPS, &phases[0]), 1 << 16, bed::on_ingress).unwrap();
+        let dataplane = director.dataplane();
+        let mut expiry = lb_agent::expiry::Expiry::new(
+            dataplane.conn_table().unwrap(),
+            dataplane.clock().unwrap(),
+            dataplane.real_loads(),
+        );
+        let mut models: Vec<Vec<Load>> = VIPS.iter().map(|_| vec![Load::default(); 4]).collect();
+        let mut held: Vec<Held> = Vec::new();
+        let (mut chosen_counts, mut overloaded) = ([0u32; 4], 0);
+        for (phase, limits) in phases.iter().enumerate() {
+            if phase > 0 {
+                bed::reconfigure(&mut director, &dynamic_services(scheduler, &VIPS, limits), bed::on_ingress).unwrap();
+            }
+            for model in &mut models {
+                for (dest, &(weight, upper, lower)) in model.iter_mut().zip(limits) {
+                    update(dest, weight, upper, lower);
+                }
+            }
+            for step in 0..STEPS {
+                match clients.next() % 8 {
+                    // A new connection, to either service.
+                    0..=4 => {
+                        let v = (clients.next() % 2) as usize;
+                        let client = clients.client(v == 1);
+                        let expected = dynamic_schedule(scheduler, &models[v]);
+                        overloaded += models[v].iter().filter(|dest| dest.overload).count();
+                        let got = chosen(&director, client, VIPS[v]);
+                        assert_eq!(got, expected, "{scheduler} phase {phase} step {step}: {:?}", models[v]);
+                        if let Some(real) = got {
+                            bind(&mut models[v][real]);
+                            held.push(Held { client, vip: VIPS[v], real, active: true });
+                            chosen_counts[real] += 1;
+                        }
+                    }
+                    // The client of a held connection closes it: FIN takes SYN_RECV to
+                    // TIME_WAIT in the input-only table, inactive.
+                    5 | 6 if !held.is_empty() => {
+                        let i = clients.next() as usize % held.len();
+                        let conn = &mut held[i];
+                        let fin = packet::tcp_frame(conn.client, sock(conn.vip), TCP_FIN | TCP_ACK, b"");
+                        assert_eq!(bed::run(director.dataplane().program(), &fin).unwrap().verdict, XDP_TX);
+                        if conn.active {
+                            conn.active = false;
+                            let dest = &mut models[VIPS.iter().position(|v| *v == conn.vip).unwrap()][conn.real];
+                            (dest.active, dest.inactive) = (dest.active - 1, dest.inactive + 1);
+                        }
+                    }
+                    // Some connections go (as if expired); the ager's next walk frees them.
+                    _ if held.len() > 20 => {
+                        let mut table = director.dataplane().conn_table().unwrap();
+                        for _ in 0..clients.next() % 8 {
+                            let conn = held.swap_remove(clients.next() as usize % held.len());
+                            assert!(table.remove(&flow_key(conn.client, conn.vip)).unwrap());
+                            let v = VIPS.iter().position(|v| *v == conn.vip).unwrap();
+                            unbind(&mut models[v][conn.real], conn.active);
+                        }
+                        director.dataplane().clock().unwrap().tick().unwrap();
+                        expiry.expire(&director.timeouts()).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        println!("{scheduler}: {chosen_counts:?} new connections per real server, {overloaded} overloaded seen");
+        overloaded_in_all += overloaded;
+    }
+    assert!(overloaded_in_all > 0, "the thresholds were reached");
+}
+
+fn sock(vip: &str) -> SocketAddr {
+    SocketAddr::new(vip.parse().unwrap(), 80)
+}
+
+/// The key of the client's TCP flow to `vip:80`.
+fn flow_key(client: SocketAddr, vip: &str) -> lb_common::conn::FlowKey {
+    let (src, family) = lb_agent::director::address_bytes(client.ip());
+    lb_common::conn::FlowKey {
+        src,
+        dst: lb_agent::director::address_bytes(vip.parse().unwrap()).0,
+        src_port: client.port().to_be_bytes(),
+        dst_port: 80u16.to_be_bytes(),
+        protocol: lb_common::IPPROTO_TCP,
+        family,
+        _pad: [0; 2],
     }
 }

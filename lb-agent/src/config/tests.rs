@@ -131,10 +131,32 @@ fn scheduler_flags_must_belong_to_the_scheduler() {
 }
 
 #[test]
+fn the_default_scheduler_is_wlc_and_thresholds_are_ipvs_s() {
+    let without = EXAMPLE.lines().filter(|line| !line.contains("scheduler:")).collect::<Vec<_>>().join("\n");
+    assert_eq!(parse(&without).unwrap().services[0].scheduler, Scheduler::Wlc, "as ipvsadm");
+    let wlc = with_line(10, "    scheduler: wlc");
+    let config =
+        parse(&wlc.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 1000, lower_threshold: 800 }"));
+    let real = &config.unwrap().services[0].reals[0];
+    assert_eq!((real.upper_threshold, real.lower_threshold), (1000, 800));
+    let err =
+        refused(&wlc.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 10, lower_threshold: 20 }"));
+    assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].reals[0].lower_threshold"));
+    assert!(err.message.contains("above the upper threshold"), "{err}");
+    let rr = with_line(10, "    scheduler: rr");
+    let err = refused(&rr.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 9 }"));
+    assert_eq!(err.field, "services[0].reals[0].upper_threshold");
+    assert!(err.message.contains("not supported with rr yet"), "{err}");
+}
+
+#[test]
 fn unsupported_scheduler_says_so() {
-    let err = refused(&with_line(10, "    scheduler: lc"));
+    let err = refused(&with_line(10, "    scheduler: mh"));
     assert_eq!((err.line, err.field.as_str()), (Some(10), "services[0].scheduler"));
-    assert_eq!(err.message, "scheduler `lc` is not supported yet (supported: rr, wrr, sh, dh)");
+    assert_eq!(
+        err.message,
+        "scheduler `mh` is not supported yet (supported: rr, wrr, sh, dh, lc, wlc, sed, nq, fo, ovf)"
+    );
     let err = refused(&with_line(10, "    scheduler: fastest"));
     assert!(err.message.contains("unknown variant `fastest`"), "{err}");
 }

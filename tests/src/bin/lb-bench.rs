@@ -38,11 +38,17 @@ const METHODS: [(&str, &str, &str); 5] = [
 ];
 
 /// The schedulers besides wrr: (scheduler, its flags, IPv4 VIP), direct routing.
-const SCHEDULERS: [(&str, &str, &str); 4] = [
+const SCHEDULERS: [(&str, &str, &str); 10] = [
     ("rr", "", "203.0.113.20"),
     ("sh", "", "203.0.113.21"),
     ("sh", "sh-port, sh-fallback", "203.0.113.22"),
     ("dh", "", "203.0.113.23"),
+    ("lc", "", "203.0.113.24"),
+    ("wlc", "", "203.0.113.25"),
+    ("sed", "", "203.0.113.26"),
+    ("nq", "", "203.0.113.27"),
+    ("fo", "", "203.0.113.28"),
+    ("ovf", "", "203.0.113.29"),
 ];
 
 struct Case {
@@ -80,8 +86,13 @@ fn bench() -> Result<()> {
         }
     }
     for (i, (scheduler, flags, vip)) in SCHEDULERS.iter().enumerate() {
-        let reals: Vec<String> =
-            REALS4.iter().map(|(address, weight)| format!("{{ address: \"{address}\", weight: {weight} }}")).collect();
+        // ovf sends nothing to a real server with more active connections than its
+        // weight, and every new flow of the bench stays active: the largest weights.
+        let weight_of = |weight: u32| if *scheduler == "ovf" { 65535 - 3 + weight } else { weight };
+        let reals: Vec<String> = REALS4
+            .iter()
+            .map(|(address, weight)| format!("{{ address: \"{address}\", weight: {} }}", weight_of(*weight)))
+            .collect();
         services += &format!(
             "  - {{ name: sched{i}, vip: \"{vip}\", port: 80, protocol: tcp, scheduler: {scheduler}, \
              scheduler_flags: [{flags}], reals: [{}] }}\n",
