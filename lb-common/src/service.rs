@@ -59,7 +59,10 @@ impl Scheduler {
     /// Whether it weighs the real servers' live loads (`REAL_LOAD`) at each new
     /// connection; its sequence is then the real servers that may take one.
     pub const fn is_dynamic(self) -> bool {
-        (self as u8) >= Self::Lc as u8
+        match self {
+            Self::Lc | Self::Wlc | Self::Sed | Self::Nq | Self::Fo | Self::Ovf => true,
+            Self::Rr | Self::Wrr | Self::Sh | Self::Dh => false,
+        }
     }
 }
 

@@ -52,7 +52,10 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// IPVS's `tcp_states`: by direction, then by the segment's kind (`syn`, `fin`, `ack`,
-/// `rst`), the state that follows each state.
+/// `rst`), the state that follows each state. (Newer kernels take an ACK from NONE to
+/// ESTABLISHED on input; a connection here opens in SYN_RECV and is never in NONE.
+/// Nothing here leads to LISTEN or SYNACK either: IPVS reaches them only through its
+/// `secure_tcp` table and its application helpers.)
 #[rustfmt::skip]
 static TRANSITIONS: [[[u8; TCP_STATES]; 4]; 3] = {
     const ES: u8 = ESTABLISHED; const SS: u8 = SYN_SENT; const SR: u8 = SYN_RECV;

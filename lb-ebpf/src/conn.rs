@@ -6,7 +6,7 @@
 use lb_common::{
     IPPROTO_TCP,
     conn::{Conn, FlowKey, client_key, reply_key},
-    real::Forwarding,
+    real::{Forwarding, RealLoad},
     state::{self, Direction, ESTABLISHED},
     stats::Reason,
 };
@@ -52,9 +52,11 @@ fn follow_tcp(conn: &mut Conn, flow: &FlowKey, flags: u8) {
         return;
     }
     let (was, is) = (state::is_active(IPPROTO_TCP, conn.state), state::is_active(IPPROTO_TCP, state));
-    if was != is {
+    if was != is
+        && let Some(load) = REAL_LOAD.get_ptr_mut(conn.real)
+    {
         let gained = if is { 1 } else { -1 };
-        count(conn.real, gained, -gained);
+        count(load, gained, -gained);
     }
     conn.state = state;
     // Both entries of a NAT or Full-NAT connection hold its state, so the next segment
@@ -83,22 +85,25 @@ fn direction(conn: &Conn) -> Direction {
 /// it overloaded (IPVS's `ip_vs_bind_dest`).
 #[inline(always)]
 pub fn count_open(real: u32, protocol: u8) {
-    if state::is_active(protocol, state::opening(protocol)) {
-        count(real, 1, 0)
-    } else {
-        count(real, 0, 1)
-    }
     let Some(load) = REAL_LOAD.get_ptr_mut(real) else { return };
-    // SAFETY: a map value, valid for the program's run; the flag is only ever set here.
-    let load = unsafe { &mut *load };
-    if load.upper_threshold != 0 && load.overloaded == 0 && load.total() >= i64::from(load.upper_threshold) {
-        load.overloaded = 1;
+    if state::is_active(protocol, state::opening(protocol)) {
+        count(load, 1, 0)
+    } else {
+        count(load, 0, 1)
+    }
+    // SAFETY: a map value, valid for the program's run. Other CPUs and the agent change
+    // it meanwhile: each field is read once, by value, and the flag written whole.
+    unsafe {
+        let upper = i64::from((*load).upper_threshold);
+        let total = (*load).active + (*load).inactive;
+        if upper != 0 && (*load).overloaded == 0 && total >= upper {
+            (*load).overloaded = 1;
+        }
     }
 }
 
 #[inline(always)]
-fn count(real: u32, active: i64, inactive: i64) {
-    let Some(counts) = REAL_LOAD.get_ptr_mut(real) else { return };
+fn count(counts: *mut RealLoad, active: i64, inactive: i64) {
     // SAFETY: a map value, valid for the program's run; changed only atomically.
     unsafe {
         if active != 0 {

@@ -358,7 +358,7 @@ fn unbind(dest: &mut Load, active: bool) {
 
 /// `__ip_vs_update_dest`, as `ipvsadm -e` changes a weight or thresholds.
 fn update(dest: &mut Load, weight: u32, u_threshold: u32, l_threshold: u32) {
-    if u_threshold == 0 || i64::from(u_threshold) > dest.active {
+    if u_threshold == 0 || u_threshold > dest.u_threshold {
         dest.overload = false;
     }
     (dest.weight, dest.u_threshold, dest.l_threshold) = (weight, u_threshold, l_threshold);

@@ -113,12 +113,11 @@ impl RealLoads {
         }
     }
 
-    /// Sets what the configuration says of real server `id`. One without an upper
-    /// threshold, or with one above its active connections, is not overloaded any
-    /// more (IPVS's `__ip_vs_update_dest`).
+    /// Sets what the configuration says of real server `id`. One whose upper
+    /// threshold went or rose is not overloaded any more (IPVS's `__ip_vs_update_dest`).
     pub fn set_limits(&self, id: u32, limits: Limits) {
         let entry = self.entry(id);
-        if limits.upper_threshold == 0 || i64::from(limits.upper_threshold) > entry.active.load(Ordering::Relaxed) {
+        if limits.upper_threshold == 0 || limits.upper_threshold > entry.upper_threshold.load(Ordering::Relaxed) {
             entry.overloaded.store(0, Ordering::Relaxed);
         }
         entry.weight.store(limits.weight, Ordering::Relaxed);

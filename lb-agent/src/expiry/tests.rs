@@ -89,7 +89,6 @@ const TIMEOUTS: Timeouts = Timeouts::IPVS;
 
 #[test]
 fn the_timeout_is_ipvs_by_protocol_and_state() {
-    assert_eq!(Timeouts::default(), TIMEOUTS);
     assert_eq!(TIMEOUTS.of(IPPROTO_TCP, ESTABLISHED), 900);
     assert_eq!(TIMEOUTS.of(IPPROTO_TCP, FIN_WAIT), 120, "ipvsadm --set's tcpfin");
     assert_eq!(TIMEOUTS.of(IPPROTO_TCP, SYN_RECV), 60);
