@@ -37,20 +37,21 @@ pub fn touch(conn: &mut Conn, packet: &Packet) {
     // An established connection's plain segments leave it established in every
     // table: decided without looking.
     let steady = conn.state == ESTABLISHED && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK;
-    if packet.flow.protocol == IPPROTO_TCP && !steady {
-        follow_tcp(conn, &packet.flow, packet.tcp_flags);
+    if packet.flow.protocol != IPPROTO_TCP || steady {
+        return;
+    }
+    // IPVS's `set_tcp_state`: the next state by the segment's flags and the way it went.
+    let state = state::next_tcp_state(direction(conn), packet.tcp_flags, conn.state);
+    if state != conn.state {
+        change_state(conn, &packet.flow, state);
     }
 }
 
-/// IPVS's `set_tcp_state`: the connection's next state by the segment's flags and the
-/// way it went, with its real server's counts moved when it becomes active or inactive.
-/// A function of its own: it runs a few times per connection, not per packet.
+/// Moves the connection to `state`, and its real server's counts when it becomes
+/// active or inactive. A function of its own: it runs a few times per connection, not
+/// per packet.
 #[inline(never)]
-fn follow_tcp(conn: &mut Conn, flow: &FlowKey, flags: u8) {
-    let state = state::next_tcp_state(direction(conn), flags, conn.state);
-    if state == conn.state {
-        return;
-    }
+fn change_state(conn: &mut Conn, flow: &FlowKey, state: u8) {
     let (was, is) = (state::is_active(IPPROTO_TCP, conn.state), state::is_active(IPPROTO_TCP, state));
     if was != is
         && let Some(load) = REAL_LOAD.get_ptr_mut(conn.real)

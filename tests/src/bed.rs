@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::Path,
     time::Duration,
 };
@@ -14,11 +14,10 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_agent::{
     config::Config,
     dataplane::{Dataplane, EbpfLogLevel},
-    director::Director,
+    director::{Director, address_bytes},
     neighbour::{Link, Links},
 };
-
-use lb_common::stats::Reason;
+use lb_common::{conn::FlowKey, stats::Reason};
 
 use crate::packet::DIRECTOR_MAC;
 
@@ -144,6 +143,21 @@ pub fn real_mac(address: &str) -> [u8; 6] {
     let last = address.rsplit(['.', ':']).next().and_then(|last| last.parse::<u8>().ok()).unwrap_or(0);
     let family = if address.contains(':') { 6 } else { 4 };
     [0x02, 0xaa, 0, 0, family, last]
+}
+
+/// The connection table's key of the TCP flow from `client` to `vip`, as the client
+/// sends it.
+pub fn tcp_flow_key(client: SocketAddr, vip: SocketAddr) -> FlowKey {
+    let (src, family) = address_bytes(client.ip());
+    FlowKey {
+        src,
+        dst: address_bytes(vip.ip()).0,
+        src_port: client.port().to_be_bytes(),
+        dst_port: vip.port().to_be_bytes(),
+        protocol: lb_common::IPPROTO_TCP,
+        family,
+        _pad: [0; 2],
+    }
 }
 
 /// One service in the YAML form [`director`] takes.

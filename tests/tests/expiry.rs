@@ -282,7 +282,7 @@ fn direct_routing_follows_ipvs_input_only_table_and_counts_survive_eviction() {
     // What the data path counted but the table no longer holds (an eviction tells
     // nobody) is taken back by the next walk.
     let mut table = bed.director.dataplane().conn_table().unwrap();
-    assert!(table.remove(&flow_key(client, 52002)).unwrap());
+    assert!(table.remove(&bed::tcp_flow_key(sock(client, 52002), sock(VIP4, 80))).unwrap());
     assert_eq!(states(&bed).1[&web], (2, 2), "not yet seen");
     assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 });
     assert_eq!(states(&bed).1[&web], (1, 2), "reconciled with the table");
@@ -290,20 +290,4 @@ fn direct_routing_follows_ipvs_input_only_table_and_counts_survive_eviction() {
     sleep(PAST_ONE_SECOND);
     assert_eq!(bed.expire(), Sweep { entries: 4, expired: 2 }, "FIN_WAIT by tcp_fin, CLOSE by close");
     assert_eq!((states(&bed).1[&web], states(&bed).1[&dns]), ((1, 0), (0, 1)), "52003, and the UDP flow");
-}
-
-/// The key of the client's TCP flow to `VIP4:80` from `client:port`.
-fn flow_key(client: &str, port: u16) -> lb_common::conn::FlowKey {
-    let mut key = lb_common::conn::FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
-        src_port: port.to_be_bytes(),
-        dst_port: 80u16.to_be_bytes(),
-        protocol: lb_common::IPPROTO_TCP,
-        family: lb_common::FAMILY_IPV4,
-        _pad: [0; 2],
-    };
-    key.src[..4].copy_from_slice(&client.parse::<std::net::Ipv4Addr>().unwrap().octets());
-    key.dst[..4].copy_from_slice(&VIP4.parse::<std::net::Ipv4Addr>().unwrap().octets());
-    key
 }

@@ -462,7 +462,7 @@ fn dynamic_schedulers_choose_as_ipvs_does_as_connections_open_close_and_limits_c
                         let mut table = director.dataplane().conn_table().unwrap();
                         for _ in 0..clients.next() % 8 {
                             let conn = held.swap_remove(clients.next() as usize % held.len());
-                            assert!(table.remove(&flow_key(conn.client, conn.vip)).unwrap());
+                            assert!(table.remove(&bed::tcp_flow_key(conn.client, sock(conn.vip))).unwrap());
                             let v = VIPS.iter().position(|v| *v == conn.vip).unwrap();
                             unbind(&mut models[v][conn.real], conn.active);
                         }
@@ -481,18 +481,4 @@ fn dynamic_schedulers_choose_as_ipvs_does_as_connections_open_close_and_limits_c
 
 fn sock(vip: &str) -> SocketAddr {
     SocketAddr::new(vip.parse().unwrap(), 80)
-}
-
-/// The key of the client's TCP flow to `vip:80`.
-fn flow_key(client: SocketAddr, vip: &str) -> lb_common::conn::FlowKey {
-    let (src, family) = lb_agent::director::address_bytes(client.ip());
-    lb_common::conn::FlowKey {
-        src,
-        dst: lb_agent::director::address_bytes(vip.parse().unwrap()).0,
-        src_port: client.port().to_be_bytes(),
-        dst_port: 80u16.to_be_bytes(),
-        protocol: lb_common::IPPROTO_TCP,
-        family,
-        _pad: [0; 2],
-    }
 }
