@@ -8,7 +8,7 @@ mod validate;
 
 use std::{
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -156,10 +156,18 @@ pub enum XdpMode {
 pub struct VirtualService {
     /// Unique; names the service in metrics and for `lbctl`.
     pub name: String,
-    pub vip: IpAddr,
+    /// A plain service's address: VIP, port and protocol (a firewall-mark service has
+    /// `fwmark` and `match` instead).
+    pub vip: Option<IpAddr>,
     /// 0 serves every port of the VIP (a port-0 service).
-    pub port: u16,
-    pub protocol: Protocol,
+    pub port: Option<u16>,
+    pub protocol: Option<Protocol>,
+    /// ipvsadm `-f`: a firewall-mark service, one service over every VIP, protocol
+    /// and port `match` lists (what iptables would have marked: XDP runs before
+    /// netfilter, so the director matches them itself).
+    pub fwmark: Option<u32>,
+    #[serde(default, rename = "match")]
+    pub matches: Vec<Match>,
     /// ipvsadm's default is wlc.
     #[serde(default)]
     pub scheduler: Scheduler,
@@ -179,8 +187,82 @@ pub struct VirtualService {
     /// Full-NAT: carry the client's address to the real server in a TCP option (TOA).
     #[serde(default)]
     pub toa: bool,
+    /// ipvsadm `-p` / `-M`: a client's network keeps its real server.
+    pub persistence: Option<Persistence>,
+    /// IPVS's sysctl, per service: a persistence template whose real server is
+    /// quiesced (weight 0) no longer holds its clients.
+    #[serde(default)]
+    pub expire_quiescent_template: bool,
+    /// IPVS's sysctl, per service: a connection whose real server was removed ends at
+    /// its next packet (which may then open a new one), rather than going on to it.
+    #[serde(default)]
+    pub expire_nodest_conn: bool,
     #[serde(default)]
     pub reals: Vec<Real>,
+}
+
+/// What a firewall-mark service serves: a VIP's ports of one protocol (all of them
+/// when `ports` is left out).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    pub vip: IpAddr,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// One (VIP, port, protocol) a service answers on: a plain service has one, a
+/// firewall-mark service one per VIP and port it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// IPVS's persistence: for `timeout` seconds after its last new connection, and for
+/// as long as connections it sent remain, a client's network (by `netmask`) goes to the
+/// same real server.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Persistence {
+    /// ipvsadm `-p`'s default.
+    #[serde(default = "default_persistence_timeout")]
+    pub timeout: u32,
+    /// ipvsadm `-M`: an IPv4 netmask (`255.255.255.0`) for IPv4 clients, or a prefix
+    /// length (`64`) for IPv6 clients (for IPv4 ones too when the service has no IPv6
+    /// VIP). A family without one keeps each client apart.
+    pub netmask: Option<Netmask>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged, expecting = "a netmask such as 255.255.255.0, or a prefix length such as 64")]
+pub enum Netmask {
+    Prefix(u8),
+    Mask(Ipv4Addr),
+}
+
+impl Netmask {
+    /// The prefix length of a contiguous IPv4 mask.
+    pub fn mask_prefix(mask: Ipv4Addr) -> Option<u8> {
+        let bits = u32::from(mask);
+        let prefix = bits.leading_ones();
+        (bits.checked_shl(prefix).unwrap_or(0) == 0).then_some(prefix as u8)
+    }
+}
+
+impl Persistence {
+    /// The prefix lengths of the client networks, for IPv4 and IPv6 clients of a
+    /// service that does (`has_ipv6`) or does not serve IPv6.
+    pub fn prefixes(&self, has_ipv6: bool) -> (u8, u8) {
+        match self.netmask {
+            None => (32, 128),
+            Some(Netmask::Mask(mask)) => (Netmask::mask_prefix(mask).unwrap_or(32), 128),
+            Some(Netmask::Prefix(prefix)) if !has_ipv6 => (prefix.min(32), 128),
+            Some(Netmask::Prefix(prefix)) => (32, prefix.min(128)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -373,10 +455,10 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for service in &self.services {
-            if service.port == 0 {
+            if service.port == Some(0) && service.persistence.is_none() {
                 warnings.push(format!(
-                    "service {}: a port-0 service spreads each client's connections over the real servers; \
-                     IPVS allows port 0 only with persistence, which is not supported yet",
+                    "service {}: a port-0 service without persistence spreads each client's connections over \
+                     the real servers; IPVS allows port 0 only with persistence",
                     service.name
                 ));
             }
@@ -426,14 +508,53 @@ impl VirtualService {
         real.forwarding.unwrap_or(self.forwarding)
     }
 
-    /// The port a real server of this service serves on.
+    /// The port a real server of this service serves on (0: the one each client
+    /// asks for).
     pub fn port_of(&self, real: &Real) -> u16 {
-        real.port.unwrap_or(self.port)
+        real.port.or(self.port).unwrap_or(0)
     }
 
-    /// The Full-NAT local addresses of the VIP's family, in the configuration's order.
-    pub fn local_addresses_of_family(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.local_addresses.iter().copied().filter(|local| local.is_ipv4() == self.vip.is_ipv4())
+    /// Where the service answers: its VIP, port and protocol, or a firewall-mark
+    /// service's every match (a match without ports: port 0, all of them).
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        if let (Some(vip), Some(port), Some(protocol)) = (self.vip, self.port, self.protocol) {
+            return vec![Endpoint { vip, port, protocol }];
+        }
+        let mut endpoints = Vec::new();
+        for Match { vip, protocol, ports } in &self.matches {
+            let ports = if ports.is_empty() { &[0][..] } else { ports };
+            endpoints.extend(ports.iter().map(|&port| Endpoint { vip: *vip, port, protocol: *protocol }));
+        }
+        endpoints
+    }
+
+    /// The IP versions of its VIPs: `(IPv4, IPv6)`.
+    pub fn families(&self) -> (bool, bool) {
+        let endpoints = self.endpoints();
+        (endpoints.iter().any(|e| e.vip.is_ipv4()), endpoints.iter().any(|e| e.vip.is_ipv6()))
+    }
+
+    /// With persistence, the prefix lengths of its IPv4 and IPv6 clients' networks.
+    pub fn persistence_prefixes(&self) -> Option<(u8, u8)> {
+        let (_, has_ipv6) = self.families();
+        self.persistence.map(|persistence| persistence.prefixes(has_ipv6))
+    }
+
+    /// Whether it serves every port (port 0, or a firewall-mark service): a real
+    /// server then keeps the port each client asked for.
+    pub fn keeps_ports(&self) -> bool {
+        self.port.unwrap_or(0) == 0
+    }
+
+    /// Whether `real` can serve a packet of this IP version: its own, or either
+    /// through a tunnel.
+    pub fn serves(&self, real: &Real, ipv4: bool) -> bool {
+        real.address.is_ipv4() == ipv4 || self.forwarding_of(real) == Forwarding::Tun
+    }
+
+    /// The Full-NAT local addresses of one IP version, in the configuration's order.
+    pub fn local_addresses_of(&self, ipv4: bool) -> impl Iterator<Item = IpAddr> + '_ {
+        self.local_addresses.iter().copied().filter(move |local| local.is_ipv4() == ipv4)
     }
 }
 
@@ -492,6 +613,10 @@ fn default_local_port_range() -> [u16; 2] {
 
 fn default_weight() -> u32 {
     1
+}
+
+fn default_persistence_timeout() -> u32 {
+    300
 }
 
 impl fmt::Display for Protocol {

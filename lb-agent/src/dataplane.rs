@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
     util::nr_cpus,
@@ -20,6 +20,7 @@ use lb_common::{
     conn::{Conn, FlowKey},
     interface::{Interface, InterfaceKey},
     names,
+    persist::{Persist, PersistKey},
     real::{RealLoad, RealServer},
     service::{SchedCursor, Service, ServiceKey},
     stats::{Counters, Reason},
@@ -81,6 +82,7 @@ struct Maps {
     sched_ring: Array<MapData, u32>,
     sched_cursor: Array<MapData, SchedCursor>,
     conns: HashMap<MapData, FlowKey, Conn>,
+    templates: HashMap<MapData, PersistKey, Persist>,
     local_addresses: Array<MapData, [u8; 16]>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
@@ -95,7 +97,7 @@ struct Attachment {
     restore_rx_vlan: bool,
 }
 
-/// What the connection table refers to.
+/// What the connection table and the persistence templates refer to.
 #[derive(Debug, Default)]
 pub struct ConnReferences {
     pub reals: HashSet<u32>,
@@ -125,6 +127,7 @@ impl Dataplane {
             sched_ring: typed(&mut ebpf, names::SCHED_RING)?,
             sched_cursor: typed(&mut ebpf, names::SCHED_CURSOR)?,
             conns: typed(&mut ebpf, names::CONNS)?,
+            templates: typed(&mut ebpf, names::PERSIST)?,
             local_addresses: typed(&mut ebpf, names::LOCAL_ADDRESSES)?,
             service_stats: typed(&mut ebpf, names::SERVICE_STATS)?,
             real_stats: typed(&mut ebpf, names::REAL_STATS)?,
@@ -278,16 +281,22 @@ impl Dataplane {
 
     /// Calls `visit` with every entry of the connection table.
     pub fn walk_conns(&self, visit: impl FnMut(&FlowKey, &Conn)) -> Result<u64> {
-        walk(&self.maps.conns, visit)
+        walk(&self.maps.conns, names::CONNS, visit)
     }
 
     /// The real-server ids and service indexes that some connection entry still
     /// points at.
     pub fn conn_references(&self) -> Result<ConnReferences> {
         let mut references = ConnReferences::default();
-        walk(&self.maps.conns, |_, conn| {
+        walk(&self.maps.conns, names::CONNS, |_, conn| {
             references.reals.insert(conn.real);
             references.services.insert(conn.service);
+        })?;
+        // A template may outlive its connections, and must never send a client to
+        // an id that was given to another real server.
+        walk(&self.maps.templates, names::PERSIST, |key, template| {
+            references.reals.insert(template.real);
+            references.services.insert(key.service);
         })?;
         Ok(references)
     }
@@ -295,8 +304,12 @@ impl Dataplane {
     /// A handle of its own on the connection table, for ageing it without holding
     /// the director.
     pub fn conn_table(&self) -> Result<ConnTable> {
-        let map = own_handle(self.maps.conns.map(), names::CONNS)?;
-        Ok(ConnTable { map: HashMap::try_from(map).context("CONNS is not a hash map")? })
+        Table::of(self.maps.conns.map(), names::CONNS)
+    }
+
+    /// A handle of its own on the persistence templates, for ageing them.
+    pub fn template_table(&self) -> Result<TemplateTable> {
+        Table::of(self.maps.templates.map(), names::PERSIST)
     }
 
     /// Real server `id`'s connections, weight and thresholds.
@@ -329,35 +342,47 @@ impl Dataplane {
     }
 }
 
-/// The connection table (`CONNS`) through a descriptor of its own: the same kernel
-/// map the data path reads and writes as packets pass.
-pub struct ConnTable {
-    map: HashMap<MapData, FlowKey, Conn>,
+/// A hash map of the data path through a descriptor of its own (the same kernel map
+/// the data path reads and writes as packets pass), for a task that does not hold the
+/// director: the connection table, the persistence templates.
+pub struct Table<K, V> {
+    map: HashMap<MapData, K, V>,
+    name: &'static str,
 }
 
-impl ConnTable {
+/// The connection table (`CONNS`).
+pub type ConnTable = Table<FlowKey, Conn>;
+/// The persistence templates (`PERSIST`).
+pub type TemplateTable = Table<PersistKey, Persist>;
+
+impl<K: Pod, V: Pod> Table<K, V> {
+    fn of(data: &MapData, name: &'static str) -> Result<Self> {
+        let map = own_handle(data, name)?;
+        Ok(Self { map: HashMap::try_from(map).with_context(|| format!("{name} is not a hash map"))?, name })
+    }
+
     /// Calls `visit` with every entry; answers how many there were.
-    pub fn walk(&self, visit: impl FnMut(&FlowKey, &Conn)) -> Result<u64> {
-        walk(&self.map, visit)
+    pub fn walk(&self, visit: impl FnMut(&K, &V)) -> Result<u64> {
+        walk(&self.map, self.name, visit)
     }
 
     /// The entry of `key`, as it is now.
-    pub fn get(&self, key: &FlowKey) -> Result<Option<Conn>> {
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
         match self.map.get(key, 0) {
-            Ok(conn) => Ok(Some(conn)),
+            Ok(value) => Ok(Some(value)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(err) => Err(err).context("reading CONNS"),
+            Err(err) => Err(err).with_context(|| format!("reading {}", self.name)),
         }
     }
 
     /// Removes the entry of `key`; answers false when it was gone already (the data
     /// path or the table's eviction removed it first).
-    pub fn remove(&mut self, key: &FlowKey) -> Result<bool> {
+    pub fn remove(&mut self, key: &K) -> Result<bool> {
         match self.map.remove(key) {
             Ok(()) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
             Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(err) => Err(err).context("removing from CONNS"),
+            Err(err) => Err(err).with_context(|| format!("removing from {}", self.name)),
         }
     }
 }
@@ -408,23 +433,23 @@ pub fn kernel_seconds() -> Result<u32> {
     Ok(time.tv_sec as u32)
 }
 
-/// Walks `CONNS` one entry at a time (aya 0.14 has no batched lookups: a
+/// Walks a hash map (`name`) one entry at a time (aya 0.14 has no batched lookups: a
 /// `BPF_MAP_GET_NEXT_KEY` and a `BPF_MAP_LOOKUP_ELEM` each), calling `visit` with each
 /// and answering how many it saw. An entry removed while the walk passes is skipped; if
 /// the one the walk stands on goes, the kernel starts it again from the first key, so
 /// the walk stops after as many steps as the table has room for.
-fn walk(map: &HashMap<MapData, FlowKey, Conn>, mut visit: impl FnMut(&FlowKey, &Conn)) -> Result<u64> {
-    let room = map.map().info().context("reading CONNS' size")?.max_entries();
+fn walk<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, name: &str, mut visit: impl FnMut(&K, &V)) -> Result<u64> {
+    let room = map.map().info().with_context(|| format!("reading {name}'s size"))?.max_entries();
     let mut seen = 0;
     for entry in map.iter().take(room as usize) {
         match entry {
-            Ok((key, conn)) => {
+            Ok((key, value)) => {
                 seen += 1;
-                visit(&key, &conn);
+                visit(&key, &value);
             }
             // An entry evicted while we walk the table is no longer in use.
             Err(MapError::KeyNotFound) => {}
-            Err(err) => return Err(err).context("reading CONNS"),
+            Err(err) => return Err(err).with_context(|| format!("reading {name}")),
         }
     }
     Ok(seen)

@@ -21,15 +21,19 @@ use lb_api::{ConnectionStatus, RealStatus, ServiceStatus, Stats};
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
     interface::{Interface, InterfaceKey},
-    real::{Forwarding, IPPROTO_IPIP, IPPROTO_IPV6, RealServer, outer_ipv4_sum},
-    service::{SERVICE_SH_FALLBACK, SERVICE_SH_PORT, SERVICE_TOA, Scheduler, Service, ServiceKey},
+    real::{Forwarding, REAL_QUIESCED, REAL_REMOVED, RealServer, outer_ipv4_sum},
+    service::{
+        SERVICE_EXPIRE_NODEST, SERVICE_EXPIRE_QUIESCENT, SERVICE_PERSISTENT, SERVICE_SH_FALLBACK, SERVICE_SH_PORT,
+        SERVICE_TOA, Scheduler, Service, ServiceKey,
+    },
     stats::{Counters, Reason},
 };
 
 use crate::{
-    config::{Config, Protocol, Real, SchedulerFlag, Timeouts, VirtualService},
+    config::{Config, Endpoint, Protocol, Real, SchedulerFlag, Timeouts, VirtualService},
     connections,
     dataplane::{Dataplane, Limits},
+    expiry::{Ageing, Persisting},
     neighbour::{Link, Links},
     registry::Registry,
     sched::{self, Candidate, Ring, Slots},
@@ -65,8 +69,8 @@ struct Written {
     interfaces: HashMap<InterfaceKey, Interface>,
     services: HashMap<ServiceKey, Service>,
     reals: HashMap<u32, RealServer>,
-    /// Per service index: where its sequence is, and the sequence.
-    sequences: HashMap<u32, (Slots, Vec<u32>)>,
+    /// Per service index and family: where its sequence is, and the sequence.
+    sequences: HashMap<(u32, u8), (Slots, Vec<u32>)>,
     /// Per service index: the first slot of its Full-NAT local addresses, and them.
     locals: HashMap<u32, (u32, Vec<[u8; 16]>)>,
 }
@@ -85,8 +89,8 @@ struct Plan {
     /// Each real server's weight and thresholds, for the dynamic schedulers.
     limits: Vec<(u32, Limits)>,
     services: HashMap<ServiceKey, Service>,
-    /// Sequences to write: (service index, slots, sequence).
-    sequences: Vec<(u32, Slots, Vec<u32>)>,
+    /// Sequences to write: ((service index, family), slots, sequence).
+    sequences: Vec<((u32, u8), Slots, Vec<u32>)>,
     /// Local addresses to write: (service index, first slot, addresses).
     locals: Vec<(u32, u32, Vec<[u8; 16]>)>,
 }
@@ -113,6 +117,21 @@ impl Director {
     /// the first).
     pub fn timeouts(&self) -> Timeouts {
         self.running_config().map_or_else(Timeouts::default, |config| config.timeouts)
+    }
+
+    /// What the ager needs of the running configuration: its timeouts, and each
+    /// persistent service's templates' timeout and networks.
+    pub fn ageing(&self) -> Ageing {
+        let Some(config) = self.running_config() else { return Ageing::default() };
+        let persistence = config
+            .services
+            .iter()
+            .filter_map(|service| {
+                let (timeout, prefixes) = (service.persistence?.timeout, service.persistence_prefixes()?);
+                Some((self.ids.services.get(&service.name)?, Persisting { timeout, prefixes }))
+            })
+            .collect();
+        Ageing { timeouts: config.timeouts, persistence }
     }
 
     /// Makes the director run `config`, with real servers reached over `links`: the
@@ -236,41 +255,77 @@ impl Director {
                     lower_threshold: real.lower_threshold,
                 };
                 plan.limits.push((id, limits));
-                candidates.push(Candidate { id, weight: real.weight, reachable: link.is_some() });
+                candidates.push((real, Candidate { id, weight: real.weight, reachable: link.is_some() }));
             }
-            let sh_fallback = service.scheduler_flags.contains(&SchedulerFlag::ShFallback);
-            let sequence = sched::sequence(scheduler, sh_fallback, &candidates);
-            let slots = match self.written.sequences.get(&index) {
-                Some((slots, written)) if *written == sequence => slots.clone(),
-                _ => {
-                    let slots = plan.ids.ring.allocate(sequence.len() as u32).with_context(|| {
-                        format!("service {}: no room left for a sequence of {} slots", service.name, sequence.len())
-                    })?;
-                    plan.sequences.push((index, slots.clone(), sequence));
-                    slots
-                }
-            };
             let locals = self.place_locals(index, service, &mut plan);
-            plan.services.insert(service_key(service), service_value(index, scheduler, &slots, service, locals));
+            let (has_ipv4, has_ipv6) = service.families();
+            for (ipv4, _) in [(true, has_ipv4), (false, has_ipv6)].into_iter().filter(|&(_, served)| served) {
+                // A firewall-mark service may serve both IP versions: each has its own
+                // sequence, of the real servers that can serve it.
+                let serving: Vec<Candidate> =
+                    candidates.iter().filter(|(real, _)| service.serves(real, ipv4)).map(|&(_, c)| c).collect();
+                let family = if ipv4 { FAMILY_IPV4 } else { FAMILY_IPV6 };
+                let sh_fallback = service.scheduler_flags.contains(&SchedulerFlag::ShFallback);
+                let sequence = sched::sequence(scheduler, sh_fallback, &serving);
+                let len = sequence.len();
+                let slots = self
+                    .place_sequence((index, family), sequence, &mut plan)
+                    .with_context(|| format!("service {}: no room left for a sequence of {len} slots", service.name))?;
+                let value = service_value(index, scheduler, &slots, service, locals.of(ipv4), ipv4);
+                for endpoint in service.endpoints().into_iter().filter(|endpoint| endpoint.vip.is_ipv4() == ipv4) {
+                    plan.services.insert(service_key(&endpoint), value);
+                }
+            }
         }
+        self.retire_gone_reals(&mut plan);
         Ok(plan)
     }
 
-    /// Where the service's Full-NAT local addresses are: where they are written if
-    /// unchanged, else the other of its two banks, which no published value names.
-    fn place_locals(&self, index: u32, service: &VirtualService, plan: &mut Plan) -> (u32, u8) {
-        let locals: Vec<[u8; 16]> = service.local_addresses_of_family().map(|local| address_bytes(local).0).collect();
+    /// Where a sequence is: where it is written if unchanged, else fresh slots.
+    fn place_sequence(&self, key: (u32, u8), sequence: Vec<u32>, plan: &mut Plan) -> Option<Slots> {
+        if let Some((slots, written)) = self.written.sequences.get(&key)
+            && *written == sequence
+        {
+            return Some(slots.clone());
+        }
+        let slots = plan.ids.ring.allocate(sequence.len() as u32)?;
+        plan.sequences.push((key, slots.clone(), sequence));
+        Some(slots)
+    }
+
+    /// Marks the real servers the configuration no longer has as removed, in the entry
+    /// their remaining connections still read: a persistence template that names one
+    /// is void, and so are the connections of a service with `expire_nodest_conn`.
+    fn retire_gone_reals(&self, plan: &mut Plan) {
+        for owner in &plan.gone_reals {
+            let Some(id) = plan.ids.reals.get(owner) else { continue };
+            if let Some(written) = self.written.reals.get(&id) {
+                plan.reals.insert(id, RealServer { flags: written.flags | REAL_REMOVED, ..*written });
+            }
+        }
+    }
+
+    /// Where the service's Full-NAT local addresses are (IPv4 ones first): where they
+    /// are written if unchanged, else the other of its two banks, which no published
+    /// value names.
+    fn place_locals(&self, index: u32, service: &VirtualService, plan: &mut Plan) -> Locals {
+        let (ipv4, ipv6) = service.families();
+        let of = |served: bool, ipv4: bool| {
+            service.local_addresses_of(ipv4).filter(move |_| served).map(|local| address_bytes(local).0)
+        };
+        let ipv4_len = of(ipv4, true).count() as u8;
+        let locals: Vec<[u8; 16]> = of(ipv4, true).chain(of(ipv6, false)).collect();
         let len = locals.len() as u8;
         let first_bank = index * 2 * MAX_LOCAL_ADDRESSES;
         let start = match self.written.locals.get(&index) {
-            Some((start, written)) if *written == locals => return (*start, len),
+            Some((start, written)) if *written == locals => return Locals { start: *start, len, ipv4_len },
             Some((start, _)) if *start == first_bank => first_bank + MAX_LOCAL_ADDRESSES,
             _ => first_bank,
         };
         if !locals.is_empty() {
             plan.locals.push((index, start, locals));
         }
-        (start, len)
+        Locals { start, len, ipv4_len }
     }
 
     /// Writes what `plan` changes. The plan's ids are ours from the first write on: if
@@ -298,18 +353,18 @@ impl Director {
             self.dataplane.reset_real_counters(id)?;
         }
         self.add_interfaces(&interfaces)?;
-        // Reachable real servers before a sequence names them; unreachable ones after
-        // no published sequence does any more.
+        // Reachable real servers before a sequence names them; unreachable and removed
+        // ones after no published sequence does any more.
         let (reachable, unreachable): (HashMap<u32, RealServer>, HashMap<u32, RealServer>) =
-            reals.into_iter().partition(|(_, real)| real.ifindex != 0);
+            reals.into_iter().partition(|(_, real)| real.ifindex != 0 && real.flags & REAL_REMOVED == 0);
         self.write_reals(reachable)?;
         for (id, limits) in limits {
             self.dataplane.set_limits(id, limits);
         }
         let mut superseded = Vec::new();
-        for (index, slots, sequence) in sequences {
+        for (key, slots, sequence) in sequences {
             self.dataplane.write_sequence(&slots, &sequence)?;
-            superseded.extend(self.written.sequences.insert(index, (slots, sequence)).map(|(old, _)| old));
+            superseded.extend(self.written.sequences.insert(key, (slots, sequence)).map(|(old, _)| old));
         }
         for (index, start, addresses) in locals {
             self.dataplane.write_local_addresses(start, &addresses)?;
@@ -320,11 +375,10 @@ impl Director {
         self.remove_interfaces(&interfaces)?;
         // Only now does no map value name the old slots and the removed owners' ids.
         let now = Instant::now();
-        let used: HashSet<u32> = services.values().map(|service| service.index).collect();
-        let unused: Vec<u32> = self.written.sequences.keys().filter(|index| !used.contains(index)).copied().collect();
-        superseded
-            .extend(unused.iter().filter_map(|index| self.written.sequences.remove(index)).map(|(slots, _)| slots));
-        self.written.locals.retain(|index, _| used.contains(index));
+        let used: HashSet<(u32, u8)> = services.iter().map(|(key, service)| (service.index, key.family)).collect();
+        let unused: Vec<(u32, u8)> = self.written.sequences.keys().filter(|key| !used.contains(key)).copied().collect();
+        superseded.extend(unused.iter().filter_map(|key| self.written.sequences.remove(key)).map(|(slots, _)| slots));
+        self.written.locals.retain(|index, _| used.iter().any(|(used, _)| used == index));
         for slots in superseded {
             self.ids.ring.release(slots, now);
         }
@@ -391,11 +445,14 @@ impl Director {
                 stats: stats(self.dataplane.real_counters(id)?),
             });
         }
+        let first = service.endpoints().first().copied().context("a service without an address")?;
         Ok(ServiceStatus {
             name: service.name.clone(),
-            protocol: service.protocol.to_string(),
-            vip: service.vip,
-            port: service.port,
+            protocol: first.protocol.to_string(),
+            vip: first.vip,
+            port: first.port,
+            fwmark: service.fwmark,
+            persistence: service.persistence.map(|p| p.timeout),
             scheduler: service.scheduler.to_string(),
             stats: stats(self.dataplane.service_counters(index)?),
             reals,
@@ -483,23 +540,46 @@ fn assign<K: Clone + Eq + Hash>(
     Ok(assigned.id)
 }
 
-fn service_key(service: &VirtualService) -> ServiceKey {
-    let (vip, family) = address_bytes(service.vip);
-    let protocol = match service.protocol {
+fn service_key(endpoint: &Endpoint) -> ServiceKey {
+    let (vip, family) = address_bytes(endpoint.vip);
+    let protocol = match endpoint.protocol {
         Protocol::Tcp => IPPROTO_TCP,
         Protocol::Udp => IPPROTO_UDP,
     };
-    ServiceKey { vip, port: service.port.to_be_bytes(), protocol, family }
+    ServiceKey { vip, port: endpoint.port.to_be_bytes(), protocol, family }
 }
 
+/// A service's Full-NAT local addresses: a run of `len` slots from `start`, the first
+/// `ipv4_len` IPv4 ones.
+#[derive(Clone, Copy)]
+struct Locals {
+    start: u32,
+    len: u8,
+    ipv4_len: u8,
+}
+
+impl Locals {
+    /// The first slot and count of one IP version's.
+    fn of(self, ipv4: bool) -> (u32, u8) {
+        if ipv4 {
+            (self.start, self.ipv4_len)
+        } else {
+            (self.start + u32::from(self.ipv4_len), self.len - self.ipv4_len)
+        }
+    }
+}
+
+/// The value of the service's keys of one IP version.
 fn service_value(
     index: u32,
     scheduler: Scheduler,
     slots: &Slots,
     service: &VirtualService,
     (locals_start, locals_len): (u32, u8),
+    ipv4: bool,
 ) -> Service {
     let [first, last] = service.local_port_range;
+    let persist_prefix = service.persistence_prefixes().map_or(0, |(v4, v6)| if ipv4 { v4 } else { v6 });
     Service {
         index,
         sequence_start: slots.start,
@@ -511,12 +591,19 @@ fn service_value(
         locals_start,
         local_port_first: first,
         local_port_count: last - first + 1,
-        _spare: [0; 8],
+        persist_prefix,
+        _spare: [0; 7],
     }
 }
 
 fn service_flags(service: &VirtualService) -> u8 {
-    let mut flags = if service.toa { SERVICE_TOA } else { 0 };
+    let options = [
+        (service.toa, SERVICE_TOA),
+        (service.persistence.is_some(), SERVICE_PERSISTENT),
+        (service.expire_quiescent_template, SERVICE_EXPIRE_QUIESCENT),
+        (service.expire_nodest_conn, SERVICE_EXPIRE_NODEST),
+    ];
+    let mut flags = options.iter().filter(|(on, _)| *on).fold(0, |flags, (_, bit)| flags | bit);
     for flag in &service.scheduler_flags {
         flags |= match flag {
             SchedulerFlag::ShPort => SERVICE_SH_PORT,
@@ -551,11 +638,10 @@ fn real_server(
         Some(source) if forwarding == Forwarding::Tun => address_bytes(source).0,
         _ => [0; 16],
     };
-    let carried = if service.vip.is_ipv4() { IPPROTO_IPIP } else { IPPROTO_IPV6 };
-    let outer_sum = outer_ipv4_sum(&tunnel_source, &address, carried);
-    // The port is named only where it differs from the service's: 0 lets a port-0
-    // service's connections keep the port each client asked for.
-    let port = real.port.filter(|port| *port != service.port).unwrap_or(0);
+    let outer_sum = outer_ipv4_sum(&tunnel_source, &address);
+    // The port is named only where it differs from the service's: 0 lets a port-0 or
+    // firewall-mark service's connections keep the port each client asked for.
+    let port = real.port.filter(|port| Some(*port) != service.port).unwrap_or(0);
     RealServer {
         address,
         tunnel_source,
@@ -566,7 +652,7 @@ fn real_server(
         vlan: link.map_or(0, |link| link.vlan),
         family,
         forwarding: forwarding as u8,
-        flags: 0,
+        flags: if real.weight == 0 { REAL_QUIESCED } else { 0 },
         _pad: 0,
         mtu: link.map_or(0, |link| link.mtu),
         outer_sum,

@@ -10,6 +10,10 @@
 //! state: `tcp` established, `tcp_fin` in FIN_WAIT, `udp`, ...). As it walks it counts
 //! what each real server holds, and corrects the data path's counts by what they missed
 //! (connections evicted from a full table, and those it removed).
+//!
+//! It also expires persistence templates as IPVS does: once the service's timeout has
+//! passed since a new connection last used one, and no connection of the table that
+//! it could have sent remains (IPVS's `n_control`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -23,13 +27,14 @@ use std::{
 use anyhow::{Context, Result};
 use lb_common::{
     conn::{Conn, FlowKey},
+    persist::PersistKey,
     real::RealLoad,
     state,
 };
 
 use crate::{
     config::Timeouts,
-    dataplane::{Clock, ConnTable, RealLoads, kernel_seconds},
+    dataplane::{Clock, ConnTable, Dataplane, RealLoads, TemplateTable, kernel_seconds},
 };
 
 /// How often the table is walked, at the least.
@@ -38,9 +43,11 @@ const INTERVAL: Duration = Duration::from_secs(2);
 /// is aged less often rather than taking a whole CPU.
 const PAUSE_FACTOR: u32 = 4;
 
-/// The ager: its own handle on the connection table, and what it counted.
+/// The ager: its own handles on the connection table and the persistence templates,
+/// and what it counted.
 pub struct Expiry {
     table: ConnTable,
+    templates: TemplateTable,
     clock: Clock,
     real_loads: Arc<RealLoads>,
     counts: Arc<Counts>,
@@ -72,23 +79,62 @@ pub struct Sweep {
     pub entries: u64,
     /// Connections removed (the two entries of one count once).
     pub expired: u64,
+    /// Persistence templates removed.
+    pub templates_expired: u64,
+}
+
+/// What ageing needs of the running configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Ageing {
+    pub timeouts: Timeouts,
+    /// Per persistent service, by index: its templates' timeout and its clients'
+    /// prefix lengths.
+    pub persistence: HashMap<u32, Persisting>,
+}
+
+impl From<Timeouts> for Ageing {
+    fn from(timeouts: Timeouts) -> Self {
+        Self { timeouts, persistence: HashMap::new() }
+    }
+}
+
+/// A persistent service's templates: how long one lives after its last new
+/// connection, and the prefix lengths of IPv4 and IPv6 clients' networks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persisting {
+    pub timeout: u32,
+    pub prefixes: (u8, u8),
+}
+
+impl Persisting {
+    /// The template a client entry at `key` of this service was sent by.
+    fn template_of(&self, key: &FlowKey, service: u32) -> PersistKey {
+        let prefix = if key.family == lb_common::FAMILY_IPV4 { self.prefixes.0 } else { self.prefixes.1 };
+        PersistKey::of(&key.src, key.family, service, prefix)
+    }
 }
 
 impl Expiry {
-    /// The ager of `table`, whose entries are stamped by `clock`, and whose
-    /// connections `real_loads` counts by real server.
-    pub fn new(table: ConnTable, clock: Clock, real_loads: Arc<RealLoads>) -> Self {
-        Self { table, clock, real_loads, counts: Arc::default() }
+    /// The ager of the data path's connections and templates, with handles of its own.
+    pub fn new(dataplane: &Dataplane) -> Result<Self> {
+        Ok(Self {
+            table: dataplane.conn_table()?,
+            templates: dataplane.template_table()?,
+            clock: dataplane.clock()?,
+            real_loads: dataplane.real_loads(),
+            counts: Arc::default(),
+        })
     }
 
     pub fn counts(&self) -> Arc<Counts> {
         self.counts.clone()
     }
 
-    /// Removes every connection idle for longer than its timeout. The client
-    /// direction's entry goes first, then the reply's, so a Full-NAT local port is
-    /// never free while a client entry still forwards with it.
-    pub fn expire(&mut self, timeouts: &Timeouts) -> Result<Sweep> {
+    /// Removes every connection idle for longer than its timeout, and the templates
+    /// no longer in use. The client direction's entry goes first, then the reply's, so
+    /// a Full-NAT local port is never free while a client entry still forwards with it.
+    pub fn expire(&mut self, ageing: &Ageing) -> Result<Sweep> {
+        let timeouts = &ageing.timeouts;
         // Idle times are measured on the clock the entries were stamped by. If it has
         // fallen behind the kernel's (its ticker stalled), entries stamped before it
         // catches up would look older than they are: no walk until it has.
@@ -110,13 +156,18 @@ impl Expiry {
         // An entry idle for no longer than its state's timeout is fresh, and so is its
         // connection: only the others are looked at again.
         let mut candidates = Vec::new();
+        let mut controlling = HashSet::new();
         let entries = self.table.walk(|key, conn| {
+            let stale = idle(now, conn) > timeouts.of(key.protocol, conn.state);
             // A connection is counted by its client entry (a reply entry whose client
             // entry is gone carries no more client packets).
             if !conn.is_reply() {
                 tally(&mut held, key.protocol, conn, 1);
+                if let Some(persisting) = ageing.persistence.get(&conn.service).filter(|_| !stale) {
+                    controlling.insert(persisting.template_of(key, conn.service));
+                }
             }
-            if idle(now, conn) > timeouts.of(key.protocol, conn.state) {
+            if stale {
                 candidates.push(*key);
             }
         })?;
@@ -138,9 +189,35 @@ impl Expiry {
             }
         }
         self.reconcile(&counted, &held);
+        let templates_expired = self.expire_templates(now, &ageing.persistence, &controlling)?;
         self.counts.entries.store(entries, Ordering::Relaxed);
         self.counts.expired.fetch_add(expired, Ordering::Relaxed);
-        Ok(Sweep { entries, expired })
+        Ok(Sweep { entries, expired, templates_expired })
+    }
+
+    /// Removes the templates unused for longer than their service's timeout that no
+    /// live connection was sent by (`controlling`), and those of services no longer
+    /// persistent.
+    fn expire_templates(
+        &mut self,
+        now: u32,
+        persistence: &HashMap<u32, Persisting>,
+        controlling: &HashSet<PersistKey>,
+    ) -> Result<u64> {
+        let mut stale = Vec::new();
+        self.templates.walk(|key, template| {
+            let expired = persistence.get(&key.service).is_none_or(|persisting| {
+                now.saturating_sub(template.last_used) > persisting.timeout && !controlling.contains(key)
+            });
+            if expired {
+                stale.push(*key);
+            }
+        })?;
+        let mut removed = 0;
+        for key in stale {
+            removed += u64::from(self.templates.remove(&key)?);
+        }
+        Ok(removed)
     }
 
     /// Sets each real server's counts to what the table holds (`held`), plus what the
@@ -170,16 +247,17 @@ impl Expiry {
         Ok(removed)
     }
 
-    /// Ages the table for as long as the agent runs, with the timeouts `timeouts`
-    /// answers at each walk (so a reload's take effect at the next).
-    pub async fn run(mut self, timeouts: impl Fn() -> Timeouts) -> Result<()> {
+    /// Ages the tables for as long as the agent runs, with the timeouts and
+    /// persistence `ageing` answers at each walk (so a reload's take effect at the
+    /// next).
+    pub async fn run(mut self, ageing: impl Fn() -> Ageing) -> Result<()> {
         let mut pause = INTERVAL;
         loop {
             tokio::time::sleep(pause).await;
-            let timeouts = timeouts();
+            let ageing = ageing();
             let started = std::time::Instant::now();
             let (back, swept) = tokio::task::spawn_blocking(move || {
-                let swept = self.expire(&timeouts);
+                let swept = self.expire(&ageing);
                 (self, swept)
             })
             .await

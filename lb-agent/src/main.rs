@@ -97,7 +97,7 @@ async fn run(args: Args) -> Result<()> {
         tasks.spawn(ebpf_log(dataplane.logger(log::logger())?));
     }
     tasks.spawn(expiry::keep_time(dataplane.clock()?));
-    let expiry = Expiry::new(dataplane.conn_table()?, dataplane.clock()?, dataplane.real_loads());
+    let expiry = Expiry::new(&dataplane)?;
     let director = Arc::new(Mutex::new(Director::new(dataplane)));
     let neighbours = Neighbours::connect()?;
     let served = serve(&director, &neighbours, &args.config, config, signals, tasks, expiry).await;
@@ -124,7 +124,7 @@ async fn serve(
     let control = Arc::new(ControlSocket::bind(config.api_socket.clone())?);
     tasks.spawn(metrics::serve(metrics_listener, director.clone(), expiry.counts()));
     let running = director.clone();
-    tasks.spawn(expiry.run(move || lock(&running).timeouts()));
+    tasks.spawn(expiry.run(move || lock(&running).ageing()));
     tasks.spawn(api::serve(control.clone(), director.clone()));
     let mut neighbour_events = neighbour::watch()?;
     let mut relink_tick = interval(RELINK_INTERVAL);
@@ -263,7 +263,11 @@ fn warn_if_not_forwarding(config: &Config) {
     for (family, is_ipv4, sysctl) in
         [("IPv4", true, "net/ipv4/ip_forward"), ("IPv6", false, "net/ipv6/conf/all/forwarding")]
     {
-        let wanted = config.services.iter().any(|service| service.vip.is_ipv4() == is_ipv4 && rewriting(service));
+        let serves = |service: &config::VirtualService| {
+            let (ipv4, ipv6) = service.families();
+            if is_ipv4 { ipv4 } else { ipv6 }
+        };
+        let wanted = config.services.iter().any(|service| serves(service) && rewriting(service));
         let on = std::fs::read_to_string(format!("/proc/sys/{sysctl}")).is_ok_and(|value| value.trim() == "1");
         if wanted && !on {
             log::warn!(

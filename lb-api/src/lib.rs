@@ -33,10 +33,17 @@ pub enum Response {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
-    /// `tcp` or `udp`.
+    /// `tcp` or `udp` (a firewall-mark service's first match's).
     pub protocol: String,
+    /// A firewall-mark service's first match's.
     pub vip: IpAddr,
     pub port: u16,
+    /// A firewall-mark service's mark (ipvsadm -f).
+    #[serde(default)]
+    pub fwmark: Option<u32>,
+    /// The persistence timeout, in seconds (ipvsadm -p).
+    #[serde(default)]
+    pub persistence: Option<u32>,
     pub scheduler: String,
     pub stats: Stats,
     pub reals: Vec<RealStatus>,

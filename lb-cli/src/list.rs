@@ -19,7 +19,8 @@ pub fn render(services: &[ServiceStatus]) -> String {
     out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
     out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
     for service in services {
-        let _ = writeln!(out, "{} {}", service_name(service), service.scheduler);
+        let persistent = service.persistence.map(|timeout| format!(" persistent {timeout}")).unwrap_or_default();
+        let _ = writeln!(out, "{} {}{persistent}", service_name(service), service.scheduler);
         for real in &service.reals {
             let _ = writeln!(
                 out,
@@ -47,6 +48,9 @@ fn forward_name(forwarding: &str) -> &str {
 }
 
 fn service_name(service: &ServiceStatus) -> String {
+    if let Some(mark) = service.fwmark {
+        return format!("FWM  {mark}");
+    }
     format!("{}  {}", service.protocol.to_uppercase(), endpoint(service.vip, service.port))
 }
 
@@ -134,6 +138,8 @@ mod tests {
                 protocol: "tcp".into(),
                 vip: "203.0.113.10".parse().unwrap(),
                 port: 80,
+                fwmark: None,
+                persistence: None,
                 scheduler: "wrr".into(),
                 stats: Stats { conns: 4, in_packets: 24, in_bytes: 1452, out_packets: 22, out_bytes: 2904 },
                 reals: vec![real("198.18.1.11", 1, 6, 363), real("198.18.1.12", 3, 18, 1089)],
@@ -143,6 +149,19 @@ mod tests {
                 protocol: "udp".into(),
                 vip: "2001:db8:100::10".parse().unwrap(),
                 port: 53,
+                fwmark: None,
+                persistence: None,
+                scheduler: "rr".into(),
+                stats: Stats::default(),
+                reals: vec![],
+            },
+            ServiceStatus {
+                name: "shop".into(),
+                protocol: "tcp".into(),
+                vip: "203.0.113.10".parse().unwrap(),
+                port: 443,
+                fwmark: Some(11),
+                persistence: Some(600),
                 scheduler: "rr".into(),
                 stats: Stats::default(),
                 reals: vec![],
@@ -155,6 +174,7 @@ TCP  203.0.113.10:80                     4       24       22     1452     2904
   -> 198.18.1.11:80                      1        6        5      363      726
   -> 198.18.1.12:80                      3       18       17     1089     2178
 UDP  [2001:db8:100::10]:53               0        0        0        0        0
+FWM  11                                  0        0        0        0        0
 ";
         let rendered = render_stats(&services);
         assert_eq!(rendered.split_once('\n').unwrap().1, expected);
@@ -165,6 +185,7 @@ TCP  203.0.113.10:80 wrr
   -> 198.18.1.11:80               Route   1      1          2         
   -> 198.18.1.12:80               Route   1      3          6         
 UDP  [2001:db8:100::10]:53 rr
+FWM  11 rr persistent 600
 ";
         let rendered = render(&services);
         assert_eq!(rendered.split_once('\n').unwrap().1, expected);

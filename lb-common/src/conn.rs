@@ -24,6 +24,9 @@ pub struct FlowKey {
 
 /// `Conn::flags`: the entry is for packets from the real server back to the client.
 pub const CONN_REPLY: u8 = 1 << 0;
+/// `Conn::flags`: the connection's service has `expire_nodest_conn`: once its real
+/// server is removed, its next packet expires it (and is then scheduled as new).
+pub const CONN_EXPIRE_NODEST: u8 = 1 << 1;
 /// `Conn::flags`: a Full-NAT TCP connection of a service with TOA: the client's segments
 /// carry its address to the real server in a TCP option until one with data has, and
 /// (on the reply's entry) the MSS of the real server's SYN-ACK is lowered to leave room

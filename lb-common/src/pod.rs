@@ -7,6 +7,7 @@ use crate::{
     conn::{Conn, FlowKey},
     decap::{AddressKey, Traffic},
     interface::{Interface, InterfaceKey},
+    persist::{Persist, PersistKey},
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
     stats::Counters,
@@ -23,3 +24,5 @@ unsafe impl aya::Pod for Interface {}
 unsafe impl aya::Pod for InterfaceKey {}
 unsafe impl aya::Pod for AddressKey {}
 unsafe impl aya::Pod for Traffic {}
+unsafe impl aya::Pod for PersistKey {}
+unsafe impl aya::Pod for Persist {}

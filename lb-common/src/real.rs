@@ -55,7 +55,7 @@ pub struct RealServer {
     pub family: u8,
     /// A [`Forwarding`].
     pub forwarding: u8,
-    /// Reserved for per-real-server options.
+    /// `REAL_*` bits.
     pub flags: u8,
     pub _pad: u8,
     /// The MTU of the route towards the real server (its own, else its device's): the
@@ -70,6 +70,14 @@ pub struct RealServer {
     pub _spare: [u8; 4],
 }
 
+/// `RealServer::flags`: no longer a real server of its service (removed from the
+/// configuration); kept for the connections it still has. A persistence template that
+/// names it is void, and so is a connection of a service with `expire_nodest_conn`.
+pub const REAL_REMOVED: u8 = 1 << 0;
+/// `RealServer::flags`: weight 0. A persistence template that names it is void in a
+/// service with `expire_quiescent_template`.
+pub const REAL_QUIESCED: u8 = 1 << 1;
+
 /// The outer TTL or hop limit of tunnelled packets, as Linux's default for packets it
 /// originates.
 pub const OUTER_TTL: u8 = 64;
@@ -80,14 +88,15 @@ pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_IPV6: u8 = 41;
 
 /// [`RealServer::outer_sum`] for a tunnel from `source` to `destination` (IPv4, as the
-/// maps store it: the first four of 16 bytes) carrying
-/// `carried` (IPPROTO_IPIP or IPPROTO_IPV6): the words of the outer IPv4 header that
-/// do not change from packet to packet, summed and folded (RFC 1071).
-pub const fn outer_ipv4_sum(source: &[u8; 16], destination: &[u8; 16], carried: u8) -> u16 {
+/// maps store it: the first four of 16 bytes): the words of the outer IPv4 header that
+/// do not change from packet to packet, summed and folded (RFC 1071). The protocol
+/// carried is left out: a firewall-mark service may send this real server packets of
+/// both families.
+pub const fn outer_ipv4_sum(source: &[u8; 16], destination: &[u8; 16]) -> u16 {
     let words = [
         0x4500,
         OUTER_DF as u32,
-        ((OUTER_TTL as u32) << 8) | carried as u32,
+        (OUTER_TTL as u32) << 8,
         u16::from_be_bytes([source[0], source[1]]) as u32,
         u16::from_be_bytes([source[2], source[3]]) as u32,
         u16::from_be_bytes([destination[0], destination[1]]) as u32,

@@ -75,12 +75,24 @@ pub const SERVICE_SH_PORT: u8 = 1 << 1;
 /// sh-fallback`): a bucket whose real server cannot take the connection sends it on.
 pub const SERVICE_SH_FALLBACK: u8 = 1 << 2;
 
+/// `Service::flags`: a new connection goes where the client's persistence template
+/// sends it (`persist_prefix`), and opens or refreshes it (ipvsadm `-p`).
+pub const SERVICE_PERSISTENT: u8 = 1 << 3;
+/// `Service::flags`: a template whose real server has weight 0 is void (IPVS's sysctl
+/// `expire_quiescent_template`, per service).
+pub const SERVICE_EXPIRE_QUIESCENT: u8 = 1 << 4;
+/// `Service::flags`: a connection whose real server was removed is expired by its next
+/// packet (IPVS's sysctl `expire_nodest_conn`, per service).
+pub const SERVICE_EXPIRE_NODEST: u8 = 1 << 5;
+
 /// The buckets of an sh or dh table (IPVS's `IP_VS_SH_TAB_BITS`, `IP_VS_DH_TAB_BITS`: 8).
 pub const HASH_BUCKETS: u32 = 256;
 /// A bucket whose real server cannot take a new connection (weight 0, unresolved).
 pub const NO_REAL: u32 = u32::MAX;
 
-/// The value of a service: where its statistics and scheduling state live.
+/// The value of a service: where its statistics and scheduling state live. A
+/// firewall-mark service has one key per VIP, port and protocol it matches, whose
+/// values differ only where the family does (sequence, local addresses, mask).
 ///
 /// The agent publishes a new value only after the sequence and local addresses it
 /// points at are fully written, so a packet sees either the old ones or the new ones,
@@ -108,7 +120,10 @@ pub struct Service {
     /// `local_port_count - 1` after it (host order).
     pub local_port_first: u16,
     pub local_port_count: u16,
-    pub _spare: [u8; 8],
+    /// `SERVICE_PERSISTENT`: the client's network its template is for, as a prefix
+    /// length of the key's family (ipvsadm `-M`).
+    pub persist_prefix: u8,
+    pub _spare: [u8; 7],
 }
 
 /// A service's position in its sequence, in `SCHED_CURSOR`. One counter for all CPUs,

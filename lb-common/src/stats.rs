@@ -139,6 +139,10 @@ reasons! {
     /// option, as its TCP header (60 bytes at most) or the MTU towards the real server
     /// had no room for it.
     ToaNoRoom = 24, "toa_no_room", note;
+    /// A connection of a service with `expire_nodest_conn` whose real server was
+    /// removed: it ended at this packet, which went on as a new flow's (IPVS's
+    /// `expire_nodest_conn`).
+    NodestExpired = 25, "nodest_expired", note;
 }
 
 // Each reason's slot is its place in `ALL`, so the agent reads the slots in order.

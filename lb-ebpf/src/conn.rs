@@ -129,6 +129,20 @@ pub fn remove(flow: &FlowKey) {
     let _ = CONNS.remove(flow);
 }
 
+/// Ends the connection of the client's `flow` now: its entries go, and its real
+/// server no longer counts it.
+#[inline(never)]
+pub fn expire(flow: &FlowKey, conn: &Conn) {
+    let active = state::is_active(flow.protocol, conn.state);
+    if let Some(load) = REAL_LOAD.get_ptr_mut(conn.real) {
+        if active { count(load, -1, 0) } else { count(load, 0, -1) }
+    }
+    if let Some(reply) = reply_key(flow, conn) {
+        remove(&reply);
+    }
+    remove(flow);
+}
+
 /// Seconds of the kernel's monotonic clock, as the agent keeps them in `CLOCK` and ages
 /// entries by them.
 #[inline(always)]

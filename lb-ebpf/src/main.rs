@@ -16,6 +16,7 @@ mod fragments;
 mod header;
 mod maps;
 mod parse;
+mod persist;
 mod sched;
 mod service;
 mod stats;
@@ -26,7 +27,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    conn::Conn,
+    conn::{CONN_EXPIRE_NODEST, Conn},
+    real::REAL_REMOVED,
     stats::{Reason, Verdict},
 };
 
@@ -62,11 +64,15 @@ fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
     // Connections first, as IPVS does: an established flow needs no service lookup
     // and outlives its service's removal.
     if let Some(conn) = conn::lookup(&packet.flow) {
-        return match (packet.is_icmp_error(), conn.is_reply()) {
-            (false, false) => established(ctx, &packet, conn),
-            (false, true) => reply(ctx, &packet, conn),
-            (true, _) => icmp_error(ctx, &packet, conn),
-        };
+        match (packet.is_icmp_error(), conn.is_reply()) {
+            (false, false) => match established(ctx, &packet, conn) {
+                // Ended: the packet starts a new connection if it may.
+                Err(Reason::NodestExpired) => stats::count_reason(Reason::NodestExpired),
+                verdict => return verdict,
+            },
+            (false, true) => return reply(ctx, &packet, conn),
+            (true, _) => return icmp_error(ctx, &packet, conn),
+        }
     }
     if packet.is_icmp_error() {
         return Err(Reason::IcmpNoConnection);
@@ -81,7 +87,7 @@ fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
 #[inline(never)]
 fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
     let service = service::lookup(ctx, packet)?;
-    let id = sched::new_connection(ctx, packet, service)?;
+    let id = persist::schedule(ctx, packet, service)?;
     let real = forward::reachable(ctx, packet, id)?;
     let opening = maps::OPENING.get_ptr_mut(0).ok_or(Reason::ConnInsertFailed)?;
     // SAFETY: a per-CPU value, used by this CPU's packet only, for this call.
@@ -97,6 +103,10 @@ fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
 #[inline(never)]
 fn established(ctx: &XdpContext, packet: &parse::Packet, conn: &mut Conn) -> Result<u32, Reason> {
     let real = forward::reachable(ctx, packet, conn.real)?;
+    if conn.flags & CONN_EXPIRE_NODEST != 0 && real.flags & REAL_REMOVED != 0 {
+        conn::expire(&packet.flow, conn);
+        return Err(Reason::NodestExpired);
+    }
     let action = forward::to_real(ctx, packet, conn, real, forward::Rewrite::Whole)?;
     // Only a packet that was forwarded keeps its connection alive.
     conn::touch(conn, packet);

@@ -10,6 +10,7 @@ use lb_common::{
     conn::{Conn, FlowKey},
     fragment::{FRAGMENT_TABLE_SIZE, FirstFragment, FragmentKey},
     interface::{Interface, InterfaceKey},
+    persist::{PERSIST_TABLE_SIZE, Persist, PersistKey},
     real::{RealLoad, RealServer},
     service::{SchedCursor, Service, ServiceKey},
     stats::{Counters, Reason},
@@ -44,6 +45,11 @@ pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVIC
 /// the flows land on.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+
+/// Persistence templates: (service, client network) to real server. The agent expires
+/// them by the service's timeout once no connection they sent is left.
+#[map]
+pub static PERSIST: LruHashMap<PersistKey, Persist> = LruHashMap::with_max_entries(PERSIST_TABLE_SIZE, 0);
 
 /// Per real server (by id), its connections for every CPU at once, its weight and its
 /// thresholds: what the least-connection schedulers weigh. Mapped into the agent's

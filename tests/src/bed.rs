@@ -5,7 +5,13 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
+    ops::{Deref, DerefMut},
     path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::sleep,
     time::Duration,
 };
 
@@ -13,8 +19,9 @@ use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_agent::{
     config::Config,
-    dataplane::{Dataplane, EbpfLogLevel},
+    dataplane::{Clock, Dataplane, EbpfLogLevel},
     director::{Director, address_bytes},
+    expiry::{Expiry, Sweep},
     neighbour::{Link, Links},
 };
 use lb_common::{conn::FlowKey, stats::Reason};
@@ -145,6 +152,14 @@ pub fn real_mac(address: &str) -> [u8; 6] {
     [0x02, 0xaa, 0, 0, family, last]
 }
 
+/// Which of `reals` a forwarded frame was sent to, by its destination MAC.
+pub fn real_at<'a>(frame: &[u8], reals: impl IntoIterator<Item = &'a &'a str>) -> &'a str {
+    reals
+        .into_iter()
+        .find(|real| real_mac(real) == frame[..6])
+        .unwrap_or_else(|| panic!("forwarded to an unknown MAC {:02x?}", &frame[..6]))
+}
+
 /// The connection table's key of the TCP flow from `client` to `vip`, as the client
 /// sends it.
 pub fn tcp_flow_key(client: SocketAddr, vip: SocketAddr) -> FlowKey {
@@ -240,6 +255,11 @@ impl RoutedBed {
         Self { director: director(services, 4096, reach).unwrap(), routes: Routes::new().unwrap() }
     }
 
+    /// Applies the top-level `settings` and `services` instead.
+    pub fn reconfigure(&mut self, settings: &str, services: &str) {
+        reconfigure_with(&mut self.director, settings, services, on_ingress).unwrap();
+    }
+
     /// The verdict and the frame out of one run of `frame`.
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let run = self.routes.run(self.director.dataplane().program(), frame).unwrap();
@@ -249,6 +269,74 @@ impl RoutedBed {
     /// How many packets `reason` counted so far.
     pub fn reason(&self, reason: Reason) -> u64 {
         reason_count(&self.director, reason)
+    }
+}
+
+/// A [`RoutedBed`] whose data path's clock ticks as the agent's `keep_time` makes it,
+/// and whose tables the agent's own ager walks when the test says.
+pub struct AgedBed {
+    bed: RoutedBed,
+    expiry: Expiry,
+    _clock: Ticking,
+}
+
+impl AgedBed {
+    /// A data path holding `services`, with the top-level `settings` (timeouts).
+    pub fn new(settings: &str, services: &str) -> Self {
+        let dataplane = Dataplane::load(4096, EbpfLogLevel::Off).expect("loading lb_ingress (as root?)");
+        let expiry = Expiry::new(&dataplane).unwrap();
+        let clock = Ticking::start(dataplane.clock().unwrap());
+        let mut director = Director::new(dataplane);
+        reconfigure_with(&mut director, settings, services, on_ingress).unwrap();
+        Self { bed: RoutedBed { director, routes: Routes::new().unwrap() }, expiry, _clock: clock }
+    }
+
+    /// One walk of the ager, with the running configuration's timeouts and
+    /// persistence (as the agent does every few seconds).
+    pub fn expire(&mut self) -> Sweep {
+        self.expiry.expire(&self.bed.director.ageing()).unwrap()
+    }
+
+    /// What the ager counted, as the metrics read it.
+    pub fn expiry_counts(&self) -> Arc<lb_agent::expiry::Counts> {
+        self.expiry.counts()
+    }
+}
+
+impl Deref for AgedBed {
+    type Target = RoutedBed;
+
+    fn deref(&self) -> &RoutedBed {
+        &self.bed
+    }
+}
+
+impl DerefMut for AgedBed {
+    fn deref_mut(&mut self) -> &mut RoutedBed {
+        &mut self.bed
+    }
+}
+
+/// Ticks a data path's clock every 100 ms, until dropped.
+struct Ticking(Arc<AtomicBool>);
+
+impl Ticking {
+    fn start(mut clock: Clock) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                clock.tick().unwrap();
+                sleep(Duration::from_millis(100));
+            }
+        });
+        Self(stop)
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -52,12 +52,7 @@ impl Bed {
     fn real_of(&self, frame: &[u8]) -> String {
         let (verdict, out) = self.run(frame);
         assert_eq!(verdict, XDP_TX, "expected the frame to be forwarded");
-        REALS4
-            .iter()
-            .chain(&REALS6)
-            .find(|real| real_mac(real) == out[..6])
-            .map(|real| real.to_string())
-            .unwrap_or_else(|| panic!("forwarded to an unknown MAC {:02x?}", &out[..6]))
+        bed::real_at(&out, REALS4.iter().chain(&REALS6)).to_string()
     }
 
     fn reason(&self, reason: Reason) -> u64 {

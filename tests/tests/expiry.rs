@@ -2,27 +2,14 @@
 //! marks the entries as packets pass, the agent's own ager removes the idle ones, and
 //! what the data path does next shows what is left: a Full-NAT local port is taken
 //! again, a removed connection's packets find nothing. Replies are run inside a
-//! namespace whose routes lead back to the client ([`Routes`]).
+//! namespace whose routes lead back to the client (`bed::Routes`).
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::sleep,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, thread::sleep, time::Duration};
 
-use lb_agent::{
-    dataplane::{Clock, Dataplane, EbpfLogLevel},
-    director::Director,
-    expiry::{Expiry, Sweep},
-};
+use lb_agent::expiry::Sweep;
 use lb_common::stats::Reason;
 use lb_tests::{
-    bed::{self, Routes, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    bed::{self, AgedBed, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -39,67 +26,6 @@ fn sock(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
-struct Bed {
-    director: Director,
-    expiry: Expiry,
-    routes: Routes,
-    /// Ticks the data path's clock as the agent's `keep_time` does, until dropped.
-    _clock: Ticking,
-}
-
-struct Ticking(Arc<AtomicBool>);
-
-impl Ticking {
-    fn start(mut clock: Clock) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                clock.tick().unwrap();
-                sleep(Duration::from_millis(100));
-            }
-        });
-        Self(stop)
-    }
-}
-
-impl Drop for Ticking {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Bed {
-    /// A data path holding `services`, with the top-level `settings`.
-    fn new(settings: &str, services: &str) -> Self {
-        let dataplane = Dataplane::load(4096, EbpfLogLevel::Off).expect("loading lb_ingress (as root?)");
-        let expiry = Expiry::new(dataplane.conn_table().unwrap(), dataplane.clock().unwrap(), dataplane.real_loads());
-        let clock = Ticking::start(dataplane.clock().unwrap());
-        let mut director = Director::new(dataplane);
-        bed::reconfigure_with(&mut director, settings, services, bed::on_ingress).unwrap();
-        Self { director, expiry, routes: Routes::new().unwrap(), _clock: clock }
-    }
-
-    fn reconfigure(&mut self, settings: &str, services: &str) {
-        bed::reconfigure_with(&mut self.director, settings, services, bed::on_ingress).unwrap();
-    }
-
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let run = self.routes.run(self.director.dataplane().program(), frame).unwrap();
-        (run.verdict, run.frame)
-    }
-
-    /// One walk of the ager, with the running configuration's timeouts (as the agent
-    /// does every few seconds).
-    fn expire(&mut self) -> Sweep {
-        self.expiry.expire(&self.director.timeouts()).unwrap()
-    }
-
-    fn reason(&self, reason: Reason) -> u64 {
-        bed::reason_count(&self.director, reason)
-    }
-}
-
 /// The UDP source port of an IPv4 frame.
 fn source_port(frame: &[u8]) -> u16 {
     let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
@@ -113,7 +39,7 @@ fn full_nat_local_ports_return_when_their_connections_expire() {
          local_addresses: [{LOCAL4}], local_port_range: [40000, 40001], reals: [{{ address: {REAL4}, port: 5353 }}] }}\n"
     );
     let one_second = "timeouts: { udp: 1 }\n";
-    let mut bed = Bed::new(one_second, &dns);
+    let mut bed = AgedBed::new(one_second, &dns);
     let flow = |port| packet::udp_frame(sock("198.18.1.1", port), sock(VIP4, 53), b"query");
     let (a, b, c) = (flow(50000), flow(50001), flow(50002));
     let mut ports = Vec::new();
@@ -127,7 +53,7 @@ fn full_nat_local_ports_return_when_their_connections_expire() {
     assert_eq!(ports, [40000, 40001], "two flows, both local ports");
     assert_eq!(bed.run(&c), (XDP_DROP, c.clone()), "a third finds none free");
     assert_eq!(bed.reason(Reason::LocalPortsExhausted), 1);
-    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 }, "nothing has been idle yet");
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0, templates_expired: 0 }, "nothing has been idle yet");
 
     sleep(PAST_ONE_SECOND - Duration::from_millis(600));
     // A's real server answers: its reply entry is fresh, and so is A.
@@ -136,16 +62,24 @@ fn full_nat_local_ports_return_when_their_connections_expire() {
     sleep(Duration::from_millis(600));
 
     bed.reconfigure("", &dns);
-    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 }, "IPVS's udp timeout (300 s) once reloaded without one");
+    assert_eq!(
+        bed.expire(),
+        Sweep { entries: 4, expired: 0, templates_expired: 0 },
+        "IPVS's udp timeout (300 s) once reloaded without one"
+    );
     bed.reconfigure(one_second, &dns);
-    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 1 }, "a reload's timeouts count at once: B goes");
+    assert_eq!(
+        bed.expire(),
+        Sweep { entries: 4, expired: 1, templates_expired: 0 },
+        "a reload's timeouts count at once: B goes"
+    );
     let (verdict, out) = bed.run(&a);
     assert_eq!((verdict, source_port(&out)), (XDP_TX, port_a), "A keeps its connection and its port");
     let (verdict, out) = bed.run(&c);
     assert_eq!((verdict, source_port(&out)), (XDP_TX, port_b), "B's port is free again, and C takes it");
     assert_eq!(bed.reason(Reason::LocalPortsExhausted), 1);
-    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 }, "A's and C's entries");
-    assert_eq!((bed.expiry.counts().expired(), bed.expiry.counts().entries()), (1, 4), "what the metrics read");
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0, templates_expired: 0 }, "A's and C's entries");
+    assert_eq!((bed.expiry_counts().expired(), bed.expiry_counts().entries()), (1, 4), "what the metrics read");
 }
 
 /// (active, inactive) by "service real-address".
@@ -153,7 +87,7 @@ type Counts = BTreeMap<String, (u64, u64)>;
 
 /// The state of each connection the director lists, by client port, and the
 /// (active, inactive) counts of each real server, by service and address.
-fn states(bed: &Bed) -> (BTreeMap<(String, u16), String>, Counts) {
+fn states(bed: &AgedBed) -> (BTreeMap<(String, u16), String>, Counts) {
     let listed = bed.director.connections().unwrap();
     let states = listed.into_iter().map(|c| ((c.source.ip().to_string(), c.source.port()), c.state)).collect();
     let services = bed.director.status().unwrap();
@@ -174,7 +108,7 @@ fn nat_connections_follow_ipvs_full_state_table_and_age_by_state() {
         );
     }
     // udp: 1 and tcp_fin: 1 too, so a TCP connection aged by the wrong timeout would show.
-    let mut bed = Bed::new("timeouts: { tcp: 900, tcp_fin: 1, udp: 1, time_wait: 1, close: 1 }\n", &services);
+    let mut bed = AgedBed::new("timeouts: { tcp: 900, tcp_fin: 1, udp: 1, time_wait: 1, close: 1 }\n", &services);
     let families = [("198.18.1.1", VIP4, REAL4), ("2001:db8:1::1", VIP6, REAL6)];
     let request = |client, vip, port, flags| packet::tcp_frame(sock(client, port), sock(vip, 80), flags, b"");
     let reply = |client, real, port, flags| packet::tcp_frame(sock(real, 8080), sock(client, port), flags, b"");
@@ -182,7 +116,7 @@ fn nat_connections_follow_ipvs_full_state_table_and_age_by_state() {
     for (client, vip, real) in families {
         let state = |port: u16, name: &str| ((client.to_owned(), port), name.to_owned());
         // A segment from the client (through to the real server) or back.
-        let send = |bed: &Bed, from_client: bool, port, flags| {
+        let send = |bed: &AgedBed, from_client: bool, port, flags| {
             let (frame, verdict) = if from_client {
                 (request(client, vip, port, flags), XDP_TX)
             } else {
@@ -224,11 +158,15 @@ fn nat_connections_follow_ipvs_full_state_table_and_age_by_state() {
     assert_eq!(listed, expected);
     let held = BTreeMap::from([(format!("web4 {REAL4}"), (2, 3)), (format!("web6 {REAL6}"), (2, 3))]);
     assert_eq!(counts, held, "ESTABLISHED and SYN_RECV are active, the closing ones inactive");
-    assert_eq!(bed.expire(), Sweep { entries: 20, expired: 0 });
+    assert_eq!(bed.expire(), Sweep { entries: 20, expired: 0, templates_expired: 0 });
     assert_eq!(states(&bed).1, held, "the walk finds what the data path counted");
 
     sleep(PAST_ONE_SECOND);
-    assert_eq!(bed.expire(), Sweep { entries: 20, expired: 6 }, "TIME_WAIT and CLOSE, by their timeouts");
+    assert_eq!(
+        bed.expire(),
+        Sweep { entries: 20, expired: 6, templates_expired: 0 },
+        "TIME_WAIT and CLOSE, by their timeouts"
+    );
     let held = BTreeMap::from([(format!("web4 {REAL4}"), (2, 0)), (format!("web6 {REAL6}"), (2, 0))]);
     assert_eq!(states(&bed).1, held, "what expired is no longer counted");
     for (client, vip, real) in families {
@@ -243,14 +181,14 @@ fn nat_connections_follow_ipvs_full_state_table_and_age_by_state() {
     }
     assert_eq!(bed.reason(Reason::NoConnection), 6);
     assert_eq!(bed.reason(Reason::NotAService), 6);
-    assert_eq!(bed.expire(), Sweep { entries: 8, expired: 0 });
+    assert_eq!(bed.expire(), Sweep { entries: 8, expired: 0, templates_expired: 0 });
 }
 
 #[test]
 fn direct_routing_follows_ipvs_input_only_table_and_counts_survive_eviction() {
     let services = bed::service("web", VIP4, 80, "tcp", "rr", &[(REAL4, 1)])
         + &bed::service("dns", VIP4, 53, "udp", "rr", &[(REAL4, 1)]);
-    let mut bed = Bed::new("timeouts: { tcp_fin: 1, close: 1 }\n", &services);
+    let mut bed = AgedBed::new("timeouts: { tcp_fin: 1, close: 1 }\n", &services);
     let client = "198.18.1.1";
     let segment = |port, flags| packet::tcp_frame(sock(client, port), sock(VIP4, 80), flags, b"");
     // SYN → SYN_RECV, ACK → ESTABLISHED, FIN → FIN_WAIT, RST → CLOSE.
@@ -284,10 +222,14 @@ fn direct_routing_follows_ipvs_input_only_table_and_counts_survive_eviction() {
     let mut table = bed.director.dataplane().conn_table().unwrap();
     assert!(table.remove(&bed::tcp_flow_key(sock(client, 52002), sock(VIP4, 80))).unwrap());
     assert_eq!(states(&bed).1[&web], (2, 2), "not yet seen");
-    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0 });
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0, templates_expired: 0 });
     assert_eq!(states(&bed).1[&web], (1, 2), "reconciled with the table");
 
     sleep(PAST_ONE_SECOND);
-    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 2 }, "FIN_WAIT by tcp_fin, CLOSE by close");
+    assert_eq!(
+        bed.expire(),
+        Sweep { entries: 4, expired: 2, templates_expired: 0 },
+        "FIN_WAIT by tcp_fin, CLOSE by close"
+    );
     assert_eq!((states(&bed).1[&web], states(&bed).1[&dns]), ((1, 0), (0, 1)), "52003, and the UDP flow");
 }

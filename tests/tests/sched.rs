@@ -411,11 +411,7 @@ fn dynamic_schedulers_choose_as_ipvs_does_as_connections_open_close_and_limits_c
         let mut director =
             bed::director(&dynamic_services(scheduler, &VIPS, &phases[0]), 1 << 16, bed::on_ingress).unwrap();
         let dataplane = director.dataplane();
-        let mut expiry = lb_agent::expiry::Expiry::new(
-            dataplane.conn_table().unwrap(),
-            dataplane.clock().unwrap(),
-            dataplane.real_loads(),
-        );
+        let mut expiry = lb_agent::expiry::Expiry::new(dataplane).unwrap();
         let mut models: Vec<Vec<Load>> = VIPS.iter().map(|_| vec![Load::default(); 4]).collect();
         let mut held: Vec<Held> = Vec::new();
         let (mut chosen_counts, mut overloaded) = ([0u32; 4], 0);
@@ -467,7 +463,7 @@ fn dynamic_schedulers_choose_as_ipvs_does_as_connections_open_close_and_limits_c
                             unbind(&mut models[v][conn.real], conn.active);
                         }
                         director.dataplane().clock().unwrap().tick().unwrap();
-                        expiry.expire(&director.timeouts()).unwrap();
+                        expiry.expire(&director.ageing()).unwrap();
                     }
                     _ => {}
                 }

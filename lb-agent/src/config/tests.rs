@@ -40,7 +40,10 @@ fn the_documented_example_parses() {
     assert_eq!(config.interfaces, vec![Interface { name: "eth0".into(), xdp_mode: XdpMode::Auto }]);
     assert_eq!(config.api_socket, PathBuf::from(lb_api::DEFAULT_SOCKET));
     let web = &config.services[0];
-    assert_eq!((web.name.as_str(), web.port, web.protocol, web.scheduler), ("web", 80, Protocol::Tcp, Scheduler::Wrr));
+    assert_eq!(
+        (web.name.as_str(), web.port, web.protocol, web.scheduler),
+        ("web", Some(80), Some(Protocol::Tcp), Scheduler::Wrr)
+    );
     assert_eq!(web.reals.iter().map(|r| r.weight).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(web.forwarding_of(&web.reals[0]), Forwarding::Dr);
 }
@@ -264,7 +267,7 @@ fn fnat_needs_a_local_address_of_the_vips_family() {
     let web = &config.services[0];
     assert!(!web.toa);
     assert_eq!(web.local_port_range, [1024, 65535]);
-    let locals: Vec<String> = web.local_addresses_of_family().map(|a| a.to_string()).collect();
+    let locals: Vec<String> = web.local_addresses_of(true).map(|a| a.to_string()).collect();
     assert_eq!(locals, ["198.18.21.100", "198.18.21.101"]);
     let err = refused(&both.replace("    toa: false", "    local_port_range: [2000, 1000]"));
     assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].local_port_range"));
@@ -294,4 +297,81 @@ fn toa_goes_with_full_nat_over_tcp() {
     assert_eq!(warnings, ["service web: toa applies to its fnat real servers only; 198.18.1.12 (nat) get none"]);
     let mixed_without = mixed.replace("    toa: true\n", "");
     assert!(parse(&mixed_without).unwrap().warnings().is_empty());
+}
+
+const SHOP: &str = "  - name: shop
+    fwmark: 11
+    match:
+      - { vip: 203.0.113.10, protocol: tcp, ports: [80, 443] }
+      - { vip: \"2001:db8:100::10\", protocol: tcp, ports: [80, 443] }
+    scheduler: rr
+    persistence: { timeout: 600 }
+    reals:
+      - { address: 198.18.1.11 }
+      - { address: \"2001:db8:1::11\" }
+";
+
+#[test]
+fn a_firewall_mark_service_serves_every_vip_and_port_it_matches() {
+    let example = EXAMPLE.replace("port: 80 ", "port: 8080 ");
+    let config = parse(&format!("{example}{SHOP}")).unwrap();
+    let shop = &config.services[1];
+    assert_eq!((shop.fwmark, shop.persistence.map(|p| p.timeout)), (Some(11), Some(600)));
+    let endpoints: Vec<String> = shop.endpoints().iter().map(|e| format!("{}:{}", e.vip, e.port)).collect();
+    assert_eq!(endpoints, ["203.0.113.10:80", "203.0.113.10:443", "2001:db8:100::10:80", "2001:db8:100::10:443"]);
+    assert_eq!(shop.families(), (true, true));
+    // Each real server serves its own IP version's VIPs; a port of its own it cannot map.
+    let mapped = SHOP.replace("{ address: 198.18.1.11 }", "{ address: 198.18.1.11, port: 8080, forwarding: nat }");
+    let err = refused(&format!("{example}{mapped}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(23), "services[1].reals[0].port"));
+}
+
+#[test]
+fn a_vip_port_in_a_firewall_mark_service_and_a_plain_one_is_ambiguous() {
+    let err = refused(&format!("{EXAMPLE}{SHOP}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(18), "services[1].match[0]"));
+    assert!(err.message.contains("tcp 203.0.113.10 port 80 is already served by services[0]: ambiguous"), "{err}");
+    let all_ports = SHOP.replace("ports: [80, 443] }\n      - { vip: \"2001", "ports: [] }\n      - { vip: \"2001");
+    let example = EXAMPLE.replace("port: 80 ", "port: 0  ");
+    let err = refused(&format!("{example}{all_ports}"));
+    assert!(err.message.contains("port 0 is already served by services[0]: ambiguous"), "{err}");
+}
+
+#[test]
+fn a_service_is_plain_or_a_firewall_mark_one_not_both() {
+    let example = EXAMPLE.replace("port: 80 ", "port: 8080 ");
+    let err =
+        refused(&format!("{example}{}", SHOP.replace("    fwmark: 11\n", "    fwmark: 11\n    vip: 203.0.113.11\n")));
+    assert_eq!(err.field, "services[1].vip");
+    assert!(err.message.contains("under match:"), "{err}");
+    let err = refused(&format!("{example}{}", SHOP.replace("    fwmark: 11\n", "")));
+    assert_eq!(err.field, "services[1].match");
+    let err = refused(&with_line(7, "    vip: 203.0.113.10\n    fwmark: 0"));
+    assert_eq!(err.field, "services[0].fwmark");
+    let err = refused(&with_line(8, ""));
+    assert_eq!((err.field.as_str(), err.message.contains("port: is missing")), ("services[0].port", true), "{err}");
+}
+
+#[test]
+fn persistence_takes_ipvsadm_s_timeout_and_netmask() {
+    let option = |line: &str| with_line(11, &format!("    forwarding: dr\n    {line}"));
+    let with = |persistence: &str| option(&format!("persistence: {persistence}"));
+    let config = parse(&with("{}")).unwrap();
+    assert_eq!(config.services[0].persistence, Some(Persistence { timeout: 300, netmask: None }));
+    assert_eq!(config.services[0].persistence_prefixes(), Some((32, 128)));
+    let config = parse(&with("{ timeout: 360, netmask: 255.255.255.0 }")).unwrap();
+    assert_eq!(config.services[0].persistence_prefixes(), Some((24, 128)));
+    let config = parse(&with("{ timeout: 360, netmask: 16 }")).unwrap();
+    assert_eq!(config.services[0].persistence_prefixes(), Some((16, 128)), "an IPv4 service's prefix length");
+    let err = refused(&with("{ netmask: 255.0.255.0 }"));
+    assert_eq!((err.line, err.field.as_str()), (Some(12), "services[0].persistence.netmask"));
+    assert!(err.message.contains("not a netmask"), "{err}");
+    let err = refused(&with("{ netmask: 48 }"));
+    assert!(err.message.contains("/48 is longer"), "{err}");
+    let err = refused(&with("{ timeout: 0 }"));
+    assert_eq!(err.field, "services[0].persistence.timeout");
+    let err = refused(&option("expire_quiescent_template: true"));
+    assert_eq!(err.field, "services[0].expire_quiescent_template");
+    let config = parse(&option("expire_nodest_conn: true")).unwrap();
+    assert!(config.services[0].expire_nodest_conn);
 }

@@ -4,7 +4,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES};
 
-use super::{Config, Forwarding, Protocol, Real, VirtualService};
+use super::{Config, Endpoint, Forwarding, Netmask, Protocol, Real, VirtualService};
 
 /// IPVS limits weights to this (ipvsadm -w 0..65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -41,7 +41,7 @@ pub fn check(config: &Config) -> Result<(), Invalid> {
         return Err(invalid("services", format!("at most {MAX_REALS} real servers fit, in all")));
     }
     let mut names = HashMap::new();
-    let mut addresses = HashMap::new();
+    let mut endpoints = HashMap::new();
     for (i, service) in config.services.iter().enumerate() {
         let at = format!("services[{i}]");
         if let Some(first) = names.insert(service.name.as_str(), i) {
@@ -50,16 +50,85 @@ pub fn check(config: &Config) -> Result<(), Invalid> {
                 format!("service name `{}` is already used by services[{first}]", service.name),
             ));
         }
-        let address = (service.vip, service.port, service.protocol);
-        if let Some(first) = addresses.insert(address, i) {
-            return Err(invalid(
-                format!("{at}.port"),
-                format!("{} port {} is already served by services[{first}]", service.protocol, service.port),
-            ));
-        }
+        check_address_fields(&at, service)?;
         check_service(&at, service)?;
+        for (field, endpoint) in endpoint_fields(&at, service) {
+            if let Some(first) = endpoints.insert(endpoint, i) {
+                let marked = service.fwmark.is_some() || config.services[first].fwmark.is_some();
+                let why = if marked { ": ambiguous (a firewall-mark service and another)" } else { "" };
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{} {} port {} is already served by services[{first}]{why}",
+                        endpoint.protocol, endpoint.vip, endpoint.port
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// A plain service has `vip`, `port` and `protocol`; a firewall-mark service `fwmark`
+/// and `match` instead.
+fn check_address_fields(at: &str, service: &VirtualService) -> Result<(), Invalid> {
+    let fields =
+        [("vip", service.vip.is_some()), ("port", service.port.is_some()), ("protocol", service.protocol.is_some())];
+    let Some(fwmark) = service.fwmark else {
+        if !service.matches.is_empty() {
+            return Err(invalid(format!("{at}.match"), "match: belongs to a firewall-mark service (fwmark:)"));
+        }
+        for (field, present) in fields {
+            if !present {
+                return Err(invalid(
+                    format!("{at}.{field}"),
+                    format!(
+                        "a service needs vip:, port: (0 for every port) and protocol:, or is a firewall-mark \
+                         service (fwmark: and match:); {field}: is missing"
+                    ),
+                ));
+            }
+        }
+        return check_address(&format!("{at}.vip"), service.vip.expect("checked above"));
+    };
+    if fwmark == 0 {
+        return Err(invalid(format!("{at}.fwmark"), "a firewall mark is 1 or more (ipvsadm -f)"));
+    }
+    for (field, present) in fields {
+        if present {
+            return Err(invalid(
+                format!("{at}.{field}"),
+                format!("a firewall-mark service lists its VIPs, protocols and ports under match:, not {field}:"),
+            ));
+        }
+    }
+    if service.matches.is_empty() {
+        return Err(invalid(
+            format!("{at}.match"),
+            "a firewall-mark service lists what it serves: match: [{ vip: ..., protocol: tcp, ports: [80, 443] }]",
+        ));
+    }
+    for (k, matched) in service.matches.iter().enumerate() {
+        check_address(&format!("{at}.match[{k}].vip"), matched.vip)?;
+    }
+    Ok(())
+}
+
+/// Each (VIP, port, protocol) the service answers on, with the field that names it.
+fn endpoint_fields(at: &str, service: &VirtualService) -> Vec<(String, Endpoint)> {
+    if service.fwmark.is_none() {
+        return service.endpoints().into_iter().map(|endpoint| (format!("{at}.port"), endpoint)).collect();
+    }
+    let mut fields = Vec::new();
+    for (k, matched) in service.matches.iter().enumerate() {
+        let ports = if matched.ports.is_empty() { vec![0] } else { matched.ports.clone() };
+        fields.extend(
+            ports.into_iter().map(|port| {
+                (format!("{at}.match[{k}]"), Endpoint { vip: matched.vip, port, protocol: matched.protocol })
+            }),
+        );
+    }
+    fields
 }
 
 fn check_interfaces(config: &Config) -> Result<(), Invalid> {
@@ -113,7 +182,6 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
             format!("`{}` is not a service name (letters, digits, '_', '.', ':', '-')", service.name),
         ));
     }
-    check_address(&format!("{at}.vip"), service.vip)?;
     lb_common::service::Scheduler::try_from(service.scheduler)
         .map_err(|unsupported| invalid(format!("{at}.scheduler"), unsupported.to_string()))?;
     for (i, flag) in service.scheduler_flags.iter().enumerate() {
@@ -125,17 +193,23 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
         }
     }
     check_full_nat(at, service)?;
+    check_persistence(at, service)?;
+    let (ipv4, ipv6) = service.families();
     for (j, real) in service.reals.iter().enumerate() {
         let at = format!("{at}.reals[{j}]");
         check_address(&format!("{at}.address"), real.address)?;
-        if real.address.is_ipv4() != service.vip.is_ipv4() && service.forwarding_of(real) != Forwarding::Tun {
+        // A plain service has one IP version; a firewall-mark service may have both, and
+        // each real server serves the packets of its own.
+        let serves_all = (!ipv4 || service.serves(real, true)) && (!ipv6 || service.serves(real, false));
+        let serves_any = (ipv4 && service.serves(real, true)) || (ipv6 && service.serves(real, false));
+        if (service.fwmark.is_none() && !serves_all) || !serves_any {
+            let version = if real.address.is_ipv4() { "IPv6" } else { "IPv4" };
             return Err(invalid(
                 format!("{at}.address"),
                 format!(
-                    "{} and the VIP {} are of different IP versions; {} keeps the packet's IP version (only tun \
-                     carries one in the other)",
+                    "{} and the service's {version} VIP are of different IP versions; {} keeps the packet's IP \
+                     version (only tun carries one in the other)",
                     real.address,
-                    service.vip,
                     service.forwarding_of(real)
                 ),
             ));
@@ -179,23 +253,23 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
 fn check_real_port(at: &str, service: &VirtualService, real: &Real) -> Result<(), Invalid> {
     let Some(port) = real.port else { return Ok(()) };
     let forwarding = service.forwarding_of(real);
-    if port == service.port {
+    if Some(port) == service.port {
         return Ok(());
     }
     if !matches!(forwarding, Forwarding::Nat | Forwarding::Fnat) {
         return Err(invalid(
             format!("{at}.port"),
             format!(
-                "{forwarding} does not rewrite the packet, so the real server serves the service's port {}; \
-                 port mapping needs nat or fnat",
-                service.port
+                "{forwarding} does not rewrite the packet, so the real server serves the port the client asked \
+                 for; port mapping needs nat or fnat"
             ),
         ));
     }
-    if service.port == 0 || port == 0 {
+    if service.keeps_ports() || port == 0 {
         return Err(invalid(
             format!("{at}.port"),
-            "a port-0 service keeps the port each client asks for; a real server of it cannot map it to another",
+            "a port-0 or firewall-mark service keeps the port each client asks for; a real server of it cannot \
+             map it to another",
         ));
     }
     Ok(())
@@ -213,33 +287,75 @@ fn check_full_nat(at: &str, service: &VirtualService) -> Result<(), Invalid> {
             format!("[{first}, {last}] is not a range of ports (first from 1, first <= last)"),
         ));
     }
-    let locals = service.local_addresses_of_family().count();
-    if locals > MAX_LOCAL_ADDRESSES as usize {
-        return Err(invalid(
-            format!("{at}.local_addresses"),
-            format!("at most {MAX_LOCAL_ADDRESSES} local addresses of one IP version fit"),
-        ));
-    }
     let full_nat = service.reals.iter().any(|real| service.forwarding_of(real) == Forwarding::Fnat)
         || service.forwarding == Forwarding::Fnat;
     if service.toa {
         check_toa(&format!("{at}.toa"), service, full_nat)?;
     }
-    if full_nat && locals == 0 {
-        let version = if service.vip.is_ipv4() { "IPv4" } else { "IPv6" };
-        return Err(invalid(
-            format!("{at}.local_addresses"),
-            format!("fnat needs a local address of the VIP's IP version ({version}) for its connections to leave from"),
-        ));
+    let (ipv4, ipv6) = service.families();
+    for (version, ipv4, served) in [("IPv4", true, ipv4), ("IPv6", false, ipv6)] {
+        let locals = service.local_addresses_of(ipv4).count();
+        if locals > MAX_LOCAL_ADDRESSES as usize {
+            return Err(invalid(
+                format!("{at}.local_addresses"),
+                format!("at most {MAX_LOCAL_ADDRESSES} local addresses of one IP version fit"),
+            ));
+        }
+        let fnat_reals = service
+            .reals
+            .iter()
+            .any(|real| service.forwarding_of(real) == Forwarding::Fnat && real.address.is_ipv4() == ipv4)
+            || (service.reals.is_empty() && service.forwarding == Forwarding::Fnat);
+        if served && fnat_reals && locals == 0 {
+            return Err(invalid(
+                format!("{at}.local_addresses"),
+                format!(
+                    "fnat needs a local address of the VIP's IP version ({version}) for its connections to leave from"
+                ),
+            ));
+        }
     }
     Ok(())
+}
+
+/// ipvsadm `-p` / `-M`: a timeout of a second or more, a netmask that is one (of a
+/// family the service serves).
+fn check_persistence(at: &str, service: &VirtualService) -> Result<(), Invalid> {
+    let Some(persistence) = service.persistence else {
+        if service.expire_quiescent_template {
+            return Err(invalid(
+                format!("{at}.expire_quiescent_template"),
+                "applies to persistence templates; the service has no persistence:",
+            ));
+        }
+        return Ok(());
+    };
+    if persistence.timeout == 0 {
+        return Err(invalid(format!("{at}.persistence.timeout"), "0 seconds is too short (at least 1)"));
+    }
+    let (ipv4, ipv6) = service.families();
+    let field = format!("{at}.persistence.netmask");
+    match persistence.netmask {
+        None => Ok(()),
+        Some(Netmask::Mask(mask)) if Netmask::mask_prefix(mask).is_none() => {
+            Err(invalid(field, format!("{mask} is not a netmask (its ones must come first)")))
+        }
+        Some(Netmask::Mask(mask)) if !ipv4 => Err(invalid(
+            field,
+            format!("{mask} is an IPv4 netmask, and the service has no IPv4 VIP; give a prefix length (64)"),
+        )),
+        Some(Netmask::Prefix(prefix)) if prefix > 128 || (!ipv6 && prefix > 32) => {
+            Err(invalid(field, format!("/{prefix} is longer than an address of the service's IP version")))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// TOA is a TCP option that only Full-NAT needs: NAT keeps the client's address as the
 /// source, and `dr` and `tun` do not rewrite it at all.
 fn check_toa(field: &str, service: &VirtualService, full_nat: bool) -> Result<(), Invalid> {
-    if service.protocol != Protocol::Tcp {
-        return Err(invalid(field, format!("TOA is a TCP option; a {} service has none to carry", service.protocol)));
+    if let Some(endpoint) = service.endpoints().into_iter().find(|endpoint| endpoint.protocol != Protocol::Tcp) {
+        return Err(invalid(field, format!("TOA is a TCP option; a {} service has none to carry", endpoint.protocol)));
     }
     if !full_nat {
         return Err(invalid(

@@ -13,9 +13,9 @@ mod tun;
 
 use aya_ebpf::{bindings::xdp_action::XDP_TX, helpers::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    conn::Conn,
+    conn::{CONN_EXPIRE_NODEST, Conn},
     real::{Forwarding, RealServer},
-    service::Service,
+    service::{SERVICE_EXPIRE_NODEST, Service},
     stats::Reason,
 };
 use network_types::eth::EthHdr;
@@ -69,6 +69,9 @@ pub fn open(
         }
         None => return Err(Reason::UnsupportedForwarding),
     };
+    if service.flags & SERVICE_EXPIRE_NODEST != 0 {
+        opening.conn.flags |= CONN_EXPIRE_NODEST;
+    }
     if let Err(reason) = conn::insert(&packet.flow, &opening.conn, false) {
         // NAT and Full-NAT wrote the reply's entry already.
         if rewrites {

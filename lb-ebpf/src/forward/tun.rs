@@ -102,7 +102,9 @@ fn write_ipv4(
         frags: DF,
         ttl: OUTER_TTL,
         proto: carried,
-        check: csum::finish(u32::from(real.outer_sum) + u32::from(traffic_class) + u32::from(tot_len)),
+        check: csum::finish(
+            u32::from(real.outer_sum) + u32::from(traffic_class) + u32::from(tot_len) + u32::from(carried),
+        ),
         src_addr: *first_four(&real.tunnel_source),
         dst_addr: *first_four(&real.address),
     };

@@ -1,0 +1,82 @@
+//! Persistence (ipvsadm `-p`): a new connection from a client whose network has a
+//! live template goes to the template's real server; otherwise it is scheduled, and
+//! the template remembers where it went. The agent expires templates.
+//!
+//! Every new connection comes through here, so the scheduler's code is in the program
+//! once (and the verifier walks it once).
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    persist::{Persist, PersistKey},
+    real::{REAL_QUIESCED, REAL_REMOVED},
+    service::{SERVICE_EXPIRE_QUIESCENT, SERVICE_PERSISTENT, Service},
+    stats::Reason,
+};
+
+use crate::{
+    conn,
+    maps::{PERSIST, REALS},
+    parse::Packet,
+    sched,
+};
+
+/// The real server of a new connection: for a persistent service, as IPVS's
+/// `ip_vs_sched_persist`, the template's while it is valid (`ip_vs_check_template`),
+/// else the scheduler's, remembered; for any other, the scheduler's.
+#[inline(always)]
+pub fn schedule(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<u32, Reason> {
+    let persistent = service.flags & SERVICE_PERSISTENT != 0;
+    // Only what may open a connection uses a template (the scheduler refuses the rest).
+    if persistent
+        && packet.opens_connection
+        && let Some(real) = template(packet, service)
+    {
+        return Ok(real);
+    }
+    let real = sched::new_connection(ctx, packet, service)?;
+    if persistent {
+        remember(packet, service, real);
+    }
+    Ok(real)
+}
+
+/// The real server of the client's valid template, which this connection refreshes.
+/// Functions of their own, off the stack of the schedulers they sit beside.
+#[inline(never)]
+fn template(packet: &Packet, service: &Service) -> Option<u32> {
+    let template = PERSIST.get_ptr_mut(key(packet, service))?;
+    // SAFETY: a map value, valid for the program's run; its fields are read and written
+    // whole.
+    let template = unsafe { &mut *template };
+    if !valid(template.real, service) {
+        return None;
+    }
+    let now = conn::now();
+    if template.last_used != now {
+        template.last_used = now;
+    }
+    Some(template.real)
+}
+
+/// A new template: the client's network goes to `real`. A full table evicts its least
+/// recently used template, so this fails only on a failed allocation, and the
+/// connection is served all the same.
+#[inline(never)]
+fn remember(packet: &Packet, service: &Service, real: u32) {
+    let _ = PERSIST.insert(key(packet, service), Persist { real, last_used: conn::now() }, 0);
+}
+
+#[inline(always)]
+fn key(packet: &Packet, service: &Service) -> PersistKey {
+    let flow = &packet.flow;
+    PersistKey::of(&flow.src, flow.family, service.index, service.persist_prefix)
+}
+
+/// Whether a template may still send connections to `real`: it is still a real server
+/// of the service, and not quiesced where the service expires such templates.
+#[inline(always)]
+fn valid(real: u32, service: &Service) -> bool {
+    let Some(real) = REALS.get(real) else { return false };
+    let void = if service.flags & SERVICE_EXPIRE_QUIESCENT != 0 { REAL_REMOVED | REAL_QUIESCED } else { REAL_REMOVED };
+    real.flags & void == 0
+}
