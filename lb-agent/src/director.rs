@@ -258,7 +258,12 @@ impl Director {
                 Some((slots, written)) if *written == sequence => slots.clone(),
                 _ => {
                     let slots = plan.ids.ring.allocate(sequence.len() as u32).with_context(|| {
-                        format!("service {}: no room left for a sequence of {} slots", service.name, sequence.len())
+                        format!(
+                            "service {}: no room left for a sequence of {} slots (the scheduler ring holds \
+                             {SCHED_RING_SLOTS} for all services)",
+                            service.name,
+                            sequence.len()
+                        )
                     })?;
                     plan.sequences.push((index, slots.clone(), sequence));
                     slots
