@@ -15,6 +15,9 @@ use std::{
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/lb/lb.yaml";
+/// mh's table size if a service names none: Katran's and Google's Maglev's, room for
+/// some 650 real servers at the paper's 100 buckets each (IPVS builds in 4093).
+pub const DEFAULT_MH_TABLE_SIZE: u32 = 65537;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -171,9 +174,12 @@ pub struct VirtualService {
     /// ipvsadm's default is wlc.
     #[serde(default)]
     pub scheduler: Scheduler,
-    /// ipvsadm `-b`: `sh-port`, `sh-fallback` (`mh-port`, `mh-fallback` once mh is).
+    /// ipvsadm `-b`: `sh-port`, `sh-fallback`, `mh-port`, `mh-fallback`.
     #[serde(default)]
     pub scheduler_flags: Vec<SchedulerFlag>,
+    /// mh: the buckets of the Maglev table, a prime ([`DEFAULT_MH_TABLE_SIZE`] if left
+    /// out).
+    pub mh_table_size: Option<u32>,
     /// The forwarding method of the real servers that do not name their own.
     #[serde(default)]
     pub forwarding: Forwarding,
@@ -382,10 +388,11 @@ impl TryFrom<Scheduler> for lb_common::service::Scheduler {
             Scheduler::Nq => Ok(Self::Nq),
             Scheduler::Fo => Ok(Self::Fo),
             Scheduler::Ovf => Ok(Self::Ovf),
+            Scheduler::Mh => Ok(Self::Mh),
             other => Err(Unsupported {
                 what: "scheduler",
                 name: other.to_string(),
-                supported: "rr, wrr, sh, dh, lc, wlc, sed, nq, fo, ovf",
+                supported: "rr, wrr, sh, dh, mh, lc, wlc, sed, nq, fo, ovf",
             }),
         }
     }
@@ -555,6 +562,10 @@ impl VirtualService {
     /// The Full-NAT local addresses of one IP version, in the configuration's order.
     pub fn local_addresses_of(&self, ipv4: bool) -> impl Iterator<Item = IpAddr> + '_ {
         self.local_addresses.iter().copied().filter(move |local| local.is_ipv4() == ipv4)
+    }
+
+    pub fn mh_table_size(&self) -> u32 {
+        self.mh_table_size.unwrap_or(DEFAULT_MH_TABLE_SIZE)
     }
 }
 

@@ -12,7 +12,7 @@
 use std::{
     collections::{HashMap, HashSet},
     hash::Hash,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -23,8 +23,8 @@ use lb_common::{
     interface::{Interface, InterfaceKey},
     real::{Forwarding, REAL_QUIESCED, REAL_REMOVED, RealServer, outer_ipv4_sum},
     service::{
-        SERVICE_EXPIRE_NODEST, SERVICE_EXPIRE_QUIESCENT, SERVICE_PERSISTENT, SERVICE_SH_FALLBACK, SERVICE_SH_PORT,
-        SERVICE_TOA, Scheduler, Service, ServiceKey,
+        SERVICE_EXPIRE_NODEST, SERVICE_EXPIRE_QUIESCENT, SERVICE_MH_FALLBACK, SERVICE_MH_PORT, SERVICE_PERSISTENT,
+        SERVICE_SH_FALLBACK, SERVICE_SH_PORT, SERVICE_TOA, Scheduler, Service, ServiceKey,
     },
     stats::{Counters, Reason},
 };
@@ -36,7 +36,7 @@ use crate::{
     expiry::{Ageing, Persisting},
     neighbour::{Link, Links},
     registry::Registry,
-    sched::{self, Candidate, Ring, Slots},
+    sched::{self, Candidate, Hashing, Ring, Slots},
 };
 
 /// How long a released id or ring slot waits before it is reused: far longer than any
@@ -61,6 +61,10 @@ struct Ids {
     services: Registry<String>,
     reals: Registry<RealOwner>,
     ring: Ring,
+    /// Each configured real server's last weight above 0 (IPVS's `last_weight`, for
+    /// mh), remembered from change to change while it stays configured; an agent that
+    /// starts anew knows only the weights it is given.
+    last_weights: HashMap<RealOwner, u32>,
 }
 
 /// What the maps hold now, as far as the agent wrote them.
@@ -101,6 +105,7 @@ impl Director {
             services: Registry::new(MAX_SERVICES),
             reals: Registry::new(MAX_REALS),
             ring: Ring::new(SCHED_RING_SLOTS),
+            last_weights: HashMap::new(),
         };
         Self { dataplane, ids, written: Written::default(), running: None }
     }
@@ -231,6 +236,7 @@ impl Director {
             locals: Vec::new(),
         };
         plan.ids.ring.recycle(settled);
+        plan.ids.last_weights = last_weights(config, &self.ids.last_weights);
         for service in &config.services {
             let index = assign(&mut plan.ids.services, &service.name, &mut plan.fresh_services, settled, || {
                 Ok(self.dataplane.conn_references()?.services)
@@ -255,7 +261,14 @@ impl Director {
                     lower_threshold: real.lower_threshold,
                 };
                 plan.limits.push((id, limits));
-                candidates.push((real, Candidate { id, weight: real.weight, reachable: link.is_some() }));
+                let candidate = Candidate {
+                    id,
+                    weight: real.weight,
+                    reachable: link.is_some(),
+                    last_weight: plan.ids.last_weights[&owner],
+                    address: SocketAddr::new(real.address, service.port_of(real)),
+                };
+                candidates.push((real, candidate));
             }
             let locals = self.place_locals(index, service, &mut plan);
             let (has_ipv4, has_ipv6) = service.families();
@@ -265,12 +278,15 @@ impl Director {
                 let serving: Vec<Candidate> =
                     candidates.iter().filter(|(real, _)| service.serves(real, ipv4)).map(|&(_, c)| c).collect();
                 let family = if ipv4 { FAMILY_IPV4 } else { FAMILY_IPV6 };
-                let sh_fallback = service.scheduler_flags.contains(&SchedulerFlag::ShFallback);
-                let sequence = sched::sequence(scheduler, sh_fallback, &serving);
+                let sequence = sched::sequence(scheduler, hashing(service), &serving);
                 let len = sequence.len();
-                let slots = self
-                    .place_sequence((index, family), sequence, &mut plan)
-                    .with_context(|| format!("service {}: no room left for a sequence of {len} slots", service.name))?;
+                let slots = self.place_sequence((index, family), sequence, &mut plan).with_context(|| {
+                    format!(
+                        "service {}: no room left for a sequence of {len} slots (the scheduler ring holds \
+                         {SCHED_RING_SLOTS} for all services)",
+                        service.name
+                    )
+                })?;
                 let value = service_value(index, scheduler, &slots, service, locals.of(ipv4), ipv4);
                 for endpoint in service.endpoints().into_iter().filter(|endpoint| endpoint.vip.is_ipv4() == ipv4) {
                     plan.services.insert(service_key(&endpoint), value);
@@ -521,6 +537,19 @@ fn removed(config: &Config, ids: &Ids) -> (Vec<String>, Vec<RealOwner>) {
     (gone_services, gone_reals)
 }
 
+/// IPVS's `last_weight` of every real server of `config`: its weight if above 0, else
+/// what it was before (0 for a real server that never had a weight, or is new: IPVS
+/// sets it anew when a real server is added).
+fn last_weights(config: &Config, before: &HashMap<RealOwner, u32>) -> HashMap<RealOwner, u32> {
+    let owners = config.services.iter().flat_map(|s| s.reals.iter().map(move |r| ((s.name.clone(), r.address), r)));
+    owners
+        .map(|(owner, real)| {
+            let last = if real.weight > 0 { real.weight } else { before.get(&owner).copied().unwrap_or(0) };
+            (owner, last)
+        })
+        .collect()
+}
+
 /// The owner's id, reclaiming ids retired before `settled` that `in_use` does not
 /// name when none is free. Records the id in `fresh` if it is new to the owner.
 fn assign<K: Clone + Eq + Hash>(
@@ -608,11 +637,20 @@ fn service_flags(service: &VirtualService) -> u8 {
         flags |= match flag {
             SchedulerFlag::ShPort => SERVICE_SH_PORT,
             SchedulerFlag::ShFallback => SERVICE_SH_FALLBACK,
-            // Refused by validation until mh is supported.
-            SchedulerFlag::MhPort | SchedulerFlag::MhFallback => 0,
+            SchedulerFlag::MhPort => SERVICE_MH_PORT,
+            SchedulerFlag::MhFallback => SERVICE_MH_FALLBACK,
         };
     }
     flags
+}
+
+/// The layout of the service's hash table, if its scheduler has one.
+fn hashing(service: &VirtualService) -> Hashing {
+    let flags = &service.scheduler_flags;
+    Hashing {
+        fallback: flags.contains(&SchedulerFlag::ShFallback) || flags.contains(&SchedulerFlag::MhFallback),
+        mh_table_size: service.mh_table_size(),
+    }
 }
 
 /// The link the data path may use for a real server: direct routing only sends frames

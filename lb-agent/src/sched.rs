@@ -1,9 +1,13 @@
 //! The agent's half of the schedulers: the sequences the data path walks, and the ring
 //! their slots live in.
 
+mod maglev;
 mod ring;
 
+pub use maglev::offset_and_skip;
 pub use ring::{Ring, Slots};
+
+use std::net::SocketAddr;
 
 use lb_common::{
     MAX_SEQUENCE_LEN,
@@ -17,6 +21,19 @@ pub struct Candidate {
     pub id: u32,
     pub weight: u32,
     pub reachable: bool,
+    /// mh: IPVS's `last_weight`, its last weight above 0 (0 if it never had one), which
+    /// keeps a quiesced real server's place in the table.
+    pub last_weight: u32,
+    /// mh: its address and port, which place it in the table.
+    pub address: SocketAddr,
+}
+
+/// How a hashing scheduler lays out its table: ipvsadm's `sh-fallback` or
+/// `mh-fallback`, and the size of mh's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hashing {
+    pub fallback: bool,
+    pub mh_table_size: u32,
 }
 
 impl Candidate {
@@ -28,18 +45,19 @@ impl Candidate {
 
 /// What the data path reads to schedule: for rr and wrr one cycle of the service's
 /// schedule, for sh and dh the hash table (with sh-fallback, its fallback table after
-/// it), for the dynamic schedulers the real servers that may take a connection, as
-/// real-server ids.
-pub fn sequence(scheduler: Scheduler, sh_fallback: bool, candidates: &[Candidate]) -> Vec<u32> {
+/// it), for mh the Maglev table, for the dynamic schedulers the real servers that may
+/// take a connection, as real-server ids.
+pub fn sequence(scheduler: Scheduler, hashing: Hashing, candidates: &[Candidate]) -> Vec<u32> {
     let reachable: Vec<Candidate> = candidates.iter().filter(|c| c.reachable).copied().collect();
     match scheduler {
         Scheduler::Rr => rr_sequence(&reachable),
         Scheduler::Wrr => wrr_sequence(&fit_weights(&reachable)),
         // ip_vs_sh_reassign: a real server takes as many buckets as its weight, at
         // least one.
-        Scheduler::Sh => hash_table(candidates, |c| c.weight.max(1), sh_fallback),
+        Scheduler::Sh => hash_table(candidates, |c| c.weight.max(1), hashing.fallback),
         // ip_vs_dh_reassign: one bucket each, weights aside.
         Scheduler::Dh => hash_table(candidates, |_| 1, false),
+        Scheduler::Mh => maglev::table(candidates, hashing.mh_table_size, hashing.fallback),
         // The data path weighs the live loads of these, in order.
         Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq | Scheduler::Fo | Scheduler::Ovf => {
             rr_sequence(&reachable)
@@ -67,12 +85,27 @@ fn hash_table(candidates: &[Candidate], buckets_of: impl Fn(&Candidate) -> u32, 
     }
     let mut table: Vec<u32> = dealt.iter().map(|c| if c.available() { c.id } else { NO_REAL }).collect();
     if fallback {
-        let next_available =
-            |bucket: usize| (0..dealt.len()).map(|step| table[(bucket + step) % dealt.len()]).find(|&id| id != NO_REAL);
-        let fallbacks: Vec<u32> = (0..dealt.len()).map(|bucket| next_available(bucket).unwrap_or(NO_REAL)).collect();
-        table.extend(fallbacks);
+        table.extend(next_available(&table));
     }
     table
+}
+
+/// For each bucket of `table`, the first real server from it on (wrapping) that is not
+/// `NO_REAL`; all `NO_REAL` if there is none.
+fn next_available(table: &[u32]) -> Vec<u32> {
+    let Some(last) = table.iter().rposition(|&id| id != NO_REAL) else { return table.to_vec() };
+    // Backwards from the last available bucket, once round: each bucket takes its own
+    // real server, or the one the bucket after it found.
+    let mut fallbacks = table.to_vec();
+    let mut found = table[last];
+    for step in 0..table.len() {
+        let bucket = (last + table.len() - step) % table.len();
+        if table[bucket] != NO_REAL {
+            found = table[bucket];
+        }
+        fallbacks[bucket] = found;
+    }
+    fallbacks
 }
 
 /// IPVS rr: every real server with a weight above 0, in order.

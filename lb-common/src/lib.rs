@@ -33,9 +33,11 @@ pub const MAX_SERVICES: u32 = 1024;
 pub const MAX_INTERFACES: u32 = 256;
 /// Real servers the data path can hold, across all services.
 pub const MAX_REALS: u32 = 16384;
-/// Slots of the scheduler ring shared by all services' sequences (4 MiB).
-pub const SCHED_RING_SLOTS: u32 = 1 << 20;
-/// Longest scheduling sequence of one service; longer wrr cycles are scaled down.
+/// Slots of the scheduler ring shared by all services' sequences (16 MiB): room for
+/// some 60 Maglev tables of the default 65537 buckets, or some 30 that one reload
+/// replaces (a replaced table keeps its slots for a second after the new one is out).
+pub const SCHED_RING_SLOTS: u32 = 1 << 22;
+/// Longest wrr cycle of one service; longer ones are scaled down.
 pub const MAX_SEQUENCE_LEN: u32 = 1 << 16;
 /// Default size of the connection table; the agent may resize it before loading.
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;

@@ -37,6 +37,10 @@ pub enum Scheduler {
     Fo = 8,
     /// Weighted overflow: the highest weight whose active connections are not above it.
     Ovf = 9,
+    /// Maglev hashing: the client's address (and with `SERVICE_MH_PORT` its port)
+    /// picks a bucket of the Maglev table the agent computed; the table has
+    /// `sequence_len` buckets (a prime).
+    Mh = 10,
 }
 
 impl Scheduler {
@@ -52,6 +56,7 @@ impl Scheduler {
             7 => Some(Self::Nq),
             8 => Some(Self::Fo),
             9 => Some(Self::Ovf),
+            10 => Some(Self::Mh),
             _ => None,
         }
     }
@@ -61,7 +66,7 @@ impl Scheduler {
     pub const fn is_dynamic(self) -> bool {
         match self {
             Self::Lc | Self::Wlc | Self::Sed | Self::Nq | Self::Fo | Self::Ovf => true,
-            Self::Rr | Self::Wrr | Self::Sh | Self::Dh => false,
+            Self::Rr | Self::Wrr | Self::Sh | Self::Dh | Self::Mh => false,
         }
     }
 }
@@ -74,6 +79,13 @@ pub const SERVICE_SH_PORT: u8 = 1 << 1;
 /// `Service::flags`: sh's table is followed by its fallback table (ipvsadm `-b
 /// sh-fallback`): a bucket whose real server cannot take the connection sends it on.
 pub const SERVICE_SH_FALLBACK: u8 = 1 << 2;
+/// `Service::flags`: mh hashes the client's port with its address (ipvsadm `-b
+/// mh-port`). IPVS gives sh's and mh's flags the same bits (`IP_VS_SVC_F_SCHED2`).
+pub const SERVICE_MH_PORT: u8 = SERVICE_SH_PORT;
+/// `Service::flags`: mh's table sends a bucket whose real server cannot take the
+/// connection on to another (ipvsadm `-b mh-fallback`, `IP_VS_SVC_F_SCHED1`). The
+/// agent writes the table so, and the data path needs no second look.
+pub const SERVICE_MH_FALLBACK: u8 = SERVICE_SH_FALLBACK;
 
 /// `Service::flags`: a new connection goes where the client's persistence template
 /// sends it (`persist_prefix`), and opens or refreshes it (ipvsadm `-p`).
@@ -105,7 +117,8 @@ pub struct Service {
     /// First slot of the service's sequence of real-server ids in `SCHED_RING`.
     pub sequence_start: u32,
     /// Length of that sequence; 0 when no real server can take new connections (rr,
-    /// wrr) or there is none (sh, dh: their tables hold `NO_REAL` for the others).
+    /// wrr) or there is none (sh, dh, mh: their tables hold `NO_REAL` for the others;
+    /// mh's is empty too when no real server has ever had a weight).
     pub sequence_len: u32,
     /// A [`Scheduler`].
     pub scheduler: u8,

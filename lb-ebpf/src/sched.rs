@@ -3,15 +3,18 @@
 //! rr and wrr both walk a sequence the agent computed (IPVS's order, weight-0 and
 //! unresolved real servers left out): the data path only takes the next slot. sh and
 //! dh hash an address (IPVS's `hash_32`) into a table of `HASH_BUCKETS` the agent
-//! dealt out, and, for sh with `sh-fallback`, into the fallback table after it. The
-//! dynamic schedulers (lc, wlc, sed, nq, fo, ovf) weigh the live loads of the real
-//! servers the agent listed, every CPU's connections counted in one place.
+//! dealt out, and, for sh with `sh-fallback`, into the fallback table after it. mh
+//! hashes the client into the service's Maglev table, where the agent has already
+//! sent, with `mh-fallback`, a bucket whose real server cannot take a connection on to
+//! one that can: one read either way. The dynamic schedulers (lc, wlc, sed, nq, fo,
+//! ovf) weigh the live loads of the real servers the agent listed, every CPU's
+//! connections counted in one place.
 
 use aya_ebpf::{cty::c_void, helpers::bpf_loop, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
     FAMILY_IPV4,
-    service::{HASH_BUCKETS, NO_REAL, SERVICE_SH_FALLBACK, SERVICE_SH_PORT, Scheduler, Service},
+    service::{HASH_BUCKETS, NO_REAL, SERVICE_MH_PORT, SERVICE_SH_FALLBACK, SERVICE_SH_PORT, Scheduler, Service},
     stats::Reason,
 };
 
@@ -22,8 +25,10 @@ use crate::{
 };
 
 /// A real server (its id) for the first packet of a flow. Only a packet that may open
-/// a connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS.
-#[inline(always)]
+/// a connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS. A
+/// function of its own: inlined, its locals would stack new_flow's frame and the
+/// dynamic schedulers' beyond the 512 bytes a call chain may use.
+#[inline(never)]
 pub fn new_connection(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<u32, Reason> {
     if !packet.opens_connection {
         return Err(Reason::NoConnection);
@@ -35,6 +40,10 @@ pub fn new_connection(ctx: &XdpContext, packet: &Packet, service: &Service) -> R
             by_hash(service, hash_key(&packet.flow.src, port), service.flags & SERVICE_SH_FALLBACK != 0)?
         }
         Some(Scheduler::Dh) => by_hash(service, hash_key(&packet.flow.dst, [0; 2]), false)?,
+        Some(Scheduler::Mh) => {
+            let port = if service.flags & SERVICE_MH_PORT != 0 { packet.flow.src_port } else { [0; 2] };
+            by_maglev(service, maglev_key(&packet.flow.src, port))?
+        }
         Some(_) => least_loaded(service)?,
         None => return Err(Reason::NoRealServer),
     };
@@ -53,15 +62,33 @@ fn next_in_sequence(service: &Service) -> Result<u32, Reason> {
     SCHED_RING.get(slot).copied().ok_or(Reason::NoRealServer)
 }
 
-/// IPVS's `ip_vs_sh_hashkey` and `ip_vs_dh_hashkey`: an IPv6 address folded to 32 bits
-/// by XOR (an IPv4 one is its first word, the others being zero), plus the port (sh
-/// with `sh-port`), by `hash_32` to a bucket.
+/// What IPVS's `ip_vs_sh_hashkey`, `ip_vs_dh_hashkey` and `ip_vs_mh_hashkey` hash: an
+/// IPv6 address folded to 32 bits by XOR (an IPv4 one is its first word, the others
+/// being zero), plus the port (with `sh-port`, `mh-port`).
+#[inline(always)]
+fn fold(address: &[u8; 16], port: [u8; 2]) -> u32 {
+    let word = |at: usize| u32::from_be_bytes([address[at], address[at + 1], address[at + 2], address[at + 3]]);
+    (word(0) ^ word(4) ^ word(8) ^ word(12)).wrapping_add(u32::from(u16::from_be_bytes(port)))
+}
+
+/// sh's and dh's bucket: the kernel's hash_32 (GOLDEN_RATIO_32), the top 8 bits.
 #[inline(always)]
 fn hash_key(address: &[u8; 16], port: [u8; 2]) -> u32 {
-    let word = |at: usize| u32::from_be_bytes([address[at], address[at + 1], address[at + 2], address[at + 3]]);
-    let folded = word(0) ^ word(4) ^ word(8) ^ word(12);
-    // The kernel's hash_32: GOLDEN_RATIO_32, the top 8 bits.
-    folded.wrapping_add(u32::from(u16::from_be_bytes(port))).wrapping_mul(0x61c8_8647) >> 24
+    fold(address, port).wrapping_mul(0x61c8_8647) >> 24
+}
+
+/// mh's hash of the client, which the table's size (a prime) then divides: murmur3's
+/// finalizer (fmix32), which spreads every bit of the fold over the whole word in
+/// eight instructions; IPVS's hsiphash would take some hundred here (eBPF has no
+/// rotation). Fixed arithmetic: every director computes the same.
+#[inline(always)]
+fn maglev_key(address: &[u8; 16], port: [u8; 2]) -> u32 {
+    let mut hash = fold(address, port);
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
 }
 
 /// The real server of `bucket`; if it cannot take the connection and `fallback` is
@@ -78,6 +105,21 @@ fn by_hash(service: &Service, bucket: u32, fallback: bool) -> Result<u32, Reason
         real = SCHED_RING.get(slot).copied().ok_or(Reason::NoRealServer)?;
     }
     if real == NO_REAL { Err(Reason::NoRealServer) } else { Ok(real) }
+}
+
+/// The real server of the key's bucket in the service's Maglev table (`sequence_len`
+/// buckets); `NO_REAL` there refuses the connection (with `mh-fallback` the agent has
+/// left it only where no real server can take one).
+#[inline(always)]
+fn by_maglev(service: &Service, key: u32) -> Result<u32, Reason> {
+    if service.sequence_len == 0 {
+        return Err(Reason::NoRealServer);
+    }
+    let slot = service.sequence_start + key % service.sequence_len;
+    match SCHED_RING.get(slot) {
+        Some(&real) if real != NO_REAL => Ok(real),
+        _ => Err(Reason::NoRealServer),
+    }
 }
 
 /// What a scan of a service's real servers has found so far: `bpf_loop`'s context.

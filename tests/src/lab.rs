@@ -252,7 +252,15 @@ impl Lab {
     /// `count` HTTP GETs of `url` from the client, each on a connection of its own (so
     /// each from a new source port), with curl.
     pub fn http_get(&self, url: &str, count: usize) -> Result<Vec<Reply>> {
+        self.http_get_from(None, url, count)
+    }
+
+    /// Like [`Lab::http_get`], from the client's `source` address when given.
+    pub fn http_get_from(&self, source: Option<IpAddr>, url: &str, count: usize) -> Result<Vec<Reply>> {
         let mut command = self.client.netns.command("curl");
+        if let Some(source) = source {
+            command.args(["--interface", &source.to_string()]);
+        }
         command.args(["--silent", "--globoff", "--max-time", "5", "--header", "Connection: close"]);
         command.args(["--write-out", " %{http_code} %{local_port}\\n"]);
         for _ in 0..count {

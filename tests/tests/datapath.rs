@@ -12,7 +12,7 @@ use lb_agent::{
     dataplane::{Dataplane, EbpfLogLevel},
     director::Director,
 };
-use lb_common::stats::Reason;
+use lb_common::{SCHED_RING_SLOTS, stats::Reason};
 use lb_tests::{
     bed::{self, INGRESS, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac, service},
     packet::{self, DIRECTOR_MAC, L3, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -503,7 +503,7 @@ fn a_changed_sequence_starts_from_its_first_slot() {
 fn a_plan_that_does_not_fit_changes_nothing() {
     let mut bed = Bed::new(&web([1, 2, 3]));
     // Each of these services needs a sequence of 2^16 slots: together more than the ring.
-    let huge: String = (0..17)
+    let huge: String = (0..=SCHED_RING_SLOTS >> 16)
         .map(|i| {
             service(
                 &format!("big{i}"),
@@ -516,7 +516,8 @@ fn a_plan_that_does_not_fit_changes_nothing() {
         })
         .collect();
     let refused = bed::reconfigure(&mut bed.director, &huge, bed::on_ingress).unwrap_err();
-    assert!(format!("{refused:#}").contains("no room left for a sequence"), "{refused:#}");
+    let refused = format!("{refused:#}");
+    assert!(refused.contains("no room left for a sequence") && refused.contains("ring holds 4194304"), "{refused}");
     let counts: Vec<String> = (0..6)
         .map(|i| bed.real_of(&packet::tcp_frame(client(VIP4, 49000 + i), sock(VIP4, 80), TCP_SYN, b"")))
         .collect();

@@ -86,11 +86,7 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     assert_eq!(metrics.value("lb_dropped_packets_total", &[("reason", "malformed_ip")])?, 0.0);
     ensure!(metrics.get("lb_passed_packets_total", &[("reason", "not_ip")]).is_some(), "pass reasons are exported");
 
-    let lbctl = |args: &[&str]| -> Result<String> {
-        let lbctl = lb_tests::lab::binary("lbctl")?;
-        let socket = lab.api_socket();
-        lab.on_director(&[&[&*lbctl.to_string_lossy(), "--socket", &*socket.to_string_lossy()], args].concat())
-    };
+    let lbctl = |args: &[&str]| lbctl(&lab, args);
     let list = lbctl(&["list", "--stats"])?;
     assert!(list.contains("Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes"), "{list}");
     let conns = |prefix: &str| {
@@ -241,9 +237,7 @@ fn wlc_sends_new_connections_to_the_least_loaded_and_thresholds_stop_and_resume_
     let outcome = agent.reload(&lab.config("wlc", &[1, 1, 1]))?;
     ensure!(outcome.contains("reloaded:"), "{outcome}");
     assert_eq!(spread(&lab, &answered_by(&lab.http_get(&web4, 20)?)), vec![0, 0, 20]);
-    let lbctl = lb_tests::lab::binary("lbctl")?;
-    let list =
-        lab.on_director(&[&*lbctl.to_string_lossy(), "--socket", &*lab.api_socket().to_string_lossy(), "list"])?;
+    let list = lbctl(&lab, &["list"])?;
     for (real, (active, inactive)) in lab.reals.iter().zip([(5, 0), (5, 0), (0, 20)]) {
         let line = format!("  -> {:<28} Route   1      {active:<10} {inactive:<10}", format!("{}:80", real.ipv4));
         assert!(list.contains(&line), "the held connections active, the closed ones not: {line:?} in\n{list}");
@@ -274,4 +268,63 @@ fn wlc_sends_new_connections_to_the_least_loaded_and_thresholds_stop_and_resume_
         assert_eq!(&connection.get()?, name, "the held connections stayed where they were");
     }
     Ok(())
+}
+
+#[test]
+fn persistence_keeps_a_client_network_together_and_a_firewall_mark_service_its_ports() -> Result<()> {
+    let (_one, lab) = lab();
+    let web4 = url(IpAddr::V4(VIP4));
+    // A neighbour of the client, in its /24.
+    let neighbour: IpAddr = "198.18.1.50".parse()?;
+    lab.client.netns.run(&["ip", "addr", "add", &format!("{neighbour}/24"), "dev", "eth0"])?;
+    let persistent = lab
+        .config("rr", &WEIGHTS)
+        .replace("    reals:\n", "    persistence: { timeout: 3, netmask: 255.255.255.0 }\n    reals:\n");
+    let agent = lab.start_agent(&format!("timeouts: {{ tcp_fin: 1, time_wait: 1, close: 1 }}\n{persistent}"))?;
+    let chosen = answered_by(&lab.http_get(&web4, 20)?);
+    assert_eq!(chosen.len(), 1, "rr alone would spread them: {chosen:?}");
+    let first = chosen.keys().next().cloned().unwrap_or_default();
+    let neighbours = answered_by(&lab.http_get_from(Some(neighbour), &web4, 10)?);
+    assert_eq!(neighbours, HashMap::from([(first.clone(), 10)]), "the same /24, the same real server");
+    let list = lbctl(&lab, &["list"])?;
+    assert!(list.contains("TCP  203.0.113.10:80 rr persistent 3\n"), "{list}");
+    // Quiet for longer than the timeout, its connections closed and expired: the
+    // template goes, and the client is scheduled afresh (rr's next).
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let moved = answered_by(&lab.http_get(&web4, 1)?);
+    assert!(!moved.contains_key(&first), "the client moved on from {first}: {moved:?}");
+
+    // A firewall-mark service over ports 80 and 8080 of both VIPs, with persistence:
+    // a client's connections to either port go to one real server.
+    let header = &persistent[..persistent.find("services:\n").expect("a services list")];
+    let mut shop = format!(
+        "{header}services:\n  - name: shop\n    fwmark: 11\n    match:\n\
+         \x20     - {{ vip: {VIP4}, protocol: tcp, ports: [80, 8080] }}\n\
+         \x20     - {{ vip: \"{VIP6}\", protocol: tcp, ports: [80, 8080] }}\n\
+         \x20   scheduler: rr\n    persistence: {{ timeout: 600 }}\n    reals:\n"
+    );
+    for real in &lab.reals {
+        shop += &format!("      - {{ address: {} }}\n      - {{ address: \"{}\" }}\n", real.ipv4, real.ipv6);
+    }
+    let outcome = agent.reload(&shop)?;
+    ensure!(outcome.contains("reloaded:"), "{outcome}");
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let mut answers = Vec::new();
+        for port in [80, 8080, 80, 8080, 8080, 80] {
+            let url = url(vip).replace(":80/", &format!(":{port}/"));
+            answers.extend(lab.http_get(&url, 2)?.into_iter().map(|reply| reply.body));
+        }
+        answers.dedup();
+        assert_eq!(answers.len(), 1, "{vip}: one real server for both ports: {answers:?}");
+    }
+    let list = lbctl(&lab, &["list"])?;
+    assert!(list.contains("FWM  11 rr persistent 600\n"), "{list}");
+    Ok(())
+}
+
+/// `lbctl --socket <the agent's> ARGS...` on the director.
+fn lbctl(lab: &Lab, args: &[&str]) -> Result<String> {
+    let lbctl = lb_tests::lab::binary("lbctl")?;
+    let socket = lab.api_socket();
+    lab.on_director(&[&[&*lbctl.to_string_lossy(), "--socket", &*socket.to_string_lossy()], args].concat())
 }

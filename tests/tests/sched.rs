@@ -1,21 +1,23 @@
 //! The schedulers through `BPF_PROG_TEST_RUN`: for thousands of new flows, the real
 //! server the data path chooses is the one a model of IPVS's own code chooses (written
 //! again here from it, list walks and all): the hashing ones (`ip_vs_sh.c`,
-//! `ip_vs_dh.c`) with weights, quiesced real servers, `sh-port` and `sh-fallback`; the
+//! `ip_vs_dh.c`, `ip_vs_mh.c`) with weights, quiesced real servers, `sh-port`,
+//! `sh-fallback`, `mh-port` and `mh-fallback`, and mh's shares, disruption and
+//! determinism across directors; the
 //! dynamic ones (`ip_vs_lc.c`, `ip_vs_wlc.c`, `ip_vs_sed.c`, `ip_vs_nq.c`, `ip_vs_fo.c`,
 //! `ip_vs_ovf.c`) as connections open, close and go, and weights and thresholds change
 //! (`ip_vs_bind_dest`, `ip_vs_unbind_dest`, `__ip_vs_update_dest`).
 
 use std::net::{IpAddr, SocketAddr};
 
-use lb_agent::director::Director;
+use lb_agent::{director::Director, sched::offset_and_skip};
 use lb_tests::{
     bed::{self, XDP_DROP, XDP_TX, real_mac},
     packet::{self, TCP_ACK, TCP_FIN, TCP_SYN},
 };
 
-const REALS4: [&str; 4] = ["198.18.1.11", "198.18.1.12", "198.18.1.13", "198.18.1.14"];
-const REALS6: [&str; 4] = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13", "2001:db8:1::14"];
+const REALS4: [&str; 5] = ["198.18.1.11", "198.18.1.12", "198.18.1.13", "198.18.1.14", "198.18.1.15"];
+const REALS6: [&str; 5] = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13", "2001:db8:1::14", "2001:db8:1::15"];
 const FLOWS: u32 = 3000;
 /// IPVS's IP_VS_SH_TAB_BITS and IP_VS_DH_TAB_BITS.
 const TAB_BITS: u32 = 8;
@@ -182,22 +184,35 @@ fn sh_chooses_as_ipvs_does_with_weights_quiesced_servers_port_and_fallback() {
     ] {
         let director = bed::director(&services("sh", flags, &vips, &weights), 1 << 16, bed::on_ingress).unwrap();
         let buckets = sh_reassign(&dests(&weights));
-        let (mut dropped, mut counts) = (0, [0u32; 4]);
-        for vip in &vips {
-            for _ in 0..FLOWS {
-                let client = clients.client(vip.contains(':'));
-                let port = if flags.contains("sh-port") { client.port() } else { 0 };
-                let expected = sh_schedule(&buckets, client.ip(), port, flags.contains("sh-fallback"));
-                let got = chosen(&director, client, vip);
-                assert_eq!(got, expected, "{weights:?} [{flags}] {client} -> {vip}");
-                match got {
-                    Some(index) => counts[index] += 1,
-                    None => dropped += 1,
-                }
+        check_against_model(&director, &vips, &mut clients, &format!("sh {weights:?} [{flags}]"), |client, _| {
+            let port = if flags.contains("sh-port") { client.port() } else { 0 };
+            sh_schedule(&buckets, client.ip(), port, flags.contains("sh-fallback"))
+        });
+    }
+}
+
+/// Sends `FLOWS` new flows from `clients` to each of `vips`, each to the real server
+/// `model` chooses for it (`None`: refused), and prints how many each one took.
+fn check_against_model(
+    director: &Director,
+    vips: &[String],
+    clients: &mut Clients,
+    case: &str,
+    model: impl Fn(SocketAddr, &str) -> Option<usize>,
+) {
+    let (mut dropped, mut counts) = (0, [0u32; 4]);
+    for vip in vips {
+        for _ in 0..FLOWS {
+            let client = clients.client(vip.contains(':'));
+            let got = chosen(director, client, vip);
+            assert_eq!(got, model(client, vip), "{case}: {client} -> {vip}");
+            match got {
+                Some(index) => counts[index] += 1,
+                None => dropped += 1,
             }
         }
-        println!("sh {weights:?} [{flags}]: {counts:?} per real server, {dropped} without one");
     }
+    println!("{case}: {counts:?} per real server, {dropped} without one");
 }
 
 #[test]
@@ -214,6 +229,273 @@ fn dh_chooses_by_destination_as_ipvs_does() {
                 let client = clients.client(false);
                 assert_eq!(chosen(&director, client, vip), expected, "{weights:?} {client} -> {vip}");
             }
+        }
+    }
+}
+
+/// A real server as IPVS's mh sees it: its place in the configuration, address and
+/// port, weight and `last_weight` (`__ip_vs_update_dest` sets it when a real server is
+/// added, and again with each weight above 0).
+#[derive(Clone, Copy, Debug)]
+struct MhDest {
+    index: usize,
+    address: SocketAddr,
+    weight: u32,
+    last_weight: u32,
+}
+
+/// IPVS's `IP_VS_MH_TAB_BITS`.
+const MH_TAB_BITS: u32 = 6;
+
+/// The kernel's `gcd`.
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// IPVS's `ip_vs_mh_dest_setup`.
+struct MhSetup {
+    perm: u32,
+    skip: u32,
+    turns: u32,
+}
+
+/// `ip_vs_mh_gcd_weight`, `ip_vs_mh_shift_weight`, `ip_vs_mh_permutate` and
+/// `ip_vs_mh_populate`, over IPVS's list `dests`. Offsets and skips come from the
+/// agent's hash of each real server (`offset_and_skip`), where IPVS's come from
+/// hsiphash.
+fn mh_reassign(dests: &[MhDest], size: u32) -> Vec<Option<MhDest>> {
+    let mut lookup = vec![None; size as usize];
+    let mut g = 0;
+    for dest in dests.iter().filter(|dest| dest.last_weight > 0) {
+        g = if g > 0 { gcd(dest.last_weight, g) } else { dest.last_weight };
+    }
+    if g < 1 {
+        return lookup;
+    }
+    let mw = dests.iter().map(|dest| dest.last_weight).max().unwrap() / g;
+    let rshift = (u32::BITS - mw.leading_zeros()).saturating_sub(MH_TAB_BITS);
+    let mut setup: Vec<MhSetup> = dests
+        .iter()
+        .map(|dest| {
+            let (offset, skip) = offset_and_skip(dest.address, size);
+            let turns = match (dest.last_weight / g) >> rshift {
+                0 => u32::from(dest.last_weight != 0),
+                turns => turns,
+            };
+            MhSetup { perm: offset, skip, turns }
+        })
+        .collect();
+    let mut table = vec![false; size as usize];
+    let (mut n, mut dt_count) = (0, 0);
+    while n < size {
+        let mut p = 0;
+        while p < dests.len() {
+            let ds = &mut setup[p];
+            if ds.turns < 1 {
+                p += 1;
+                continue;
+            }
+            while table[ds.perm as usize] {
+                ds.perm += ds.skip;
+                if ds.perm >= size {
+                    ds.perm -= size;
+                }
+            }
+            table[ds.perm as usize] = true;
+            lookup[ds.perm as usize] = Some(dests[p]);
+            n += 1;
+            if n == size {
+                return lookup;
+            }
+            dt_count += 1;
+            if dt_count >= ds.turns {
+                dt_count = 0;
+                p += 1;
+            }
+        }
+    }
+    lookup
+}
+
+/// The data path's hash of a client for mh: IPVS's fold of the address plus the port,
+/// mixed by murmur3's fmix32.
+fn mh_hashkey(address: IpAddr, port: u16) -> u32 {
+    let mut hash = fold(address).wrapping_add(u32::from(port));
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
+}
+
+/// `ip_vs_mh_get`, and with `fallback` `ip_vs_mh_get_fallback` as the agent's table
+/// does it: where IPVS hashes the client again with each next offset, the buckets
+/// after the client's, in order.
+fn mh_schedule(lookup: &[Option<MhDest>], address: IpAddr, port: u16, fallback: bool) -> Option<usize> {
+    let ihash = mh_hashkey(address, port) as usize % lookup.len();
+    let dest = lookup[ihash]?;
+    if dest.weight > 0 {
+        return Some(dest.index);
+    }
+    if !fallback {
+        return None;
+    }
+    for offset in 0..lookup.len() {
+        let dest = lookup[(ihash + offset) % lookup.len()]?;
+        if dest.weight > 0 {
+            return Some(dest.index);
+        }
+    }
+    None
+}
+
+/// The real servers of a service of `vip`'s family after the configurations of
+/// `history`, in the list order of the agent's table: by address (IPVS's list is
+/// newest first).
+fn mh_dests(vip: &str, history: &[&[u32]]) -> Vec<MhDest> {
+    let reals = if vip.contains(':') { REALS6 } else { REALS4 };
+    let mut dests: Vec<MhDest> = (0..history[0].len())
+        .map(|index| {
+            let last_weight = history.iter().rev().map(|weights| weights[index]).find(|&weight| weight > 0);
+            let address = SocketAddr::new(reals[index].parse().unwrap(), 80);
+            MhDest { index, address, weight: history[history.len() - 1][index], last_weight: last_weight.unwrap_or(0) }
+        })
+        .collect();
+    dests.sort_by_key(|dest| dest.address);
+    dests
+}
+
+/// An mh service's scheduling words: the service's flow mapping takes the table's size
+/// after the scheduler's name.
+fn mh(size: u32) -> String {
+    format!("mh, mh_table_size: {size}")
+}
+
+#[test]
+fn mh_chooses_as_the_model_of_ipvs_does_with_weights_quiesced_servers_port_and_fallback() {
+    let vips = ["203.0.113.10".to_string(), "2001:db8:100::10".to_string()];
+    let mut clients = Clients(0x3a91);
+    let cases: [(&[&[u32]], &str, u32); 5] = [
+        (&[&[1, 2, 3, 4]], "", 65537),
+        (&[&[1, 2, 3, 4], &[1, 0, 3, 4]], "", 4093),
+        (&[&[1, 2, 3, 4], &[1, 0, 3, 4]], "mh-fallback", 65537),
+        // The third never had a weight: no place.
+        (&[&[5, 1, 0, 2]], "mh-port, mh-fallback", 251),
+        (&[&[2, 2, 1, 1], &[2, 9, 1, 1], &[2, 0, 1, 0]], "mh-port", 4093),
+    ];
+    for (history, flags, size) in cases {
+        let mut director =
+            bed::director(&services(&mh(size), flags, &vips, history[0]), 1 << 16, bed::on_ingress).unwrap();
+        for weights in &history[1..] {
+            bed::reconfigure(&mut director, &services(&mh(size), flags, &vips, weights), bed::on_ingress).unwrap();
+        }
+        let lookups = vips.each_ref().map(|vip| mh_reassign(&mh_dests(vip, history), size));
+        let case = format!("mh {history:?} [{flags}] {size}");
+        check_against_model(&director, &vips, &mut clients, &case, |client, vip| {
+            let lookup = &lookups[usize::from(vip.contains(':'))];
+            let port = if flags.contains("mh-port") { client.port() } else { 0 };
+            mh_schedule(lookup, client.ip(), port, flags.contains("mh-fallback"))
+        });
+    }
+}
+
+#[test]
+fn mh_shares_follow_the_weights() {
+    const SHARE_FLOWS: u32 = 100_000;
+    let weights = [1, 2, 3, 4];
+    let total: u32 = weights.iter().sum();
+    let mut clients = Clients(0x5ba2e);
+    for vip in ["203.0.113.10", "2001:db8:100::10"] {
+        let director =
+            bed::director(&services("mh", "", &[vip.to_string()], &weights), 1 << 17, bed::on_ingress).unwrap();
+        let mut counts = [0u32; 4];
+        for _ in 0..SHARE_FLOWS {
+            let client = clients.client(vip.contains(':'));
+            counts[chosen(&director, client, vip).expect("a real server")] += 1;
+        }
+        let shares: Vec<f64> = counts.iter().map(|&count| f64::from(count) / f64::from(SHARE_FLOWS)).collect();
+        println!("mh shares of {SHARE_FLOWS} flows to {vip}, weights {weights:?}: {shares:.4?}");
+        for (share, weight) in shares.iter().zip(weights) {
+            let expected = f64::from(weight) / f64::from(total);
+            assert!((share - expected).abs() <= 0.01, "{shares:?}: weight {weight} should have {expected}");
+        }
+    }
+}
+
+/// The real server each of `flows` goes to as a new connection from `port_step` ports
+/// further on. Without mh-port the client's address alone picks its bucket, and
+/// another port makes a new connection (an established one stays where it is).
+fn choices(director: &Director, flows: &[(SocketAddr, &str)], port_step: u16) -> Vec<Option<usize>> {
+    let again = |client: SocketAddr| SocketAddr::new(client.ip(), client.port() + port_step);
+    flows.iter().map(|&(client, vip)| chosen(director, again(client), vip)).collect()
+}
+
+#[test]
+fn mh_removing_a_real_server_moves_few_other_flows_and_quiescing_moves_none() {
+    const REMOVED: usize = 4;
+    const QUIESCED: usize = 2;
+    let vips = ["203.0.113.10".to_string(), "2001:db8:100::10".to_string()];
+    let weights = [1, 1, 1, 1, 1];
+    let mut director = bed::director(&services("mh", "", &vips, &weights), 1 << 17, bed::on_ingress).unwrap();
+    let mut clients = Clients(0xd15c);
+    let flows: Vec<(SocketAddr, &str)> = vips
+        .iter()
+        .flat_map(|vip| (0..5000).map(|_| (clients.client(vip.contains(':')), vip.as_str())).collect::<Vec<_>>())
+        .collect();
+    let before = choices(&director, &flows, 0);
+
+    bed::reconfigure(&mut director, &services("mh", "", &vips, &weights[..REMOVED]), bed::on_ingress).unwrap();
+    let after = choices(&director, &flows, 1);
+    let others: Vec<(&Option<usize>, &Option<usize>)> =
+        before.iter().zip(&after).filter(|(old, _)| **old != Some(REMOVED)).collect();
+    let moved = others.iter().filter(|(old, new)| old != new).count() as f64 / others.len() as f64;
+    println!(
+        "mh: removing 1 of 5 real servers moved {:.2}% of the {} flows of the others",
+        moved * 100.0,
+        others.len()
+    );
+    assert!(moved <= 0.05, "{moved}");
+    assert!(after.iter().all(|real| real.is_some_and(|real| real != REMOVED)));
+
+    let mut quiesced = weights;
+    quiesced[QUIESCED] = 0;
+    bed::reconfigure(&mut director, &services("mh", "", &vips, &quiesced), bed::on_ingress).unwrap();
+    let after = choices(&director, &flows, 2);
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(*new, old.filter(|&real| real != QUIESCED), "quiescing moves no other flow");
+    }
+}
+
+/// An mh service per family, with the real servers of `reals` (their indexes in
+/// `REALS4` and `REALS6`, and weights) listed in that order.
+fn listed(scheduling: &str, reals: &[(usize, u32)]) -> String {
+    let vips = ["203.0.113.10", "2001:db8:100::10"];
+    let service = |(i, vip): (usize, &str)| {
+        let addresses = if vip.contains(':') { REALS6 } else { REALS4 };
+        let reals: Vec<(&str, u32)> = reals.iter().map(|&(index, weight)| (addresses[index], weight)).collect();
+        bed::service(&format!("s{i}"), vip, 80, "tcp", scheduling, &reals)
+    };
+    vips.into_iter().enumerate().map(service).collect()
+}
+
+#[test]
+fn mh_directors_with_other_histories_choose_the_same_real_servers() {
+    // A small table, so the flows reach nearly every bucket.
+    let size = mh(251);
+    let mut one = bed::director(&listed(&size, &[(0, 1), (1, 2), (2, 3), (3, 4)]), 1 << 16, bed::on_ingress).unwrap();
+    bed::reconfigure(&mut one, &listed(&size, &[(0, 1), (1, 0), (2, 3), (3, 4)]), bed::on_ingress).unwrap();
+    // Another director gave its first ids to a real server it has lost since, and
+    // lists the same real servers the other way round; the quiesced one had the same
+    // weight before.
+    let mut other = bed::director(&listed(&size, &[(4, 1), (3, 4)]), 1 << 16, bed::on_ingress).unwrap();
+    for reals in [[(3, 4), (2, 3), (1, 2), (0, 1)], [(3, 4), (2, 3), (1, 0), (0, 1)]] {
+        bed::reconfigure(&mut other, &listed(&size, &reals), bed::on_ingress).unwrap();
+    }
+    let mut clients = Clients(0x0d17);
+    for vip in ["203.0.113.10", "2001:db8:100::10"] {
+        for _ in 0..FLOWS {
+            let client = clients.client(vip.contains(':'));
+            assert_eq!(chosen(&one, client, vip), chosen(&other, client, vip), "{client} -> {vip}");
         }
     }
 }

@@ -131,6 +131,40 @@ fn scheduler_flags_must_belong_to_the_scheduler() {
     assert_eq!(err.message, "`sh-port` is a flag of the sh scheduler, not of wrr");
     let err = refused(&with_line(10, "    scheduler: sh\n    scheduler_flags: [sh-sticky]"));
     assert_eq!(err.line, Some(11), "{err}");
+    let mh = with_line(10, "    scheduler: mh\n    scheduler_flags: [mh-port, mh-fallback]");
+    assert_eq!(parse(&mh).unwrap().services[0].scheduler_flags, [SchedulerFlag::MhPort, SchedulerFlag::MhFallback]);
+    let err = refused(&with_line(10, "    scheduler: mh\n    scheduler_flags: [mh-port, sh-fallback]"));
+    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].scheduler_flags[1]"));
+    assert_eq!(err.message, "`sh-fallback` is a flag of the sh scheduler, not of mh");
+}
+
+#[test]
+fn mh_table_size_is_a_sensible_prime_for_mh_only() {
+    let mh = |size: &str| with_line(10, &format!("    scheduler: mh\n    mh_table_size: {size}"));
+    assert_eq!(parse(&mh("4093")).unwrap().services[0].mh_table_size(), 4093);
+    let without = parse(&with_line(10, "    scheduler: mh")).unwrap();
+    assert_eq!(without.services[0].mh_table_size(), DEFAULT_MH_TABLE_SIZE);
+    for size in ["65536", "250", "241", "131101", "1"] {
+        let err = refused(&mh(size));
+        assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].mh_table_size"), "{size}");
+        assert_eq!(err.message, format!("{size} is not a prime from 251 to 131071 (65537 if left out)"));
+    }
+    let err = refused(&with_line(10, "    scheduler: sh\n    mh_table_size: 251"));
+    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].mh_table_size"));
+    assert_eq!(err.message, "the table size is mh's; the scheduler is sh");
+    let more: String =
+        (0..252).map(|i| format!("      - {{ address: 198.18.{}.{} }}\n", 2 + i / 200, 1 + i % 200)).collect();
+    let err = refused(&(mh("251") + &more));
+    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].mh_table_size"));
+    assert_eq!(err.message, "251 buckets cannot hold 254 real servers");
+}
+
+#[test]
+fn thresholds_are_refused_with_mh() {
+    let mh = with_line(10, "    scheduler: mh");
+    let err = refused(&mh.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 9 }"));
+    assert_eq!(err.field, "services[0].reals[0].upper_threshold");
+    assert!(err.message.contains("not supported with mh yet"), "{err}");
 }
 
 #[test]
@@ -154,11 +188,11 @@ fn the_default_scheduler_is_wlc_and_thresholds_are_ipvs_s() {
 
 #[test]
 fn unsupported_scheduler_says_so() {
-    let err = refused(&with_line(10, "    scheduler: mh"));
+    let err = refused(&with_line(10, "    scheduler: lblc"));
     assert_eq!((err.line, err.field.as_str()), (Some(10), "services[0].scheduler"));
     assert_eq!(
         err.message,
-        "scheduler `mh` is not supported yet (supported: rr, wrr, sh, dh, lc, wlc, sed, nq, fo, ovf)"
+        "scheduler `lblc` is not supported yet (supported: rr, wrr, sh, dh, mh, lc, wlc, sed, nq, fo, ovf)"
     );
     let err = refused(&with_line(10, "    scheduler: fastest"));
     assert!(err.message.contains("unknown variant `fastest`"), "{err}");

@@ -4,7 +4,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES};
 
-use super::{Config, Endpoint, Forwarding, Netmask, Protocol, Real, VirtualService};
+use super::{Config, Endpoint, Forwarding, Netmask, Protocol, Real, Scheduler, VirtualService};
 
 /// IPVS limits weights to this (ipvsadm -w 0..65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -12,6 +12,10 @@ pub const MAX_WEIGHT: u32 = 65535;
 const MAX_IFNAME: usize = 15;
 /// Below this the table would churn connections of any real site.
 const MIN_CONNECTION_TABLE: u32 = 1024;
+/// mh's table sizes: the smallest and largest IPVS can be built with
+/// (`CONFIG_IP_VS_MH_TAB_INDEX`). Fewer buckets share the clients unevenly; more cost
+/// ring slots and time to compute for no better share.
+const MH_TABLE_SIZES: std::ops::RangeInclusive<u32> = 251..=131_071;
 
 #[derive(Debug)]
 pub struct Invalid {
@@ -192,6 +196,7 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
             ));
         }
     }
+    check_mh_table_size(at, service)?;
     check_full_nat(at, service)?;
     check_persistence(at, service)?;
     let (ipv4, ipv6) = service.families();
@@ -246,6 +251,35 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// A prime (every real server's skip through the table then reaches every bucket), of
+/// a sensible size, at least one bucket per real server (as IPVS refuses more), and
+/// only for mh.
+fn check_mh_table_size(at: &str, service: &VirtualService) -> Result<(), Invalid> {
+    let Some(size) = service.mh_table_size else { return Ok(()) };
+    let field = format!("{at}.mh_table_size");
+    if service.scheduler != Scheduler::Mh {
+        return Err(invalid(field, format!("the table size is mh's; the scheduler is {}", service.scheduler)));
+    }
+    if !MH_TABLE_SIZES.contains(&size) || !is_prime(size) {
+        return Err(invalid(
+            field,
+            format!(
+                "{size} is not a prime from {} to {} (65537 if left out)",
+                MH_TABLE_SIZES.start(),
+                MH_TABLE_SIZES.end()
+            ),
+        ));
+    }
+    if service.reals.len() > size as usize {
+        return Err(invalid(field, format!("{size} buckets cannot hold {} real servers", service.reals.len())));
+    }
+    Ok(())
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// A port of its own only where the packet is rewritten (NAT, Full-NAT), and not on a

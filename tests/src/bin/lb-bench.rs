@@ -38,10 +38,12 @@ const METHODS: [(&str, &str, &str); 5] = [
 ];
 
 /// The schedulers besides wrr: (scheduler, its flags, IPv4 VIP), direct routing.
-const SCHEDULERS: [(&str, &str, &str); 10] = [
+const SCHEDULERS: [(&str, &str, &str); 12] = [
     ("rr", "", "203.0.113.20"),
     ("sh", "", "203.0.113.21"),
     ("sh", "sh-port, sh-fallback", "203.0.113.22"),
+    ("mh", "", "203.0.113.30"),
+    ("mh", "mh-port, mh-fallback", "203.0.113.31"),
     ("dh", "", "203.0.113.23"),
     ("lc", "", "203.0.113.24"),
     ("wlc", "", "203.0.113.25"),
