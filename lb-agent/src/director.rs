@@ -394,7 +394,8 @@ impl Director {
         let used: HashSet<(u32, u8)> = services.iter().map(|(key, service)| (service.index, key.family)).collect();
         let unused: Vec<(u32, u8)> = self.written.sequences.keys().filter(|key| !used.contains(key)).copied().collect();
         superseded.extend(unused.iter().filter_map(|key| self.written.sequences.remove(key)).map(|(slots, _)| slots));
-        self.written.locals.retain(|index, _| used.iter().any(|(used, _)| used == index));
+        let used_indexes: HashSet<u32> = used.iter().map(|(index, _)| *index).collect();
+        self.written.locals.retain(|index, _| used_indexes.contains(index));
         for slots in superseded {
             self.ids.ring.release(slots, now);
         }

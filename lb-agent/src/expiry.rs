@@ -92,12 +92,6 @@ pub struct Ageing {
     pub persistence: HashMap<u32, Persisting>,
 }
 
-impl From<Timeouts> for Ageing {
-    fn from(timeouts: Timeouts) -> Self {
-        Self { timeouts, persistence: HashMap::new() }
-    }
-}
-
 /// A persistent service's templates: how long one lives after its last new
 /// connection, and the prefix lengths of IPv4 and IPv6 clients' networks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,25 +191,28 @@ impl Expiry {
 
     /// Removes the templates unused for longer than their service's timeout that no
     /// live connection was sent by (`controlling`), and those of services no longer
-    /// persistent.
+    /// persistent once unused for a walk's interval (a service that a reload made
+    /// persistent during the walk has templates this walk does not know of).
     fn expire_templates(
         &mut self,
         now: u32,
         persistence: &HashMap<u32, Persisting>,
         controlling: &HashSet<PersistKey>,
     ) -> Result<u64> {
+        let orphaned = INTERVAL.as_secs() as u32;
         let mut stale = Vec::new();
         self.templates.walk(|key, template| {
-            let expired = persistence.get(&key.service).is_none_or(|persisting| {
-                now.saturating_sub(template.last_used) > persisting.timeout && !controlling.contains(key)
-            });
-            if expired {
-                stale.push(*key);
+            let timeout = persistence.get(&key.service).map_or(orphaned, |persisting| persisting.timeout);
+            if now.saturating_sub(template.last_used) > timeout && !controlling.contains(key) {
+                stale.push((*key, *template));
             }
         })?;
         let mut removed = 0;
-        for key in stale {
-            removed += u64::from(self.templates.remove(&key)?);
+        for (key, template) in stale {
+            // As it is now: a new connection may have used it since the walk read it.
+            if self.templates.get(&key)? == Some(template) {
+                removed += u64::from(self.templates.remove(&key)?);
+            }
         }
         Ok(removed)
     }
@@ -264,8 +261,13 @@ impl Expiry {
             .context("the connection ageing panicked")?;
             self = back;
             match swept {
-                Ok(sweep) if sweep.expired > 0 => {
-                    log::debug!("expired {} connections ({} entries in the table)", sweep.expired, sweep.entries);
+                Ok(sweep) if sweep.expired > 0 || sweep.templates_expired > 0 => {
+                    log::debug!(
+                        "expired {} connections ({} entries in the table) and {} persistence templates",
+                        sweep.expired,
+                        sweep.entries,
+                        sweep.templates_expired
+                    );
                 }
                 Ok(_) => {}
                 Err(err) => log::warn!("ageing the connection table: {err:#}"),

@@ -129,18 +129,21 @@ pub fn remove(flow: &FlowKey) {
     let _ = CONNS.remove(flow);
 }
 
-/// Ends the connection of the client's `flow` now: its entries go, and its real
-/// server no longer counts it.
+/// Ends the connection of the client's `flow` now: its entries go, the client's first
+/// (as the agent's ager removes them, so a Full-NAT local port is never free while a
+/// client entry still forwards with it), and its real server no longer counts it.
 #[inline(never)]
 pub fn expire(flow: &FlowKey, conn: &Conn) {
     let active = state::is_active(flow.protocol, conn.state);
     if let Some(load) = REAL_LOAD.get_ptr_mut(conn.real) {
         if active { count(load, -1, 0) } else { count(load, 0, -1) }
     }
-    if let Some(reply) = reply_key(flow, conn) {
+    // Read before the entry goes: a removed LRU entry may be reused at once.
+    let reply = reply_key(flow, conn);
+    remove(flow);
+    if let Some(reply) = reply {
         remove(&reply);
     }
-    remove(flow);
 }
 
 /// Seconds of the kernel's monotonic clock, as the agent keeps them in `CLOCK` and ages

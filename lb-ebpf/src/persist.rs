@@ -25,26 +25,25 @@ use crate::{
 /// else the scheduler's, remembered; for any other, the scheduler's.
 #[inline(always)]
 pub fn schedule(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<u32, Reason> {
-    let persistent = service.flags & SERVICE_PERSISTENT != 0;
     // Only what may open a connection uses a template (the scheduler refuses the rest).
-    if persistent
-        && packet.opens_connection
-        && let Some(real) = template(packet, service)
-    {
+    if service.flags & SERVICE_PERSISTENT == 0 || !packet.opens_connection {
+        return sched::new_connection(ctx, packet, service);
+    }
+    let flow = &packet.flow;
+    let key = PersistKey::of(&flow.src, flow.family, service.index, service.persist_prefix);
+    if let Some(real) = template(&key, service) {
         return Ok(real);
     }
     let real = sched::new_connection(ctx, packet, service)?;
-    if persistent {
-        remember(packet, service, real);
-    }
+    remember(&key, real);
     Ok(real)
 }
 
 /// The real server of the client's valid template, which this connection refreshes.
 /// Functions of their own, off the stack of the schedulers they sit beside.
 #[inline(never)]
-fn template(packet: &Packet, service: &Service) -> Option<u32> {
-    let template = PERSIST.get_ptr_mut(key(packet, service))?;
+fn template(key: &PersistKey, service: &Service) -> Option<u32> {
+    let template = PERSIST.get_ptr_mut(key)?;
     // SAFETY: a map value, valid for the program's run; its fields are read and written
     // whole.
     let template = unsafe { &mut *template };
@@ -62,21 +61,17 @@ fn template(packet: &Packet, service: &Service) -> Option<u32> {
 /// recently used template, so this fails only on a failed allocation, and the
 /// connection is served all the same.
 #[inline(never)]
-fn remember(packet: &Packet, service: &Service, real: u32) {
-    let _ = PERSIST.insert(key(packet, service), Persist { real, last_used: conn::now() }, 0);
-}
-
-#[inline(always)]
-fn key(packet: &Packet, service: &Service) -> PersistKey {
-    let flow = &packet.flow;
-    PersistKey::of(&flow.src, flow.family, service.index, service.persist_prefix)
+fn remember(key: &PersistKey, real: u32) {
+    let _ = PERSIST.insert(key, Persist { real, last_used: conn::now() }, 0);
 }
 
 /// Whether a template may still send connections to `real`: it is still a real server
-/// of the service, and not quiesced where the service expires such templates.
+/// of the service, not quiesced where the service expires such templates, and
+/// reachable (a client held on an unresolved one would be dropped at every retry,
+/// each keeping the template alive).
 #[inline(always)]
 fn valid(real: u32, service: &Service) -> bool {
     let Some(real) = REALS.get(real) else { return false };
     let void = if service.flags & SERVICE_EXPIRE_QUIESCENT != 0 { REAL_REMOVED | REAL_QUIESCED } else { REAL_REMOVED };
-    real.flags & void == 0
+    real.flags & void == 0 && real.ifindex != 0
 }

@@ -409,3 +409,11 @@ fn persistence_takes_ipvsadm_s_timeout_and_netmask() {
     let config = parse(&option("expire_nodest_conn: true")).unwrap();
     assert!(config.services[0].expire_nodest_conn);
 }
+
+#[test]
+fn a_firewall_mark_service_of_every_port_is_ambiguous_beside_a_plain_port() {
+    let all_ports = SHOP.replace("ports: [80, 443] }\n      - { vip: \"2001", "ports: [] }\n      - { vip: \"2001");
+    let err = refused(&format!("{EXAMPLE}{all_ports}"));
+    assert_eq!(err.field, "services[1].match[0]");
+    assert!(err.message.contains("port 0 and services[0]'s port 80 are ambiguous"), "{err}");
+}

@@ -45,7 +45,7 @@ pub fn check(config: &Config) -> Result<(), Invalid> {
         return Err(invalid("services", format!("at most {MAX_REALS} real servers fit, in all")));
     }
     let mut names = HashMap::new();
-    let mut endpoints = HashMap::new();
+    let mut endpoints: HashMap<Endpoint, usize> = HashMap::new();
     for (i, service) in config.services.iter().enumerate() {
         let at = format!("services[{i}]");
         if let Some(first) = names.insert(service.name.as_str(), i) {
@@ -57,6 +57,25 @@ pub fn check(config: &Config) -> Result<(), Invalid> {
         check_address_fields(&at, service)?;
         check_service(&at, service)?;
         for (field, endpoint) in endpoint_fields(&at, service) {
+            // IPVS looks a firewall mark up before any address: a firewall-mark
+            // service's every port of a VIP would take a plain service's port of it.
+            let wildcard = |port: u16, service: usize| port == 0 && config.services[service].fwmark.is_some();
+            let shadowed = endpoints.iter().find(|&(other, &first)| {
+                other.vip == endpoint.vip
+                    && other.protocol == endpoint.protocol
+                    && other.port != endpoint.port
+                    && (wildcard(other.port, first) || wildcard(endpoint.port, i))
+            });
+            if let Some((other, first)) = shadowed {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{} {} port {} and services[{first}]'s port {} are ambiguous: a firewall-mark service \
+                         serving every port of a VIP would take the other's too",
+                        endpoint.protocol, endpoint.vip, endpoint.port, other.port
+                    ),
+                ));
+            }
             if let Some(first) = endpoints.insert(endpoint, i) {
                 let marked = service.fwmark.is_some() || config.services[first].fwmark.is_some();
                 let why = if marked { ": ambiguous (a firewall-mark service and another)" } else { "" };
@@ -327,14 +346,16 @@ fn check_full_nat(at: &str, service: &VirtualService) -> Result<(), Invalid> {
         check_toa(&format!("{at}.toa"), service, full_nat)?;
     }
     let (ipv4, ipv6) = service.families();
+    let served_locals =
+        service.local_addresses.iter().filter(|local| if local.is_ipv4() { ipv4 } else { ipv6 }).count();
+    if served_locals > MAX_LOCAL_ADDRESSES as usize {
+        return Err(invalid(
+            format!("{at}.local_addresses"),
+            format!("at most {MAX_LOCAL_ADDRESSES} local addresses of the service's IP versions fit, in all"),
+        ));
+    }
     for (version, ipv4, served) in [("IPv4", true, ipv4), ("IPv6", false, ipv6)] {
         let locals = service.local_addresses_of(ipv4).count();
-        if locals > MAX_LOCAL_ADDRESSES as usize {
-            return Err(invalid(
-                format!("{at}.local_addresses"),
-                format!("at most {MAX_LOCAL_ADDRESSES} local addresses of one IP version fit"),
-            ));
-        }
         let fnat_reals = service
             .reals
             .iter()
