@@ -277,9 +277,11 @@ fn persistence_keeps_a_client_network_together_and_a_firewall_mark_service_its_p
     // A neighbour of the client, in its /24.
     let neighbour: IpAddr = "198.18.1.50".parse()?;
     lab.client.netns.run(&["ip", "addr", "add", &format!("{neighbour}/24"), "dev", "eth0"])?;
-    let persistent = lab
-        .config("rr", &WEIGHTS)
-        .replace("    reals:\n", "    persistence: { timeout: 3, netmask: 255.255.255.0 }\n    reals:\n");
+    let persistent = lab.config("rr", &WEIGHTS).replacen(
+        "    reals:\n",
+        "    persistence: { timeout: 3, netmask: 255.255.255.0 }\n    reals:\n",
+        1,
+    );
     let agent = lab.start_agent(&format!("timeouts: {{ tcp_fin: 1, time_wait: 1, close: 1 }}\n{persistent}"))?;
     let chosen = answered_by(&lab.http_get(&web4, 20)?);
     assert_eq!(chosen.len(), 1, "rr alone would spread them: {chosen:?}");
