@@ -218,6 +218,14 @@ pub struct Match {
     pub ports: Vec<u16>,
 }
 
+impl Match {
+    /// Each port it matches (none listed: port 0, all of them).
+    pub fn endpoints(&self) -> impl Iterator<Item = Endpoint> + '_ {
+        let ports = if self.ports.is_empty() { &[0][..] } else { &self.ports };
+        ports.iter().map(|&port| Endpoint { vip: self.vip, port, protocol: self.protocol })
+    }
+}
+
 /// One (VIP, port, protocol) a service answers on: a plain service has one, a
 /// firewall-mark service one per VIP and port it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -527,12 +535,7 @@ impl VirtualService {
         if let (Some(vip), Some(port), Some(protocol)) = (self.vip, self.port, self.protocol) {
             return vec![Endpoint { vip, port, protocol }];
         }
-        let mut endpoints = Vec::new();
-        for Match { vip, protocol, ports } in &self.matches {
-            let ports = if ports.is_empty() { &[0][..] } else { ports };
-            endpoints.extend(ports.iter().map(|&port| Endpoint { vip: *vip, port, protocol: *protocol }));
-        }
-        endpoints
+        self.matches.iter().flat_map(Match::endpoints).collect()
     }
 
     /// The IP versions of its VIPs: `(IPv4, IPv6)`.

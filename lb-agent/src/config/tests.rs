@@ -160,14 +160,6 @@ fn mh_table_size_is_a_sensible_prime_for_mh_only() {
 }
 
 #[test]
-fn thresholds_are_refused_with_mh() {
-    let mh = with_line(10, "    scheduler: mh");
-    let err = refused(&mh.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 9 }"));
-    assert_eq!(err.field, "services[0].reals[0].upper_threshold");
-    assert!(err.message.contains("not supported with mh yet"), "{err}");
-}
-
-#[test]
 fn the_default_scheduler_is_wlc_and_thresholds_are_ipvs_s() {
     let without = EXAMPLE.lines().filter(|line| !line.contains("scheduler:")).collect::<Vec<_>>().join("\n");
     assert_eq!(parse(&without).unwrap().services[0].scheduler, Scheduler::Wlc, "as ipvsadm");
@@ -180,10 +172,12 @@ fn the_default_scheduler_is_wlc_and_thresholds_are_ipvs_s() {
         refused(&wlc.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 10, lower_threshold: 20 }"));
     assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].reals[0].lower_threshold"));
     assert!(err.message.contains("above the upper threshold"), "{err}");
-    let rr = with_line(10, "    scheduler: rr");
-    let err = refused(&rr.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 9 }"));
-    assert_eq!(err.field, "services[0].reals[0].upper_threshold");
-    assert!(err.message.contains("not supported with rr yet"), "{err}");
+    for scheduler in ["rr", "mh"] {
+        let fixed = with_line(10, &format!("    scheduler: {scheduler}"));
+        let err = refused(&fixed.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 9 }"));
+        assert_eq!(err.field, "services[0].reals[0].upper_threshold");
+        assert!(err.message.contains(&format!("not supported with {scheduler} yet")), "{err}");
+    }
 }
 
 #[test]

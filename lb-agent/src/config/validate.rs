@@ -142,16 +142,10 @@ fn endpoint_fields(at: &str, service: &VirtualService) -> Vec<(String, Endpoint)
     if service.fwmark.is_none() {
         return service.endpoints().into_iter().map(|endpoint| (format!("{at}.port"), endpoint)).collect();
     }
-    let mut fields = Vec::new();
-    for (k, matched) in service.matches.iter().enumerate() {
-        let ports = if matched.ports.is_empty() { vec![0] } else { matched.ports.clone() };
-        fields.extend(
-            ports.into_iter().map(|port| {
-                (format!("{at}.match[{k}]"), Endpoint { vip: matched.vip, port, protocol: matched.protocol })
-            }),
-        );
-    }
+    let fields = service.matches.iter().enumerate();
     fields
+        .flat_map(|(k, matched)| matched.endpoints().map(move |endpoint| (format!("{at}.match[{k}]"), endpoint)))
+        .collect()
 }
 
 fn check_interfaces(config: &Config) -> Result<(), Invalid> {
