@@ -24,7 +24,7 @@ use lb_common::{
     real::{Forwarding, REAL_QUIESCED, REAL_REMOVED, RealServer, outer_ipv4_sum},
     service::{
         SERVICE_EXPIRE_NODEST, SERVICE_EXPIRE_QUIESCENT, SERVICE_MH_FALLBACK, SERVICE_MH_PORT, SERVICE_PERSISTENT,
-        SERVICE_SH_FALLBACK, SERVICE_SH_PORT, SERVICE_TOA, Scheduler, Service, ServiceKey,
+        SERVICE_SH_FALLBACK, SERVICE_SH_PORT, SERVICE_THRESHOLDS, SERVICE_TOA, Scheduler, Service, ServiceKey,
     },
     stats::{Counters, Reason},
 };
@@ -632,6 +632,7 @@ fn service_flags(service: &VirtualService) -> u8 {
         (service.persistence.is_some(), SERVICE_PERSISTENT),
         (service.expire_quiescent_template, SERVICE_EXPIRE_QUIESCENT),
         (service.expire_nodest_conn, SERVICE_EXPIRE_NODEST),
+        (service.reals.iter().any(|real| real.upper_threshold != 0), SERVICE_THRESHOLDS),
     ];
     let mut flags = options.iter().filter(|(on, _)| *on).fold(0, |flags, (_, bit)| flags | bit);
     for flag in &service.scheduler_flags {

@@ -96,6 +96,11 @@ pub const SERVICE_EXPIRE_QUIESCENT: u8 = 1 << 4;
 /// `Service::flags`: a connection whose real server was removed is expired by its next
 /// packet (IPVS's sysctl `expire_nodest_conn`, per service).
 pub const SERVICE_EXPIRE_NODEST: u8 = 1 << 5;
+/// `Service::flags`: some real server has an upper threshold (ipvsadm `-x`), so rr,
+/// wrr, sh, dh and mh check that the real server they pick is not overloaded
+/// (`REAL_LOAD`) and, as IPVS, go on past it; without it they read no load. The
+/// dynamic schedulers weigh every load anyway.
+pub const SERVICE_THRESHOLDS: u8 = 1 << 6;
 
 /// The buckets of an sh or dh table (IPVS's `IP_VS_SH_TAB_BITS`, `IP_VS_DH_TAB_BITS`: 8).
 pub const HASH_BUCKETS: u32 = 256;

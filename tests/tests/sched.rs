@@ -76,15 +76,30 @@ fn dh_reassign(dests: &[Dest]) -> Vec<Option<Dest>> {
     (0..TAB_SIZE).map(|i| (!dests.is_empty()).then(|| dests[i % dests.len()])).collect()
 }
 
-fn is_unavailable(dest: &Dest) -> bool {
-    dest.weight == 0
+/// Which real servers are overloaded (`IP_VS_DEST_F_OVERLOAD`), by index.
+type Overloaded<'a> = &'a dyn Fn(usize) -> bool;
+
+/// Nothing overloaded: a service without thresholds.
+fn never(_: usize) -> bool {
+    false
+}
+
+/// sh's and dh's `is_unavailable` (dh's `is_overloaded` and weight check).
+fn is_unavailable(dest: &Dest, overloaded: Overloaded) -> bool {
+    dest.weight == 0 || overloaded(dest.index)
 }
 
 /// `ip_vs_sh_get` and `ip_vs_sh_get_fallback`.
-fn sh_schedule(buckets: &[Option<Dest>], address: IpAddr, port: u16, fallback: bool) -> Option<usize> {
+fn sh_schedule(
+    buckets: &[Option<Dest>],
+    address: IpAddr,
+    port: u16,
+    fallback: bool,
+    overloaded: Overloaded,
+) -> Option<usize> {
     let ihash = sh_hashkey(address, port, 0);
     let dest = buckets[ihash]?;
-    if !is_unavailable(&dest) {
+    if !is_unavailable(&dest, overloaded) {
         return Some(dest.index);
     }
     if !fallback {
@@ -93,7 +108,7 @@ fn sh_schedule(buckets: &[Option<Dest>], address: IpAddr, port: u16, fallback: b
     for offset in 0..TAB_SIZE {
         let roffset = (offset + ihash) % TAB_SIZE;
         let dest = buckets[sh_hashkey(address, port, roffset)]?;
-        if !is_unavailable(&dest) {
+        if !is_unavailable(&dest, overloaded) {
             return Some(dest.index);
         }
     }
@@ -101,8 +116,8 @@ fn sh_schedule(buckets: &[Option<Dest>], address: IpAddr, port: u16, fallback: b
 }
 
 /// `ip_vs_dh_schedule`.
-fn dh_schedule(buckets: &[Option<Dest>], address: IpAddr) -> Option<usize> {
-    buckets[hash_32(fold(address))].filter(|dest| !is_unavailable(dest)).map(|dest| dest.index)
+fn dh_schedule(buckets: &[Option<Dest>], address: IpAddr, overloaded: Overloaded) -> Option<usize> {
+    buckets[hash_32(fold(address))].filter(|dest| !is_unavailable(dest, overloaded)).map(|dest| dest.index)
 }
 
 /// A little generator of client addresses and ports, the same in every run.
@@ -186,7 +201,7 @@ fn sh_chooses_as_ipvs_does_with_weights_quiesced_servers_port_and_fallback() {
         let buckets = sh_reassign(&dests(&weights));
         check_against_model(&director, &vips, &mut clients, &format!("sh {weights:?} [{flags}]"), |client, _| {
             let port = if flags.contains("sh-port") { client.port() } else { 0 };
-            sh_schedule(&buckets, client.ip(), port, flags.contains("sh-fallback"))
+            sh_schedule(&buckets, client.ip(), port, flags.contains("sh-fallback"), &never)
         });
     }
 }
@@ -224,7 +239,7 @@ fn dh_chooses_by_destination_as_ipvs_does() {
         let director = bed::director(&services("dh", "", &vips, &weights), 1 << 16, bed::on_ingress).unwrap();
         let buckets = dh_reassign(&dests(&weights));
         for vip in &vips {
-            let expected = dh_schedule(&buckets, vip.parse().unwrap());
+            let expected = dh_schedule(&buckets, vip.parse().unwrap(), &never);
             for _ in 0..20 {
                 let client = clients.client(false);
                 assert_eq!(chosen(&director, client, vip), expected, "{weights:?} {client} -> {vip}");
@@ -331,10 +346,17 @@ fn mh_hashkey(address: IpAddr, port: u16) -> u32 {
 /// `ip_vs_mh_get`, and with `fallback` `ip_vs_mh_get_fallback` as the agent's table
 /// does it: where IPVS hashes the client again with each next offset, the buckets
 /// after the client's, in order.
-fn mh_schedule(lookup: &[Option<MhDest>], address: IpAddr, port: u16, fallback: bool) -> Option<usize> {
+fn mh_schedule(
+    lookup: &[Option<MhDest>],
+    address: IpAddr,
+    port: u16,
+    fallback: bool,
+    overloaded: Overloaded,
+) -> Option<usize> {
+    let available = |dest: &MhDest| dest.weight > 0 && !overloaded(dest.index);
     let ihash = mh_hashkey(address, port) as usize % lookup.len();
     let dest = lookup[ihash]?;
-    if dest.weight > 0 {
+    if available(&dest) {
         return Some(dest.index);
     }
     if !fallback {
@@ -342,7 +364,7 @@ fn mh_schedule(lookup: &[Option<MhDest>], address: IpAddr, port: u16, fallback: 
     }
     for offset in 0..lookup.len() {
         let dest = lookup[(ihash + offset) % lookup.len()]?;
-        if dest.weight > 0 {
+        if available(&dest) {
             return Some(dest.index);
         }
     }
@@ -394,7 +416,7 @@ fn mh_chooses_as_the_model_of_ipvs_does_with_weights_quiesced_servers_port_and_f
         check_against_model(&director, &vips, &mut clients, &case, |client, vip| {
             let lookup = &lookups[usize::from(vip.contains(':'))];
             let port = if flags.contains("mh-port") { client.port() } else { 0 };
-            mh_schedule(lookup, client.ip(), port, flags.contains("mh-fallback"))
+            mh_schedule(lookup, client.ip(), port, flags.contains("mh-fallback"), &never)
         });
     }
 }
@@ -646,8 +668,8 @@ fn update(dest: &mut Load, weight: u32, u_threshold: u32, l_threshold: u32) {
     (dest.weight, dest.u_threshold, dest.l_threshold) = (weight, u_threshold, l_threshold);
 }
 
-/// The services of the dynamic test: one per family, each with its four real servers
-/// at `limits` (weight, upper, lower).
+/// The services of the tests with loads: one per family, each with its four real
+/// servers at `limits` (weight, upper, lower).
 fn dynamic_services(scheduler: &str, vips: &[&str], limits: &[(u32, u32, u32)]) -> String {
     let mut yaml = String::new();
     for (i, vip) in vips.iter().enumerate() {
@@ -678,83 +700,204 @@ struct Held {
     active: bool,
 }
 
+/// The VIPs of the tests with loads: one service per family.
+const LOADED_VIPS: [&str; 2] = ["203.0.113.10", "2001:db8:100::10"];
+
+/// Opens, closes and expires connections of the services of `LOADED_VIPS` through the
+/// data path and the agent's ager, through `phases` of (weight, upper, lower) limits
+/// for the four real servers; each new connection must go where `model` sends it,
+/// given the service (an index of `LOADED_VIPS`), the client and IPVS's view of the
+/// service's real servers. `scheduling` is the scheduler's words of the configuration.
+/// Answers how many overloaded real servers the new connections saw.
+fn check_with_loads(
+    scheduling: &str,
+    phases: &[[(u32, u32, u32); 4]],
+    mut model: impl FnMut(usize, SocketAddr, &[Load]) -> Option<usize>,
+) -> usize {
+    const STEPS: u32 = 1500;
+    let mut clients = Clients(0xfeed ^ scheduling.len() as u64);
+    let mut director =
+        bed::director(&dynamic_services(scheduling, &LOADED_VIPS, &phases[0]), 1 << 16, bed::on_ingress).unwrap();
+    let mut expiry = lb_agent::expiry::Expiry::new(director.dataplane()).unwrap();
+    let mut models: Vec<Vec<Load>> = LOADED_VIPS.iter().map(|_| vec![Load::default(); 4]).collect();
+    let mut held: Vec<Held> = Vec::new();
+    let (mut chosen_counts, mut overloaded) = ([0u32; 4], 0);
+    for (phase, limits) in phases.iter().enumerate() {
+        if phase > 0 {
+            let services = dynamic_services(scheduling, &LOADED_VIPS, limits);
+            bed::reconfigure(&mut director, &services, bed::on_ingress).unwrap();
+        }
+        for model in &mut models {
+            for (dest, &(weight, upper, lower)) in model.iter_mut().zip(limits) {
+                update(dest, weight, upper, lower);
+            }
+        }
+        for step in 0..STEPS {
+            match clients.next() % 8 {
+                // A new connection, to either service.
+                0..=4 => {
+                    let v = (clients.next() % 2) as usize;
+                    let client = clients.client(v == 1);
+                    let expected = model(v, client, &models[v]);
+                    overloaded += models[v].iter().filter(|dest| dest.overload).count();
+                    let got = chosen(&director, client, LOADED_VIPS[v]);
+                    assert_eq!(got, expected, "{scheduling} phase {phase} step {step}: {:?}", models[v]);
+                    if let Some(real) = got {
+                        bind(&mut models[v][real]);
+                        held.push(Held { client, vip: LOADED_VIPS[v], real, active: true });
+                        chosen_counts[real] += 1;
+                    }
+                }
+                // The client of a held connection closes it: FIN takes SYN_RECV to
+                // TIME_WAIT in the input-only table, inactive.
+                5 | 6 if !held.is_empty() => {
+                    let i = clients.next() as usize % held.len();
+                    let conn = &mut held[i];
+                    let fin = packet::tcp_frame(conn.client, sock(conn.vip), TCP_FIN | TCP_ACK, b"");
+                    assert_eq!(bed::run(director.dataplane().program(), &fin).unwrap().verdict, XDP_TX);
+                    if conn.active {
+                        conn.active = false;
+                        let dest = &mut models[LOADED_VIPS.iter().position(|v| *v == conn.vip).unwrap()][conn.real];
+                        (dest.active, dest.inactive) = (dest.active - 1, dest.inactive + 1);
+                    }
+                }
+                // Some connections go (as if expired); the ager's next walk frees them.
+                _ if held.len() > 20 => {
+                    let mut table = director.dataplane().conn_table().unwrap();
+                    for _ in 0..clients.next() % 8 {
+                        let conn = held.swap_remove(clients.next() as usize % held.len());
+                        assert!(table.remove(&bed::tcp_flow_key(conn.client, sock(conn.vip))).unwrap());
+                        let v = LOADED_VIPS.iter().position(|v| *v == conn.vip).unwrap();
+                        unbind(&mut models[v][conn.real], conn.active);
+                    }
+                    director.dataplane().clock().unwrap().tick().unwrap();
+                    expiry.expire(&director.ageing()).unwrap();
+                }
+                _ => {}
+            }
+        }
+    }
+    println!("{scheduling}: {chosen_counts:?} new connections per real server, {overloaded} overloaded seen");
+    overloaded
+}
+
 #[test]
 fn dynamic_schedulers_choose_as_ipvs_does_as_connections_open_close_and_limits_change() {
-    const VIPS: [&str; 2] = ["203.0.113.10", "2001:db8:100::10"];
-    const STEPS: u32 = 1500;
     let phases: [[(u32, u32, u32); 4]; 3] = [
         [(1, 0, 0), (2, 0, 0), (3, 0, 0), (1, 0, 0)],
         [(3, 40, 30), (0, 0, 0), (2, 25, 0), (1, 0, 0)],
         [(5, 0, 0), (5, 60, 50), (1, 0, 0), (2, 10, 0)],
     ];
-    let mut overloaded_in_all = 0;
+    let mut overloaded = 0;
     for scheduler in ["lc", "wlc", "sed", "nq", "fo", "ovf"] {
-        let mut clients = Clients(0xfeed ^ scheduler.len() as u64);
-        let mut director =
-            bed::director(&dynamic_services(scheduler, &VIPS, &phases[0]), 1 << 16, bed::on_ingress).unwrap();
-        let dataplane = director.dataplane();
-        let mut expiry = lb_agent::expiry::Expiry::new(dataplane).unwrap();
-        let mut models: Vec<Vec<Load>> = VIPS.iter().map(|_| vec![Load::default(); 4]).collect();
-        let mut held: Vec<Held> = Vec::new();
-        let (mut chosen_counts, mut overloaded) = ([0u32; 4], 0);
-        for (phase, limits) in phases.iter().enumerate() {
-            if phase > 0 {
-                bed::reconfigure(&mut director, &dynamic_services(scheduler, &VIPS, limits), bed::on_ingress).unwrap();
-            }
-            for model in &mut models {
-                for (dest, &(weight, upper, lower)) in model.iter_mut().zip(limits) {
-                    update(dest, weight, upper, lower);
+        overloaded += check_with_loads(scheduler, &phases, |_, _, dests| dynamic_schedule(scheduler, dests));
+    }
+    assert!(overloaded > 0, "the thresholds were reached");
+}
+
+/// IPVS's rr (`ip_vs_rr_schedule`): from the real server after the last one chosen,
+/// round once, the first with a weight that is not overloaded.
+#[derive(Default)]
+struct Rr {
+    last: Option<usize>,
+}
+
+impl Rr {
+    fn schedule(&mut self, dests: &[Load]) -> Option<usize> {
+        let from = self.last.map_or(0, |last| last + 1);
+        let found =
+            (0..dests.len()).map(|k| (from + k) % dests.len()).find(|&i| !dests[i].overload && dests[i].weight > 0)?;
+        self.last = Some(found);
+        Some(found)
+    }
+}
+
+/// IPVS's wrr (`ip_vs_wrr_schedule`): the mark (`cl`, `cw`, `mw`, `di`) and its walk,
+/// list order and passes as in the kernel.
+struct Wrr {
+    cl: Option<usize>,
+    cw: i64,
+    mw: i64,
+    di: i64,
+}
+
+impl Wrr {
+    /// `ip_vs_wrr_init_svc` and `ip_vs_wrr_dest_changed`.
+    fn new(weights: &[u32]) -> Self {
+        let di = i64::from(weights.iter().copied().fold(0, gcd).max(1));
+        let mw = i64::from(*weights.iter().max().unwrap()) - (di - 1);
+        Wrr { cl: None, cw: mw, mw, di }
+    }
+
+    fn schedule(&mut self, dests: &[Load]) -> Option<usize> {
+        if self.mw == 0 {
+            return None;
+        }
+        let last = self.cl;
+        let (mut at, mut stop, mut last_pass, mut restarted) = (self.cl, None, false, false);
+        loop {
+            for (i, dest) in dests.iter().enumerate().skip(at.map_or(0, |at| at + 1)) {
+                if !dest.overload && i64::from(dest.weight) >= self.cw {
+                    self.cl = Some(i);
+                    return Some(i);
+                }
+                if stop == Some(i) {
+                    return None;
                 }
             }
-            for step in 0..STEPS {
-                match clients.next() % 8 {
-                    // A new connection, to either service.
-                    0..=4 => {
-                        let v = (clients.next() % 2) as usize;
-                        let client = clients.client(v == 1);
-                        let expected = dynamic_schedule(scheduler, &models[v]);
-                        overloaded += models[v].iter().filter(|dest| dest.overload).count();
-                        let got = chosen(&director, client, VIPS[v]);
-                        assert_eq!(got, expected, "{scheduler} phase {phase} step {step}: {:?}", models[v]);
-                        if let Some(real) = got {
-                            bind(&mut models[v][real]);
-                            held.push(Held { client, vip: VIPS[v], real, active: true });
-                            chosen_counts[real] += 1;
-                        }
-                    }
-                    // The client of a held connection closes it: FIN takes SYN_RECV to
-                    // TIME_WAIT in the input-only table, inactive.
-                    5 | 6 if !held.is_empty() => {
-                        let i = clients.next() as usize % held.len();
-                        let conn = &mut held[i];
-                        let fin = packet::tcp_frame(conn.client, sock(conn.vip), TCP_FIN | TCP_ACK, b"");
-                        assert_eq!(bed::run(director.dataplane().program(), &fin).unwrap().verdict, XDP_TX);
-                        if conn.active {
-                            conn.active = false;
-                            let dest = &mut models[VIPS.iter().position(|v| *v == conn.vip).unwrap()][conn.real];
-                            (dest.active, dest.inactive) = (dest.active - 1, dest.inactive + 1);
-                        }
-                    }
-                    // Some connections go (as if expired); the ager's next walk frees them.
-                    _ if held.len() > 20 => {
-                        let mut table = director.dataplane().conn_table().unwrap();
-                        for _ in 0..clients.next() % 8 {
-                            let conn = held.swap_remove(clients.next() as usize % held.len());
-                            assert!(table.remove(&bed::tcp_flow_key(conn.client, sock(conn.vip))).unwrap());
-                            let v = VIPS.iter().position(|v| *v == conn.vip).unwrap();
-                            unbind(&mut models[v][conn.real], conn.active);
-                        }
-                        director.dataplane().clock().unwrap().tick().unwrap();
-                        expiry.expire(&director.ageing()).unwrap();
-                    }
-                    _ => {}
+            at = None;
+            self.cw -= self.di;
+            if self.cw <= 0 {
+                self.cw = self.mw;
+                if last_pass {
+                    return None;
                 }
+                restarted = true;
+            }
+            last_pass = self.cw <= self.di;
+            if last_pass && restarted && last.is_some() {
+                stop = last;
             }
         }
-        println!("{scheduler}: {chosen_counts:?} new connections per real server, {overloaded} overloaded seen");
-        overloaded_in_all += overloaded;
     }
-    assert!(overloaded_in_all > 0, "the thresholds were reached");
+}
+
+#[test]
+fn static_schedulers_pass_over_overloaded_real_servers_as_ipvs_does() {
+    const WEIGHTS: [u32; 4] = [3, 1, 2, 4];
+    // Thresholds change; weights do not (a new weight restarts IPVS's rr and wrr where
+    // the agent's sequence does not). The last real server never overloads, so rr and
+    // wrr always find one.
+    let phases: [[(u32, u32, u32); 4]; 3] = [
+        [(3, 12, 0), (1, 0, 0), (2, 8, 6), (4, 0, 0)],
+        [(3, 0, 0), (1, 5, 0), (2, 20, 0), (4, 0, 0)],
+        [(3, 6, 2), (1, 3, 0), (2, 4, 3), (4, 0, 0)],
+    ];
+    let mut overloaded = 0;
+    let mut rr = [Rr::default(), Rr::default()];
+    overloaded += check_with_loads("rr", &phases, |v, _, dests| rr[v].schedule(dests));
+    let mut wrr = [Wrr::new(&WEIGHTS), Wrr::new(&WEIGHTS)];
+    overloaded += check_with_loads("wrr", &phases, |v, _, dests| wrr[v].schedule(dests));
+    let buckets = sh_reassign(&dests(&WEIGHTS));
+    for flags in ["", "sh-port, sh-fallback"] {
+        overloaded += check_with_loads(&format!("sh, scheduler_flags: [{flags}]"), &phases, |_, client, loads| {
+            let port = if flags.is_empty() { 0 } else { client.port() };
+            sh_schedule(&buckets, client.ip(), port, !flags.is_empty(), &|i| loads[i].overload)
+        });
+    }
+    let buckets = dh_reassign(&dests(&WEIGHTS));
+    overloaded += check_with_loads("dh", &phases, |v, _, loads| {
+        dh_schedule(&buckets, LOADED_VIPS[v].parse().unwrap(), &|i| loads[i].overload)
+    });
+    let lookups = LOADED_VIPS.map(|vip| mh_reassign(&mh_dests(vip, &[&WEIGHTS]), 251));
+    for flags in ["", "mh-port, mh-fallback"] {
+        let scheduling = format!("{}, scheduler_flags: [{flags}]", mh(251));
+        overloaded += check_with_loads(&scheduling, &phases, |v, client, loads| {
+            let port = if flags.is_empty() { 0 } else { client.port() };
+            mh_schedule(&lookups[v], client.ip(), port, !flags.is_empty(), &|i| loads[i].overload)
+        });
+    }
+    assert!(overloaded > 0, "the thresholds were reached");
 }
 
 fn sock(vip: &str) -> SocketAddr {

@@ -172,11 +172,11 @@ fn the_default_scheduler_is_wlc_and_thresholds_are_ipvs_s() {
         refused(&wlc.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 10, lower_threshold: 20 }"));
     assert_eq!((err.line, err.field.as_str()), (Some(13), "services[0].reals[0].lower_threshold"));
     assert!(err.message.contains("above the upper threshold"), "{err}");
-    for scheduler in ["rr", "mh"] {
+    // As ipvsadm, with every scheduler.
+    for scheduler in ["rr", "wrr", "sh", "dh", "mh"] {
         let fixed = with_line(10, &format!("    scheduler: {scheduler}"));
-        let err = refused(&fixed.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 9 }"));
-        assert_eq!(err.field, "services[0].reals[0].upper_threshold");
-        assert!(err.message.contains(&format!("not supported with {scheduler} yet")), "{err}");
+        let config = parse(&fixed.replace("198.18.1.11, weight: 1 }", "198.18.1.11, upper_threshold: 9 }"));
+        assert_eq!(config.unwrap().services[0].reals[0].upper_threshold, 9, "{scheduler}");
     }
 }
 

@@ -242,16 +242,6 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
                 format!("weight {} is out of range (0 to {MAX_WEIGHT})", real.weight),
             ));
         }
-        let dynamic = lb_common::service::Scheduler::try_from(service.scheduler).is_ok_and(|s| s.is_dynamic());
-        if real.upper_threshold != 0 && !dynamic {
-            return Err(invalid(
-                format!("{at}.upper_threshold"),
-                format!(
-                    "thresholds are not supported with {} yet (they are with lc, wlc, sed, nq, fo, ovf)",
-                    service.scheduler
-                ),
-            ));
-        }
         // As IPVS refuses it (ERANGE): a lower threshold needs an upper one above it.
         if real.lower_threshold > real.upper_threshold {
             return Err(invalid(
