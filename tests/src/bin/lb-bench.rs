@@ -6,6 +6,10 @@
 //! kernel times the program's run. The median of many samples is printed. A benchmark
 //! measures and prints; it asserts nothing.
 //!
+//! The connection table has the agent's default size. The table-size rows come last,
+//! each size in a table of its own filled through the program: new flows, and packets
+//! of many established flows in turn (cold in the cache, as on a busy director).
+//!
 //! For profiling (e.g. under `perf record`), `LB_BENCH_ONLY` keeps the rows whose name
 //! contains it and `LB_BENCH_ROUNDS` sets the rounds (20 by default).
 
@@ -19,6 +23,9 @@ use lb_tests::{
 };
 
 const SAMPLES: usize = 20_000;
+/// Connections in the table before the table-size rows: from empty to (about) the
+/// million the agent's default table holds.
+const TABLE_FILLS: [usize; 4] = [0, 10_000, 100_000, 1_000_000];
 /// The samples are taken in rounds, the two programs in turn.
 const ROUNDS: usize = 20;
 const PER_ROUND: usize = SAMPLES / ROUNDS;
@@ -101,10 +108,9 @@ fn bench() -> Result<()> {
             reals.join(", ")
         );
     }
-    // Room for every new flow of every case (two entries for NAT and Full-NAT), so no
-    // insert has to evict.
-    let table = (24 * RUNS) as u32;
-    let director = bed::director(&services, table, bed::on_ingress)?;
+    // The table the agent configures by default; it has room for every new flow of
+    // every case (two entries for NAT and Full-NAT), so no insert has to evict.
+    let director = bed::director(&services, lb_common::CONN_TABLE_SIZE, bed::on_ingress)?;
     let lb = director.dataplane().program();
     let mut testbed = Ebpf::load(lb_agent::dataplane::TESTBED_OBJECT).context("loading the test bed object")?;
     let baseline: &mut Xdp = testbed.program_mut("xdp_baseline").context("no xdp_baseline")?.try_into()?;
@@ -139,22 +145,71 @@ fn bench() -> Result<()> {
         Err(_) => ROUNDS,
     };
     for case in cases.iter().filter(|case| case.name.contains(&only)) {
-        // Round by round, each program's median beside the other's: the VM's speed
-        // drifts, and a ratio taken within a round does not see the drift.
-        let (mut lb_ns, mut base_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        let mut lb_frames = case.frames.iter().cycle();
-        let mut base_cycle = base_frames.iter().cycle();
-        for _ in 0..rounds {
-            let lb_round = median(lb, &mut lb_frames, case.verdict)?;
-            let base_round = median(baseline, &mut base_cycle, XDP_TX)?;
-            lb_ns.push(lb_round);
-            base_ns.push(base_round);
-            ratios.push(lb_round / base_round);
+        print_row(lb, baseline, case, &base_frames, rounds)?;
+    }
+    drop(director);
+    for fill in TABLE_FILLS {
+        let cases = table_cases(fill);
+        if !cases.iter().any(|case| case.name.contains(&only)) {
+            continue;
         }
-        let (lb_ns, base_ns, ratio) = (middle(lb_ns), middle(base_ns), middle(ratios));
-        println!("{:<48} {:>11.1} {:>13.1} {:>6.2}x", case.name, lb_ns, base_ns, ratio);
+        // A table of its own for each size: from empty, `fill` connections opened
+        // through the program, as a director that has been serving a while.
+        let director = bed::director(&services, lb_common::CONN_TABLE_SIZE, bed::on_ingress)?;
+        let lb = director.dataplane().program();
+        for i in 0..fill {
+            ensure!(bed::run(lb, &new_flow("198.18.5.OCTET", METHODS[0].1, i, TCP_SYN))?.verdict == XDP_TX);
+        }
+        let [syn, established] = &cases;
+        print_row(lb, baseline, syn, &base_frames, rounds)?;
+        // Every flow the established row sends on is open, whatever the rounds.
+        for frame in &syn.frames {
+            bed::run(lb, frame)?;
+        }
+        print_row(lb, baseline, established, &base_frames, rounds)?;
     }
     Ok(())
+}
+
+/// One row: `case` and the baseline, round by round, each program's median beside the
+/// other's: the VM's speed drifts, and a ratio taken within a round does not see the
+/// drift.
+fn print_row(lb: &Xdp, baseline: &Xdp, case: &Case, base_frames: &[Vec<u8>], rounds: usize) -> Result<()> {
+    let (mut lb_ns, mut base_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut lb_frames = case.frames.iter().cycle();
+    let mut base_cycle = base_frames.iter().cycle();
+    for _ in 0..rounds {
+        let lb_round = median(lb, &mut lb_frames, case.verdict)?;
+        let base_round = median(baseline, &mut base_cycle, XDP_TX)?;
+        lb_ns.push(lb_round);
+        base_ns.push(base_round);
+        ratios.push(lb_round / base_round);
+    }
+    let (lb_ns, base_ns, ratio) = (middle(lb_ns), middle(base_ns), middle(ratios));
+    println!("{:<48} {:>11.1} {:>13.1} {:>6.2}x", case.name, lb_ns, base_ns, ratio);
+    Ok(())
+}
+
+/// The table-size rows of a table holding `fill` connections: `RUNS` new flows, then
+/// packets of those flows in turn (spread over the table, as a busy director's are,
+/// where the other rows' established flow is one flow, always in the cache).
+fn table_cases(fill: usize) -> [Case; 2] {
+    let vip = METHODS[0].1;
+    let flows = |flags| (0..RUNS).map(|i| new_flow("198.18.6.OCTET", vip, i, flags)).collect();
+    [
+        Case {
+            name: format!("IPv4 TCP dr, new flow (SYN), {fill} in the table"),
+            frames: flows(TCP_SYN),
+            opening: None,
+            verdict: XDP_TX,
+        },
+        Case {
+            name: format!("IPv4 TCP dr, {RUNS} flows in turn, {fill} in the table"),
+            frames: flows(TCP_ACK),
+            opening: None,
+            verdict: XDP_TX,
+        },
+    ]
 }
 
 fn middle(mut values: Vec<f64>) -> f64 {
@@ -163,21 +218,7 @@ fn middle(mut values: Vec<f64>) -> f64 {
 }
 
 fn cases() -> Vec<Case> {
-    let flow = |client: &str, vip: &str, port: u16, flags: u8| {
-        let client: SocketAddr = format!("{client}:{port}").parse().unwrap();
-        let vip: SocketAddr = format!("{vip}:80").parse().unwrap();
-        packet::tcp_frame(client, vip, flags, b"")
-    };
-    let new_flows = |client: &str, vip: &str| {
-        // Distinct (address, port) pairs: more flows than ports.
-        (0..RUNS)
-            .map(|i| {
-                let octet = i / 60000;
-                let client = client.replace("OCTET", &(octet + 1).to_string());
-                flow(&client, vip, 1024 + (i % 60000) as u16, TCP_SYN)
-            })
-            .collect()
-    };
+    let new_flows = |client: &str, vip: &str| (0..RUNS).map(|i| new_flow(client, vip, i, TCP_SYN)).collect();
     let mut cases = Vec::new();
     for (method, vip4, vip6) in METHODS {
         let families = [
@@ -238,6 +279,21 @@ fn cases() -> Vec<Case> {
         }
     }
     cases
+}
+
+/// A frame from `client:port` to `vip:80`.
+fn flow(client: &str, vip: &str, port: u16, flags: u8) -> Vec<u8> {
+    let client: SocketAddr = format!("{client}:{port}").parse().unwrap();
+    let vip: SocketAddr = format!("{vip}:80").parse().unwrap();
+    packet::tcp_frame(client, vip, flags, b"")
+}
+
+/// The `i`th of many flows from the clients of `client`, whose last part (`OCTET`) the
+/// flow's number sets, with a port each: more flows than ports.
+fn new_flow(client: &str, vip: &str, i: usize, flags: u8) -> Vec<u8> {
+    let octet = i / 60000;
+    let client = client.replace("OCTET", &(octet + 1).to_string());
+    flow(&client, vip, 1024 + (i % 60000) as u16, flags)
 }
 
 /// The median duration of a round of single runs over the next `frames`, after a
