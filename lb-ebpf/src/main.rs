@@ -87,7 +87,7 @@ fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
 #[inline(never)]
 fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
     let service = service::lookup(ctx, packet)?;
-    let id = persist::schedule(ctx, packet, service)?;
+    let id = persist::schedule(packet, service)?;
     let real = forward::reachable(ctx, packet, id)?;
     let opening = maps::OPENING.get_ptr_mut(0).ok_or(Reason::ConnInsertFailed)?;
     // SAFETY: a per-CPU value, used by this CPU's packet only, for this call.

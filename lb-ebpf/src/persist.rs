@@ -5,7 +5,6 @@
 //! Every new connection comes through here, so the scheduler's code is in the program
 //! once (and the verifier walks it once).
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{
     persist::{Persist, PersistKey},
     real::{REAL_QUIESCED, REAL_REMOVED},
@@ -24,17 +23,17 @@ use crate::{
 /// `ip_vs_sched_persist`, the template's while it is valid (`ip_vs_check_template`),
 /// else the scheduler's, remembered; for any other, the scheduler's.
 #[inline(always)]
-pub fn schedule(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<u32, Reason> {
+pub fn schedule(packet: &Packet, service: &Service) -> Result<u32, Reason> {
     // Only what may open a connection uses a template (the scheduler refuses the rest).
     if service.flags & SERVICE_PERSISTENT == 0 || !packet.opens_connection {
-        return sched::new_connection(ctx, packet, service);
+        return sched::new_connection(packet, service);
     }
     let flow = &packet.flow;
     let key = PersistKey::of(&flow.src, flow.family, service.index, service.persist_prefix);
     if let Some(real) = template(&key, service) {
         return Ok(real);
     }
-    let real = sched::new_connection(ctx, packet, service)?;
+    let real = sched::new_connection(packet, service)?;
     remember(&key, real);
     Ok(real)
 }

@@ -10,10 +10,11 @@
 //! ovf) weigh the live loads of the real servers the agent listed, every CPU's
 //! connections counted in one place.
 
-use aya_ebpf::{cty::c_void, helpers::bpf_loop, programs::XdpContext};
+use aya_ebpf::{cty::c_void, helpers::bpf_loop};
 use aya_log_ebpf::debug;
 use lb_common::{
     FAMILY_IPV4,
+    conn::FlowKey,
     service::{HASH_BUCKETS, NO_REAL, SERVICE_MH_PORT, SERVICE_SH_FALLBACK, SERVICE_SH_PORT, Scheduler, Service},
     stats::Reason,
 };
@@ -25,30 +26,46 @@ use crate::{
 };
 
 /// A real server (its id) for the first packet of a flow. Only a packet that may open
-/// a connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS. A
-/// function of its own: inlined, its locals would stack new_flow's frame and the
-/// dynamic schedulers' beyond the 512 bytes a call chain may use.
-#[inline(never)]
-pub fn new_connection(ctx: &XdpContext, packet: &Packet, service: &Service) -> Result<u32, Reason> {
+/// a connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS.
+#[inline(always)]
+pub fn new_connection(packet: &Packet, service: &Service) -> Result<u32, Reason> {
     if !packet.opens_connection {
         return Err(Reason::NoConnection);
     }
+    match lb_schedule(&packet.flow, service) {
+        NO_REAL => Err(Reason::NoRealServer),
+        real => Ok(real),
+    }
+}
+
+/// The scheduler's choice for a new connection of `flow` to `service`, `NO_REAL` for
+/// none. A BPF global function (exported, of pointers to plain structs and integers):
+/// the verifier checks it once, on its own, where it walks a static function again
+/// from every state a caller reaches it in (each kind of parsed packet), which had
+/// taken `lb_ingress` to 990,000 of its million instructions with debug logging on.
+/// To the verifier its pointers may be null, so they are checked.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_schedule(flow: *const FlowKey, service: *const Service) -> u32 {
+    // SAFETY: `new_connection`'s references, for the duration of the call.
+    let (Some(flow), Some(service)) = (unsafe { flow.as_ref() }, unsafe { service.as_ref() }) else { return NO_REAL };
     let real = match Scheduler::from_u8(service.scheduler) {
-        Some(Scheduler::Rr | Scheduler::Wrr) => next_in_sequence(service)?,
+        Some(Scheduler::Rr | Scheduler::Wrr) => next_in_sequence(service),
         Some(Scheduler::Sh) => {
-            let port = if service.flags & SERVICE_SH_PORT != 0 { packet.flow.src_port } else { [0; 2] };
-            by_hash(service, hash_key(&packet.flow.src, port), service.flags & SERVICE_SH_FALLBACK != 0)?
+            let port = if service.flags & SERVICE_SH_PORT != 0 { flow.src_port } else { [0; 2] };
+            by_hash(service, hash_key(&flow.src, port), service.flags & SERVICE_SH_FALLBACK != 0)
         }
-        Some(Scheduler::Dh) => by_hash(service, hash_key(&packet.flow.dst, [0; 2]), false)?,
+        Some(Scheduler::Dh) => by_hash(service, hash_key(&flow.dst, [0; 2]), false),
         Some(Scheduler::Mh) => {
-            let port = if service.flags & SERVICE_MH_PORT != 0 { packet.flow.src_port } else { [0; 2] };
-            by_maglev(service, maglev_key(&packet.flow.src, port))?
+            let port = if service.flags & SERVICE_MH_PORT != 0 { flow.src_port } else { [0; 2] };
+            by_maglev(service, maglev_key(&flow.src, port))
         }
-        Some(_) => least_loaded(service)?,
-        None => return Err(Reason::NoRealServer),
+        Some(_) => least_loaded(service),
+        None => return NO_REAL,
     };
-    log_new_connection(ctx, packet, service, real);
-    Ok(real)
+    let Ok(real) = real else { return NO_REAL };
+    log_new_connection(flow, service, real);
+    real
 }
 
 #[inline(always)]
@@ -201,8 +218,10 @@ extern "C" fn weigh(index: u64, scan: *mut c_void) -> i64 {
 /// A function of its own, so the verifier walks the log's code once rather than once
 /// per scheduler.
 #[inline(never)]
-fn log_new_connection(ctx: &XdpContext, packet: &Packet, service: &Service, real: u32) {
-    let flow = &packet.flow;
+fn log_new_connection(flow: &FlowKey, service: &Service, real: u32) {
+    // aya-log writes its records to a ring buffer: the context it is handed goes unused
+    // (and a global function has none to hand it).
+    let ctx = ();
     let port = u16::from_be_bytes(flow.src_port);
     if flow.family == FAMILY_IPV4 {
         let client = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
