@@ -14,6 +14,7 @@ mod csum;
 mod forward;
 mod fragments;
 mod header;
+mod locality;
 mod maps;
 mod parse;
 mod persist;
