@@ -141,8 +141,9 @@ impl Expiry {
     }
 
     /// Removes every connection idle for longer than its timeout, the templates no
-    /// longer in use, and lblc's and lblcr's entries by IPVS's rules. The client direction's entry goes first, then the reply's, so
-    /// a Full-NAT local port is never free while a client entry still forwards with it.
+    /// longer in use, and lblc's and lblcr's entries by IPVS's rules. The client
+    /// direction's entry goes first, then the reply's, so a Full-NAT local port is never
+    /// free while a client entry still forwards with it.
     pub fn expire(&mut self, ageing: &Ageing) -> Result<Sweep> {
         let timeouts = &ageing.timeouts;
         // Idle times are measured on the clock the entries were stamped by. If it has
