@@ -18,6 +18,8 @@ pub const DEFAULT_PATH: &str = "/etc/lb/lb.yaml";
 /// mh's table size if a service names none: Katran's and Google's Maglev's, room for
 /// some 650 real servers at the paper's 100 buckets each (IPVS builds in 4093).
 pub const DEFAULT_MH_TABLE_SIZE: u32 = 65537;
+/// IPVS's `lblc_expiration` and `lblcr_expiration` by default: a day.
+pub const DEFAULT_LOCALITY_EXPIRATION: u32 = 24 * 60 * 60;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +182,13 @@ pub struct VirtualService {
     /// mh: the buckets of the Maglev table, a prime ([`DEFAULT_MH_TABLE_SIZE`] if left
     /// out).
     pub mh_table_size: Option<u32>,
+    /// lblc: seconds an entry (a destination's real server) lives unused (IPVS's sysctl
+    /// `lblc_expiration`, per service; [`DEFAULT_LOCALITY_EXPIRATION`] if left out).
+    pub lblc_expiration: Option<u32>,
+    /// lblcr: seconds an entry (a destination's set of real servers) lives unused, and
+    /// a set of more than one keeps its members unchanged before its most loaded one
+    /// leaves (IPVS's sysctl `lblcr_expiration`, per service).
+    pub lblcr_expiration: Option<u32>,
     /// The forwarding method of the real servers that do not name their own.
     #[serde(default)]
     pub forwarding: Forwarding,
@@ -306,8 +315,7 @@ pub enum Protocol {
     Udp,
 }
 
-/// IPVS's schedulers, by their ipvsadm names. Which of them the data path runs is
-/// checked in validation, so a known but unsupported one gets a clear answer.
+/// IPVS's schedulers, by their ipvsadm names.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
@@ -372,36 +380,22 @@ pub enum Forwarding {
     Fnat,
 }
 
-/// A word of the configuration the data path has no implementation of yet.
-#[derive(Debug, thiserror::Error)]
-#[error("{what} `{name}` is not supported yet (supported: {supported})")]
-pub struct Unsupported {
-    what: &'static str,
-    name: String,
-    supported: &'static str,
-}
-
-impl TryFrom<Scheduler> for lb_common::service::Scheduler {
-    type Error = Unsupported;
-
-    fn try_from(scheduler: Scheduler) -> Result<Self, Unsupported> {
+impl From<Scheduler> for lb_common::service::Scheduler {
+    fn from(scheduler: Scheduler) -> Self {
         match scheduler {
-            Scheduler::Rr => Ok(Self::Rr),
-            Scheduler::Wrr => Ok(Self::Wrr),
-            Scheduler::Sh => Ok(Self::Sh),
-            Scheduler::Dh => Ok(Self::Dh),
-            Scheduler::Lc => Ok(Self::Lc),
-            Scheduler::Wlc => Ok(Self::Wlc),
-            Scheduler::Sed => Ok(Self::Sed),
-            Scheduler::Nq => Ok(Self::Nq),
-            Scheduler::Fo => Ok(Self::Fo),
-            Scheduler::Ovf => Ok(Self::Ovf),
-            Scheduler::Mh => Ok(Self::Mh),
-            other => Err(Unsupported {
-                what: "scheduler",
-                name: other.to_string(),
-                supported: "rr, wrr, sh, dh, mh, lc, wlc, sed, nq, fo, ovf",
-            }),
+            Scheduler::Rr => Self::Rr,
+            Scheduler::Wrr => Self::Wrr,
+            Scheduler::Sh => Self::Sh,
+            Scheduler::Dh => Self::Dh,
+            Scheduler::Lc => Self::Lc,
+            Scheduler::Wlc => Self::Wlc,
+            Scheduler::Sed => Self::Sed,
+            Scheduler::Nq => Self::Nq,
+            Scheduler::Fo => Self::Fo,
+            Scheduler::Ovf => Self::Ovf,
+            Scheduler::Mh => Self::Mh,
+            Scheduler::Lblc => Self::Lblc,
+            Scheduler::Lblcr => Self::Lblcr,
         }
     }
 }
@@ -569,6 +563,15 @@ impl VirtualService {
 
     pub fn mh_table_size(&self) -> u32 {
         self.mh_table_size.unwrap_or(DEFAULT_MH_TABLE_SIZE)
+    }
+
+    /// lblc and lblcr: how long an entry lives unused (and an lblcr set unchanged).
+    pub fn locality_expiration(&self) -> Option<u32> {
+        match self.scheduler {
+            Scheduler::Lblc => Some(self.lblc_expiration.unwrap_or(DEFAULT_LOCALITY_EXPIRATION)),
+            Scheduler::Lblcr => Some(self.lblcr_expiration.unwrap_or(DEFAULT_LOCALITY_EXPIRATION)),
+            _ => None,
+        }
     }
 }
 

@@ -19,10 +19,11 @@ use lb_common::{
     TAIL_CALL_TOA,
     conn::{Conn, FlowKey},
     interface::{Interface, InterfaceKey},
+    locality::{Locality, LocalityKey},
     names,
     persist::{Persist, PersistKey},
     real::{RealLoad, RealServer},
-    service::{SchedCursor, Service, ServiceKey},
+    service::{NO_REAL, SchedCursor, Service, ServiceKey},
     stats::{Counters, Reason},
 };
 
@@ -83,6 +84,7 @@ struct Maps {
     sched_cursor: Array<MapData, SchedCursor>,
     conns: HashMap<MapData, FlowKey, Conn>,
     templates: HashMap<MapData, PersistKey, Persist>,
+    localities: HashMap<MapData, LocalityKey, Locality>,
     local_addresses: Array<MapData, [u8; 16]>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
@@ -97,7 +99,8 @@ struct Attachment {
     restore_rx_vlan: bool,
 }
 
-/// What the connection table and the persistence templates refer to.
+/// What the connection table, the persistence templates and lblc's and lblcr's
+/// entries refer to.
 #[derive(Debug, Default)]
 pub struct ConnReferences {
     pub reals: HashSet<u32>,
@@ -128,6 +131,7 @@ impl Dataplane {
             sched_cursor: typed(&mut ebpf, names::SCHED_CURSOR)?,
             conns: typed(&mut ebpf, names::CONNS)?,
             templates: typed(&mut ebpf, names::PERSIST)?,
+            localities: typed(&mut ebpf, names::LOCALITY)?,
             local_addresses: typed(&mut ebpf, names::LOCAL_ADDRESSES)?,
             service_stats: typed(&mut ebpf, names::SERVICE_STATS)?,
             real_stats: typed(&mut ebpf, names::REAL_STATS)?,
@@ -284,8 +288,8 @@ impl Dataplane {
         walk(&self.maps.conns, names::CONNS, visit)
     }
 
-    /// The real-server ids and service indexes that some connection entry still
-    /// points at.
+    /// The real-server ids and service indexes that some connection entry, template
+    /// or lblc or lblcr entry still points at.
     pub fn conn_references(&self) -> Result<ConnReferences> {
         let mut references = ConnReferences::default();
         walk(&self.maps.conns, names::CONNS, |_, conn| {
@@ -296,6 +300,12 @@ impl Dataplane {
         // an id that was given to another real server.
         walk(&self.maps.templates, names::PERSIST, |key, template| {
             references.reals.insert(template.real);
+            references.services.insert(key.service);
+        })?;
+        // So do lblc's and lblcr's entries, until the ager drops a removed real server
+        // from them.
+        walk(&self.maps.localities, names::LOCALITY, |key, entry| {
+            references.reals.extend(entry.reals.iter().filter(|&&real| real != NO_REAL));
             references.services.insert(key.service);
         })?;
         Ok(references)
@@ -310,6 +320,11 @@ impl Dataplane {
     /// A handle of its own on the persistence templates, for ageing them.
     pub fn template_table(&self) -> Result<TemplateTable> {
         Table::of(self.maps.templates.map(), names::PERSIST)
+    }
+
+    /// A handle of its own on lblc's and lblcr's entries, for ageing them.
+    pub fn locality_table(&self) -> Result<LocalityTable> {
+        Table::of(self.maps.localities.map(), names::LOCALITY)
     }
 
     /// Real server `id`'s connections, weight and thresholds.
@@ -344,16 +359,22 @@ impl Dataplane {
 
 /// A hash map of the data path through a descriptor of its own (the same kernel map
 /// the data path reads and writes as packets pass), for a task that does not hold the
-/// director: the connection table, the persistence templates.
+/// director: the connection table, the persistence templates, lblc's and lblcr's
+/// entries.
 pub struct Table<K, V> {
     map: HashMap<MapData, K, V>,
     name: &'static str,
 }
 
+/// `bpf(2)`'s `BPF_EXIST`: an update that only replaces an entry, never adds one.
+const BPF_EXIST: u64 = 2;
+
 /// The connection table (`CONNS`).
 pub type ConnTable = Table<FlowKey, Conn>;
 /// The persistence templates (`PERSIST`).
 pub type TemplateTable = Table<PersistKey, Persist>;
+/// lblc's and lblcr's entries (`LOCALITY`).
+pub type LocalityTable = Table<LocalityKey, Locality>;
 
 impl<K: Pod, V: Pod> Table<K, V> {
     fn of(data: &MapData, name: &'static str) -> Result<Self> {
@@ -372,6 +393,16 @@ impl<K: Pod, V: Pod> Table<K, V> {
             Ok(value) => Ok(Some(value)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(err) => Err(err).with_context(|| format!("reading {}", self.name)),
+        }
+    }
+
+    /// Replaces the entry of `key` with `value`; answers false when it was gone
+    /// already (evicted), and leaves it gone.
+    pub fn replace(&mut self, key: &K, value: &V) -> Result<bool> {
+        match self.map.insert(key, value, BPF_EXIST) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(err) => Err(err).with_context(|| format!("writing {}", self.name)),
         }
     }
 

@@ -33,7 +33,7 @@ use crate::{
     config::{Config, Endpoint, Protocol, Real, SchedulerFlag, Timeouts, VirtualService},
     connections,
     dataplane::{Dataplane, Limits},
-    expiry::{Ageing, Persisting},
+    expiry::{Ageing, Localizing, Persisting},
     neighbour::{Link, Links},
     registry::Registry,
     sched::{self, Candidate, Hashing, Ring, Slots},
@@ -124,8 +124,9 @@ impl Director {
         self.running_config().map_or_else(Timeouts::default, |config| config.timeouts)
     }
 
-    /// What the ager needs of the running configuration: its timeouts, and each
-    /// persistent service's templates' timeout and networks.
+    /// What the ager needs of the running configuration: its timeouts, each
+    /// persistent service's templates' timeout and networks, and each lblc or lblcr
+    /// service's expiration and real servers.
     pub fn ageing(&self) -> Ageing {
         let Some(config) = self.running_config() else { return Ageing::default() };
         let persistence = config
@@ -136,7 +137,19 @@ impl Director {
                 Some((self.ids.services.get(&service.name)?, Persisting { timeout, prefixes }))
             })
             .collect();
-        Ageing { timeouts: config.timeouts, persistence }
+        Ageing { timeouts: config.timeouts, persistence, locality: self.localizing(config) }
+    }
+
+    /// Each lblc or lblcr service's expiration and real servers, by index.
+    fn localizing(&self, config: &Config) -> HashMap<u32, Localizing> {
+        let localizing = |service: &VirtualService| {
+            let expiration = service.locality_expiration()?;
+            let owner = |real: &Real| (service.name.clone(), real.address);
+            let reals = service.reals.iter().filter_map(|real| self.ids.reals.get(&owner(real))).collect();
+            let scheduler = Scheduler::from(service.scheduler) as u8;
+            Some((self.ids.services.get(&service.name)?, Localizing { scheduler, expiration, reals }))
+        };
+        config.services.iter().filter_map(localizing).collect()
     }
 
     /// Makes the director run `config`, with real servers reached over `links`: the
@@ -242,7 +255,7 @@ impl Director {
                 Ok(self.dataplane.conn_references()?.services)
             })
             .with_context(|| format!("service {}: all {MAX_SERVICES} service slots are taken", service.name))?;
-            let scheduler = Scheduler::try_from(service.scheduler)?;
+            let scheduler = Scheduler::from(service.scheduler);
             let mut candidates = Vec::new();
             for real in &service.reals {
                 let owner = (service.name.clone(), real.address);

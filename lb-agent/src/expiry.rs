@@ -13,7 +13,8 @@
 //!
 //! It also expires persistence templates as IPVS does: once the service's timeout has
 //! passed since a new connection last used one, and no connection of the table that
-//! it could have sent remains (IPVS's `n_control`).
+//! it could have sent remains (IPVS's `n_control`); and lblc's and lblcr's entries
+//! ([`locality`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,17 +26,23 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aya::Pod;
 use lb_common::{
     conn::{Conn, FlowKey},
-    persist::PersistKey,
+    locality::{Locality, LocalityKey},
+    persist::{Persist, PersistKey},
     real::RealLoad,
     state,
 };
 
 use crate::{
     config::Timeouts,
-    dataplane::{Clock, ConnTable, Dataplane, RealLoads, TemplateTable, kernel_seconds},
+    dataplane::{Clock, ConnTable, Dataplane, LocalityTable, RealLoads, Table, TemplateTable, kernel_seconds},
 };
+
+pub mod locality;
+
+pub use locality::Localizing;
 
 /// How often the table is walked, at the least.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -43,11 +50,12 @@ const INTERVAL: Duration = Duration::from_secs(2);
 /// is aged less often rather than taking a whole CPU.
 const PAUSE_FACTOR: u32 = 4;
 
-/// The ager: its own handles on the connection table and the persistence templates,
-/// and what it counted.
+/// The ager: its own handles on the connection table, the persistence templates and
+/// lblc's and lblcr's entries, and what it counted.
 pub struct Expiry {
     table: ConnTable,
     templates: TemplateTable,
+    localities: LocalityTable,
     clock: Clock,
     real_loads: Arc<RealLoads>,
     counts: Arc<Counts>,
@@ -81,6 +89,10 @@ pub struct Sweep {
     pub expired: u64,
     /// Persistence templates removed.
     pub templates_expired: u64,
+    /// lblc's and lblcr's entries removed.
+    pub localities_expired: u64,
+    /// Members lblcr's sets lost for having gone unchanged for the expiration.
+    pub replicas_erased: u64,
 }
 
 /// What ageing needs of the running configuration.
@@ -90,6 +102,8 @@ pub struct Ageing {
     /// Per persistent service, by index: its templates' timeout and its clients'
     /// prefix lengths.
     pub persistence: HashMap<u32, Persisting>,
+    /// Per lblc or lblcr service, by index: its entries' expiration and real servers.
+    pub locality: HashMap<u32, Localizing>,
 }
 
 /// A persistent service's templates: how long one lives after its last new
@@ -109,11 +123,13 @@ impl Persisting {
 }
 
 impl Expiry {
-    /// The ager of the data path's connections and templates, with handles of its own.
+    /// The ager of the data path's connections, templates and lblc's and lblcr's
+    /// entries, with handles of its own.
     pub fn new(dataplane: &Dataplane) -> Result<Self> {
         Ok(Self {
             table: dataplane.conn_table()?,
             templates: dataplane.template_table()?,
+            localities: dataplane.locality_table()?,
             clock: dataplane.clock()?,
             real_loads: dataplane.real_loads(),
             counts: Arc::default(),
@@ -124,9 +140,10 @@ impl Expiry {
         self.counts.clone()
     }
 
-    /// Removes every connection idle for longer than its timeout, and the templates
-    /// no longer in use. The client direction's entry goes first, then the reply's, so
-    /// a Full-NAT local port is never free while a client entry still forwards with it.
+    /// Removes every connection idle for longer than its timeout, the templates no
+    /// longer in use, and lblc's and lblcr's entries by IPVS's rules. The client
+    /// direction's entry goes first, then the reply's, so a Full-NAT local port is never
+    /// free while a client entry still forwards with it.
     pub fn expire(&mut self, ageing: &Ageing) -> Result<Sweep> {
         let timeouts = &ageing.timeouts;
         // Idle times are measured on the clock the entries were stamped by. If it has
@@ -184,9 +201,10 @@ impl Expiry {
         }
         self.reconcile(&counted, &held);
         let templates_expired = self.expire_templates(now, &ageing.persistence, &controlling)?;
+        let (localities_expired, replicas_erased) = self.expire_localities(now, &ageing.locality)?;
         self.counts.entries.store(entries, Ordering::Relaxed);
         self.counts.expired.fetch_add(expired, Ordering::Relaxed);
-        Ok(Sweep { entries, expired, templates_expired })
+        Ok(Sweep { entries, expired, templates_expired, localities_expired, replicas_erased })
     }
 
     /// Removes the templates unused for longer than their service's timeout that no
@@ -200,21 +218,61 @@ impl Expiry {
         controlling: &HashSet<PersistKey>,
     ) -> Result<u64> {
         let orphaned = INTERVAL.as_secs() as u32;
-        let mut stale = Vec::new();
-        self.templates.walk(|key, template| {
+        let stale = |key: &PersistKey, template: &Persist| {
             let timeout = persistence.get(&key.service).map_or(orphaned, |persisting| persisting.timeout);
-            if now.saturating_sub(template.last_used) > timeout && !controlling.contains(key) {
-                stale.push((*key, *template));
+            (now.saturating_sub(template.last_used) > timeout && !controlling.contains(key)).then_some(())
+        };
+        let mut picked = Vec::new();
+        self.templates.walk(|key, template| picked.extend(stale(key, template).map(|()| *key)))?;
+        let mut removed = 0;
+        revisit(&mut self.templates, picked, stale, |templates, key, ()| {
+            removed += u64::from(templates.remove(key)?);
+            Ok(())
+        })?;
+        Ok(removed)
+    }
+
+    /// Removes lblc's and lblcr's entries unused for their service's expiration (and
+    /// those of services no longer lblc or lblcr), shrinks lblcr's sets, and in a
+    /// service's table above IPVS's size removes entries unused for six minutes;
+    /// answers how many entries went and how many members sets lost.
+    fn expire_localities(&mut self, now: u32, services: &HashMap<u32, Localizing>) -> Result<(u64, u64)> {
+        let orphaned = INTERVAL.as_secs() as u32;
+        let loads = self.real_loads.all();
+        let fate = |key: &LocalityKey, entry: &Locality| locality::fate(now, key, entry, services, &loads, orphaned);
+        let mut changing = Vec::new();
+        let mut sizes: HashMap<u32, usize> = HashMap::new();
+        let mut crowded: HashMap<u32, Vec<LocalityKey>> = HashMap::new();
+        self.localities.walk(|key, entry| match fate(key, entry) {
+            Some(_) => changing.push(*key),
+            None => {
+                *sizes.entry(key.service).or_default() += 1;
+                if locality::crowded_out(now, entry) {
+                    crowded.entry(key.service).or_default().push(*key);
+                }
             }
         })?;
-        let mut removed = 0;
-        for (key, template) in stale {
-            // As it is now: a new connection may have used it since the walk read it.
-            if self.templates.get(&key)? == Some(template) {
-                removed += u64::from(self.templates.remove(&key)?);
+        let (mut expired, mut erased) = (0, 0);
+        revisit(&mut self.localities, changing, fate, |localities, key, fate| {
+            match fate {
+                locality::Fate::Expire => expired += u64::from(localities.remove(key)?),
+                locality::Fate::Shrink { entry, erased: replica } => {
+                    let replaced = localities.replace(key, &entry)?;
+                    erased += u64::from(replaced && replica.is_some());
+                }
             }
+            Ok(())
+        })?;
+        for (service, keys) in crowded {
+            let goal = locality::over_size_goal(sizes[&service]);
+            let crowded_out = |_: &LocalityKey, entry: &Locality| locality::crowded_out(now, entry).then_some(());
+            let keys = keys.into_iter().take(goal).collect();
+            revisit(&mut self.localities, keys, crowded_out, |localities, key, ()| {
+                expired += u64::from(localities.remove(key)?);
+                Ok(())
+            })?;
         }
-        Ok(removed)
+        Ok((expired, erased))
     }
 
     /// Sets each real server's counts to what the table holds (`held`), plus what the
@@ -343,6 +401,24 @@ fn tally(held: &mut HashMap<u32, Held>, protocol: u8, conn: &Conn, sign: i64) {
     } else {
         counts.inactive += sign;
     }
+}
+
+/// For each of `keys` (picked by a walk of `table`), reads its entry again, as a
+/// packet may have used it since the walk read it, and passes it to `act` with what
+/// `decide` answers for it now, if anything.
+fn revisit<K: Pod, V: Pod, A>(
+    table: &mut Table<K, V>,
+    keys: Vec<K>,
+    decide: impl Fn(&K, &V) -> Option<A>,
+    mut act: impl FnMut(&mut Table<K, V>, &K, A) -> Result<()>,
+) -> Result<()> {
+    for key in keys {
+        let Some(value) = table.get(&key)? else { continue };
+        if let Some(action) = decide(&key, &value) {
+            act(table, &key, action)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whole seconds since the entry forwarded a packet; none for a stamp from after

@@ -45,8 +45,8 @@ impl Candidate {
 
 /// What the data path reads to schedule: for rr and wrr one cycle of the service's
 /// schedule, for sh and dh the hash table (with sh-fallback, its fallback table after
-/// it), for mh the Maglev table, for the dynamic schedulers the real servers that may
-/// take a connection, as real-server ids.
+/// it), for mh the Maglev table, for the dynamic schedulers (lblc and lblcr too) the
+/// real servers that may take a connection, as real-server ids.
 pub fn sequence(scheduler: Scheduler, hashing: Hashing, candidates: &[Candidate]) -> Vec<u32> {
     let reachable: Vec<Candidate> = candidates.iter().filter(|c| c.reachable).copied().collect();
     match scheduler {
@@ -59,9 +59,14 @@ pub fn sequence(scheduler: Scheduler, hashing: Hashing, candidates: &[Candidate]
         Scheduler::Dh => hash_table(candidates, |_| 1, false),
         Scheduler::Mh => maglev::table(candidates, hashing.mh_table_size, hashing.fallback),
         // The data path weighs the live loads of these, in order.
-        Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq | Scheduler::Fo | Scheduler::Ovf => {
-            rr_sequence(&reachable)
-        }
+        Scheduler::Lc
+        | Scheduler::Wlc
+        | Scheduler::Sed
+        | Scheduler::Nq
+        | Scheduler::Fo
+        | Scheduler::Ovf
+        | Scheduler::Lblc
+        | Scheduler::Lblcr => rr_sequence(&reachable),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod decap;
 pub mod fragment;
 pub mod interface;
+pub mod locality;
 pub mod persist;
 pub mod real;
 pub mod service;
@@ -64,6 +65,7 @@ pub mod names {
     pub const SCHED_CURSOR: &str = "SCHED_CURSOR";
     pub const CONNS: &str = "CONNS";
     pub const PERSIST: &str = "PERSIST";
+    pub const LOCALITY: &str = "LOCALITY";
     pub const REAL_LOAD: &str = "REAL_LOAD";
     pub const CLOCK: &str = "CLOCK";
     pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";

@@ -7,6 +7,7 @@ use crate::{
     conn::{Conn, FlowKey},
     decap::{AddressKey, Traffic},
     interface::{Interface, InterfaceKey},
+    locality::{Locality, LocalityKey},
     persist::{Persist, PersistKey},
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
@@ -26,3 +27,5 @@ unsafe impl aya::Pod for AddressKey {}
 unsafe impl aya::Pod for Traffic {}
 unsafe impl aya::Pod for PersistKey {}
 unsafe impl aya::Pod for Persist {}
+unsafe impl aya::Pod for LocalityKey {}
+unsafe impl aya::Pod for Locality {}

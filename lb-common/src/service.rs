@@ -41,6 +41,14 @@ pub enum Scheduler {
     /// picks a bucket of the Maglev table the agent computed; the table has
     /// `sequence_len` buckets (a prime).
     Mh = 10,
+    /// Locality-based least connections: a destination address keeps its real server
+    /// (its entry in `LOCALITY`) until that one is unavailable or overloaded while
+    /// another is lightly loaded; then wlc chooses anew.
+    Lblc = 11,
+    /// Locality-based least connections with replication: a destination address has a
+    /// set of real servers and goes to its least loaded; when that one is overloaded,
+    /// wlc's choice joins the set.
+    Lblcr = 12,
 }
 
 impl Scheduler {
@@ -57,6 +65,8 @@ impl Scheduler {
             8 => Some(Self::Fo),
             9 => Some(Self::Ovf),
             10 => Some(Self::Mh),
+            11 => Some(Self::Lblc),
+            12 => Some(Self::Lblcr),
             _ => None,
         }
     }
@@ -65,7 +75,7 @@ impl Scheduler {
     /// connection; its sequence is then the real servers that may take one.
     pub const fn is_dynamic(self) -> bool {
         match self {
-            Self::Lc | Self::Wlc | Self::Sed | Self::Nq | Self::Fo | Self::Ovf => true,
+            Self::Lc | Self::Wlc | Self::Sed | Self::Nq | Self::Fo | Self::Ovf | Self::Lblc | Self::Lblcr => true,
             Self::Rr | Self::Wrr | Self::Sh | Self::Dh | Self::Mh => false,
         }
     }

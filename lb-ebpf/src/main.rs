@@ -14,6 +14,7 @@ mod csum;
 mod forward;
 mod fragments;
 mod header;
+mod locality;
 mod maps;
 mod parse;
 mod persist;
@@ -88,7 +89,6 @@ fn ingress(ctx: &XdpContext) -> Result<u32, Reason> {
 fn new_flow(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Reason> {
     let service = service::lookup(ctx, packet)?;
     let id = persist::schedule(packet, service)?;
-    sched::lb_log_new_connection(ctx.ctx, packet.l3 as u32, packet.l4 as u32, service.index, id);
     let real = forward::reachable(ctx, packet, id)?;
     let opening = maps::OPENING.get_ptr_mut(0).ok_or(Reason::ConnInsertFailed)?;
     // SAFETY: a per-CPU value, used by this CPU's packet only, for this call.

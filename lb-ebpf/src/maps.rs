@@ -10,6 +10,7 @@ use lb_common::{
     conn::{Conn, FlowKey},
     fragment::{FRAGMENT_TABLE_SIZE, FirstFragment, FragmentKey},
     interface::{Interface, InterfaceKey},
+    locality::{LOCALITY_TABLE_SIZE, Locality, LocalityKey},
     persist::{PERSIST_TABLE_SIZE, Persist, PersistKey},
     real::{RealLoad, RealServer},
     service::{SchedCursor, Service, ServiceKey},
@@ -50,6 +51,12 @@ pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_
 /// them by the service's timeout once no connection they sent is left.
 #[map]
 pub static PERSIST: LruHashMap<PersistKey, Persist> = LruHashMap::with_max_entries(PERSIST_TABLE_SIZE, 0);
+
+/// lblc's and lblcr's tables: (service, destination address) to its real server or
+/// set of real servers. The data path adds and changes entries; the agent removes and
+/// shrinks them.
+#[map]
+pub static LOCALITY: LruHashMap<LocalityKey, Locality> = LruHashMap::with_max_entries(LOCALITY_TABLE_SIZE, 0);
 
 /// Per real server (by id), its connections for every CPU at once, its weight and its
 /// thresholds: what the least-connection schedulers weigh. Mapped into the agent's

@@ -8,16 +8,19 @@
 //! sent, with `mh-fallback`, a bucket whose real server cannot take a connection on to
 //! one that can: one read either way. The dynamic schedulers (lc, wlc, sed, nq, fo,
 //! ovf) weigh the live loads of the real servers the agent listed, every CPU's
-//! connections counted in one place.
+//! connections counted in one place; lblc and lblcr (`locality`) first ask the
+//! destination's entry, and weigh as wlc does.
 //!
 //! Whether a real server is overloaded (past its upper threshold) changes with every
 //! connection, so no table of the agent's can know it: in a service with thresholds,
 //! the static schedulers check their pick and, where IPVS's would walk on, search
 //! their sequence or table from there (`first_available`).
 
-use aya_ebpf::{bindings::xdp_md, cty::c_void, helpers::bpf_loop, programs::XdpContext};
+use aya_ebpf::{cty::c_void, helpers::bpf_loop};
 use aya_log_ebpf::debug;
 use lb_common::{
+    FAMILY_IPV4,
+    conn::FlowKey,
     service::{
         HASH_BUCKETS, NO_REAL, SERVICE_MH_FALLBACK, SERVICE_MH_PORT, SERVICE_SH_FALLBACK, SERVICE_SH_PORT,
         SERVICE_THRESHOLDS, Scheduler, Service,
@@ -26,35 +29,53 @@ use lb_common::{
 };
 
 use crate::{
-    atomic,
-    header::header,
+    atomic, locality,
     maps::{REAL_LOAD, SCHED_CURSOR, SCHED_RING},
     parse::Packet,
 };
 
 /// A real server (its id) for the first packet of a flow. Only a packet that may open
-/// a connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS. A
-/// function of its own: inlined, its locals would stack new_flow's frame and the
-/// dynamic schedulers' beyond the 512 bytes a call chain may use.
-#[inline(never)]
+/// a connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS.
+#[inline(always)]
 pub fn new_connection(packet: &Packet, service: &Service) -> Result<u32, Reason> {
     if !packet.opens_connection {
         return Err(Reason::NoConnection);
     }
-    match Scheduler::from_u8(service.scheduler) {
+    match lb_schedule(&packet.flow, service) {
+        NO_REAL => Err(Reason::NoRealServer),
+        real => Ok(real),
+    }
+}
+
+/// The scheduler's choice for a new connection of `flow` to `service`, `NO_REAL` for
+/// none. A BPF global function (exported, of pointers to plain structs and integers):
+/// the verifier checks it once, on its own, where it walks a static function again
+/// from every state a caller reaches it in (each kind of parsed packet), which had
+/// taken `lb_ingress` to 990,000 of its million instructions with debug logging on.
+/// To the verifier its pointers may be null, so they are checked.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_schedule(flow: *const FlowKey, service: *const Service) -> u32 {
+    // SAFETY: `new_connection`'s references, for the duration of the call.
+    let (Some(flow), Some(service)) = (unsafe { flow.as_ref() }, unsafe { service.as_ref() }) else { return NO_REAL };
+    let real = match Scheduler::from_u8(service.scheduler) {
         Some(Scheduler::Rr | Scheduler::Wrr) => next_in_sequence(service),
         Some(Scheduler::Sh) => {
-            let port = if service.flags & SERVICE_SH_PORT != 0 { packet.flow.src_port } else { [0; 2] };
-            by_hash(service, hash_key(&packet.flow.src, port), service.flags & SERVICE_SH_FALLBACK != 0)
+            let port = if service.flags & SERVICE_SH_PORT != 0 { flow.src_port } else { [0; 2] };
+            by_hash(service, hash_key(&flow.src, port), service.flags & SERVICE_SH_FALLBACK != 0)
         }
-        Some(Scheduler::Dh) => by_hash(service, hash_key(&packet.flow.dst, [0; 2]), false),
+        Some(Scheduler::Dh) => by_hash(service, hash_key(&flow.dst, [0; 2]), false),
         Some(Scheduler::Mh) => {
-            let port = if service.flags & SERVICE_MH_PORT != 0 { packet.flow.src_port } else { [0; 2] };
-            by_maglev(service, maglev_key(&packet.flow.src, port))
+            let port = if service.flags & SERVICE_MH_PORT != 0 { flow.src_port } else { [0; 2] };
+            by_maglev(service, maglev_key(&flow.src, port))
         }
+        Some(Scheduler::Lblc | Scheduler::Lblcr) => locality::schedule(flow, service),
         Some(_) => least_loaded(service),
-        None => Err(Reason::NoRealServer),
-    }
+        None => return NO_REAL,
+    };
+    let Ok(real) = real else { return NO_REAL };
+    log_new_connection(flow, service, real);
+    real
 }
 
 /// rr's and wrr's next slot. Past an overloaded real server the walk goes on, and the
@@ -78,8 +99,10 @@ fn next_in_sequence(service: &Service) -> Result<u32, Reason> {
 
 /// What IPVS's `ip_vs_sh_hashkey`, `ip_vs_dh_hashkey` and `ip_vs_mh_hashkey` hash: an
 /// IPv6 address folded to 32 bits by XOR (an IPv4 one is its first word, the others
-/// being zero), plus the port (with `sh-port`, `mh-port`).
-#[inline(always)]
+/// being zero), plus the port (with `sh-port`, `mh-port`). A function of its own: its
+/// byte loads, spilled, took `lb_schedule`'s frame to 104 bytes, and lblc's and lblcr's
+/// functions below it would not fit the 512 bytes of stack.
+#[inline(never)]
 fn fold(address: &[u8; 16], port: [u8; 2]) -> u32 {
     let word = |at: usize| u32::from_be_bytes([address[at], address[at + 1], address[at + 2], address[at + 3]]);
     (word(0) ^ word(4) ^ word(8) ^ word(12)).wrapping_add(u32::from(u16::from_be_bytes(port)))
@@ -207,10 +230,10 @@ extern "C" fn probe(index: u64, search: *mut c_void) -> i64 {
     1
 }
 
-/// What a scan of a service's real servers has found so far: `bpf_loop`'s context.
-struct Scan {
-    /// The service's first slot in `SCHED_RING`, and its [`Scheduler`].
-    start: u32,
+/// The best real server a scan of some has found so far, by a dynamic scheduler's
+/// formula.
+pub struct Scan {
+    /// A [`Scheduler`].
     scheduler: u8,
     /// The real server chosen so far (`NO_REAL`: none), its overhead and weight.
     best: u32,
@@ -218,99 +241,107 @@ struct Scan {
     best_overhead: i64,
 }
 
-/// IPVS's dynamic schedulers (`ip_vs_lc.c`, `ip_vs_wlc.c`, `ip_vs_sed.c`,
-/// `ip_vs_nq.c`, `ip_vs_fo.c`, `ip_vs_ovf.c`): every real server of the service's run
-/// weighed by its live load, in order, skipping those quiesced or overloaded. The loop
-/// is the kernel's (`bpf_loop`), so the verifier checks its body once, whatever the
-/// number of real servers.
-#[inline(never)]
-fn least_loaded(service: &Service) -> Result<u32, Reason> {
-    let mut scan = Scan {
-        start: service.sequence_start,
-        scheduler: service.scheduler,
-        best: NO_REAL,
-        best_weight: 0,
-        best_overhead: 0,
-    };
-    // SAFETY: `weigh` is a static function of the program, `scan` lives on this
-    // frame for the whole call.
-    unsafe {
-        bpf_loop(service.sequence_len, weigh as *mut c_void, (&raw mut scan).cast(), 0);
+impl Scan {
+    #[inline(always)]
+    pub const fn new(scheduler: u8) -> Self {
+        Self { scheduler, best: NO_REAL, best_weight: 0, best_overhead: 0 }
     }
-    if scan.best == NO_REAL { Err(Reason::NoRealServer) } else { Ok(scan.best) }
+
+    /// The real server found, if any.
+    #[inline(always)]
+    pub fn best(&self) -> Result<u32, Reason> {
+        if self.best == NO_REAL { Err(Reason::NoRealServer) } else { Ok(self.best) }
+    }
+
+    /// Weighs real server `id` against the best so far by the scheduler's formula,
+    /// skipping it if quiesced or overloaded; answers whether to stop (nq's idle
+    /// server).
+    #[inline(always)]
+    pub fn weigh(&mut self, id: u32) -> bool {
+        let Some(load) = REAL_LOAD.get(id) else { return false };
+        let weight = load.weight;
+        if weight == 0 || load.overloaded != 0 {
+            return false;
+        }
+        // A count may dip below zero for a moment (the agent reconciles it).
+        let (active, inactive) = (load.active.max(0), load.inactive.max(0));
+        let none = self.best == NO_REAL;
+        // (overhead, weight) is smaller than the best's: overhead / weight, multiplied out.
+        let lighter =
+            |overhead: i64| none || self.best_overhead * i64::from(weight) > overhead * i64::from(self.best_weight);
+        let (better, overhead, stop) = match Scheduler::from_u8(self.scheduler) {
+            Some(Scheduler::Lc) => {
+                let overhead = (active << 8) + inactive;
+                (none || overhead < self.best_overhead, overhead, false)
+            }
+            // lblc and lblcr choose a new real server by wlc's rule
+            // (`__ip_vs_lblc_schedule`, `__ip_vs_lblcr_schedule`), and the least
+            // loaded of an lblcr set too (`ip_vs_dest_set_min`).
+            Some(Scheduler::Wlc | Scheduler::Lblc | Scheduler::Lblcr) => {
+                let overhead = (active << 8) + inactive;
+                (lighter(overhead), overhead, false)
+            }
+            Some(Scheduler::Sed) => (lighter(active + 1), active + 1, false),
+            // An idle real server at once, else as sed.
+            Some(Scheduler::Nq) => (active == 0 || lighter(active + 1), active + 1, active == 0),
+            Some(Scheduler::Fo) => (weight > self.best_weight, 0, false),
+            Some(Scheduler::Ovf) => (active <= i64::from(weight) && (none || weight > self.best_weight), 0, false),
+            _ => return true,
+        };
+        if better {
+            self.best = id;
+            self.best_weight = weight;
+            self.best_overhead = overhead;
+        }
+        stop
+    }
 }
 
-/// One real server of a [`Scan`]: whether it is better than the best so far, by the
-/// scheduler's formula. Answers 1 to stop (nq's idle server), 0 to go on.
-extern "C" fn weigh(index: u64, scan: *mut c_void) -> i64 {
-    // SAFETY: `least_loaded`'s `Scan`, for the duration of its `bpf_loop`.
-    let scan = unsafe { &mut *scan.cast::<Scan>() };
-    let Some(&id) = SCHED_RING.get(scan.start.wrapping_add(index as u32)) else { return 1 };
-    let Some(load) = REAL_LOAD.get(id) else { return 0 };
-    let weight = load.weight;
-    if weight == 0 || load.overloaded != 0 {
-        return 0;
+/// A scan of a service's run of `SCHED_RING`, from its first slot: `bpf_loop`'s
+/// context.
+struct RunScan {
+    start: u32,
+    scan: Scan,
+}
+
+/// IPVS's dynamic schedulers (`ip_vs_lc.c`, `ip_vs_wlc.c`, `ip_vs_sed.c`,
+/// `ip_vs_nq.c`, `ip_vs_fo.c`, `ip_vs_ovf.c`, and lblc's and lblcr's wlc): every real
+/// server of the service's run weighed by its live load, in order, skipping those
+/// quiesced or overloaded. The loop is the kernel's (`bpf_loop`), so the verifier
+/// checks its body once, whatever the number of real servers.
+#[inline(never)]
+pub fn least_loaded(service: &Service) -> Result<u32, Reason> {
+    let mut run = RunScan { start: service.sequence_start, scan: Scan::new(service.scheduler) };
+    // SAFETY: `weigh_next` is a static function of the program, `run` lives on this
+    // frame for the whole call.
+    unsafe {
+        bpf_loop(service.sequence_len, weigh_next as *mut c_void, (&raw mut run).cast(), 0);
     }
-    // A count may dip below zero for a moment (the agent reconciles it).
-    let (active, inactive) = (load.active.max(0), load.inactive.max(0));
-    let none = scan.best == NO_REAL;
-    // (overhead, weight) is smaller than the best's: overhead / weight, multiplied out.
-    let lighter =
-        |overhead: i64| none || scan.best_overhead * i64::from(weight) > overhead * i64::from(scan.best_weight);
-    let (better, overhead, stop) = match Scheduler::from_u8(scan.scheduler) {
-        Some(Scheduler::Lc) => {
-            let overhead = (active << 8) + inactive;
-            (none || overhead < scan.best_overhead, overhead, false)
-        }
-        Some(Scheduler::Wlc) => {
-            let overhead = (active << 8) + inactive;
-            (lighter(overhead), overhead, false)
-        }
-        Some(Scheduler::Sed) => (lighter(active + 1), active + 1, false),
-        // An idle real server at once, else as sed.
-        Some(Scheduler::Nq) => (active == 0 || lighter(active + 1), active + 1, active == 0),
-        Some(Scheduler::Fo) => (weight > scan.best_weight, 0, false),
-        Some(Scheduler::Ovf) => (active <= i64::from(weight) && (none || weight > scan.best_weight), 0, false),
-        _ => return 1,
-    };
-    if better {
-        scan.best = id;
-        scan.best_weight = weight;
-        scan.best_overhead = overhead;
-    }
-    i64::from(stop)
+    run.scan.best()
+}
+
+/// The next real server of a [`RunScan`]. Answers 1 to stop, 0 to go on.
+extern "C" fn weigh_next(index: u64, run: *mut c_void) -> i64 {
+    // SAFETY: `least_loaded`'s `RunScan`, for the duration of its `bpf_loop`.
+    let run = unsafe { &mut *run.cast::<RunScan>() };
+    let Some(&id) = SCHED_RING.get(run.start.wrapping_add(index as u32)) else { return 1 };
+    i64::from(run.scan.weigh(id))
 }
 
 /// For an operator tracing scheduling decisions (`lb-agent --ebpf-log-level debug`);
 /// off by default, when it costs a call, one load and one branch per new connection.
-/// The client is read from the frame, at the IP header (`l3`) and the transport
-/// header (`l4`), which nothing has rewritten yet.
-///
-/// A global function: the verifier checks it once, on its own, where it would walk a
-/// static function's code again for every state that reaches a call to it (with debug
-/// logging on, the log's code along every path of the schedulers would pass the
-/// verifier's limit). Hence its arguments: the context and numbers only.
-#[unsafe(no_mangle)]
+/// A function of its own, so the verifier walks the log's code once rather than once
+/// per scheduler.
 #[inline(never)]
-pub extern "C" fn lb_log_new_connection(ctx: *mut xdp_md, l3: u32, l4: u32, service: u32, real: u32) -> i32 {
-    let ctx = XdpContext::new(ctx);
-    // Headers start within the first 256 bytes; bounded so, an offset is one the
-    // verifier lets a frame pointer take.
-    let (l3, l4) = ((l3 & 0xff) as usize, (l4 & 0xff) as usize);
-    // The version's byte read as a word: LLVM turns the check of a single byte into one
-    // the verifier does not learn the frame's length from.
-    let (Some(first), Some(port)) = (header::<[u8; 4]>(&ctx, l3), header::<[u8; 2]>(&ctx, l4)) else { return 0 };
-    // SAFETY: `header` checked that the frame holds them.
-    let (version, port) = unsafe { ((*first)[0] >> 4, u16::from_be_bytes(*port)) };
-    // The source address's place in an IPv4 and an IPv6 header.
-    if version == 4 {
-        let Some(client) = header::<[u8; 4]>(&ctx, l3 + 12) else { return 0 };
-        let client = unsafe { *client };
-        debug!(&ctx, "new flow from {:i}:{} (service {}) to real server {}", client, port, service, real);
+fn log_new_connection(flow: &FlowKey, service: &Service, real: u32) {
+    // aya-log writes its records to a ring buffer: the context it is handed goes unused
+    // (and a global function has none to hand it).
+    let ctx = ();
+    let port = u16::from_be_bytes(flow.src_port);
+    if flow.family == FAMILY_IPV4 {
+        let client = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
+        debug!(ctx, "new flow from {:i}:{} (service {}) to real server {}", client, port, service.index, real);
     } else {
-        let Some(client) = header::<[u8; 16]>(&ctx, l3 + 8) else { return 0 };
-        let client = unsafe { *client };
-        debug!(&ctx, "new flow from [{:i}]:{} (service {}) to real server {}", client, port, service, real);
+        debug!(ctx, "new flow from [{:i}]:{} (service {}) to real server {}", flow.src, port, service.index, real);
     }
-    0
 }

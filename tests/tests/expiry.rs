@@ -53,7 +53,11 @@ fn full_nat_local_ports_return_when_their_connections_expire() {
     assert_eq!(ports, [40000, 40001], "two flows, both local ports");
     assert_eq!(bed.run(&c), (XDP_DROP, c.clone()), "a third finds none free");
     assert_eq!(bed.reason(Reason::LocalPortsExhausted), 1);
-    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0, templates_expired: 0 }, "nothing has been idle yet");
+    assert_eq!(
+        bed.expire(),
+        Sweep { entries: 4, expired: 0, templates_expired: 0, ..Sweep::default() },
+        "nothing has been idle yet"
+    );
 
     sleep(PAST_ONE_SECOND - Duration::from_millis(600));
     // A's real server answers: its reply entry is fresh, and so is A.
@@ -64,13 +68,13 @@ fn full_nat_local_ports_return_when_their_connections_expire() {
     bed.reconfigure("", &dns);
     assert_eq!(
         bed.expire(),
-        Sweep { entries: 4, expired: 0, templates_expired: 0 },
+        Sweep { entries: 4, expired: 0, templates_expired: 0, ..Sweep::default() },
         "IPVS's udp timeout (300 s) once reloaded without one"
     );
     bed.reconfigure(one_second, &dns);
     assert_eq!(
         bed.expire(),
-        Sweep { entries: 4, expired: 1, templates_expired: 0 },
+        Sweep { entries: 4, expired: 1, templates_expired: 0, ..Sweep::default() },
         "a reload's timeouts count at once: B goes"
     );
     let (verdict, out) = bed.run(&a);
@@ -78,7 +82,11 @@ fn full_nat_local_ports_return_when_their_connections_expire() {
     let (verdict, out) = bed.run(&c);
     assert_eq!((verdict, source_port(&out)), (XDP_TX, port_b), "B's port is free again, and C takes it");
     assert_eq!(bed.reason(Reason::LocalPortsExhausted), 1);
-    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0, templates_expired: 0 }, "A's and C's entries");
+    assert_eq!(
+        bed.expire(),
+        Sweep { entries: 4, expired: 0, templates_expired: 0, ..Sweep::default() },
+        "A's and C's entries"
+    );
     assert_eq!((bed.expiry_counts().expired(), bed.expiry_counts().entries()), (1, 4), "what the metrics read");
 }
 
@@ -158,13 +166,13 @@ fn nat_connections_follow_ipvs_full_state_table_and_age_by_state() {
     assert_eq!(listed, expected);
     let held = BTreeMap::from([(format!("web4 {REAL4}"), (2, 3)), (format!("web6 {REAL6}"), (2, 3))]);
     assert_eq!(counts, held, "ESTABLISHED and SYN_RECV are active, the closing ones inactive");
-    assert_eq!(bed.expire(), Sweep { entries: 20, expired: 0, templates_expired: 0 });
+    assert_eq!(bed.expire(), Sweep { entries: 20, expired: 0, templates_expired: 0, ..Sweep::default() });
     assert_eq!(states(&bed).1, held, "the walk finds what the data path counted");
 
     sleep(PAST_ONE_SECOND);
     assert_eq!(
         bed.expire(),
-        Sweep { entries: 20, expired: 6, templates_expired: 0 },
+        Sweep { entries: 20, expired: 6, templates_expired: 0, ..Sweep::default() },
         "TIME_WAIT and CLOSE, by their timeouts"
     );
     let held = BTreeMap::from([(format!("web4 {REAL4}"), (2, 0)), (format!("web6 {REAL6}"), (2, 0))]);
@@ -181,7 +189,7 @@ fn nat_connections_follow_ipvs_full_state_table_and_age_by_state() {
     }
     assert_eq!(bed.reason(Reason::NoConnection), 6);
     assert_eq!(bed.reason(Reason::NotAService), 6);
-    assert_eq!(bed.expire(), Sweep { entries: 8, expired: 0, templates_expired: 0 });
+    assert_eq!(bed.expire(), Sweep { entries: 8, expired: 0, templates_expired: 0, ..Sweep::default() });
 }
 
 #[test]
@@ -222,13 +230,13 @@ fn direct_routing_follows_ipvs_input_only_table_and_counts_survive_eviction() {
     let mut table = bed.director.dataplane().conn_table().unwrap();
     assert!(table.remove(&bed::tcp_flow_key(sock(client, 52002), sock(VIP4, 80))).unwrap());
     assert_eq!(states(&bed).1[&web], (2, 2), "not yet seen");
-    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0, templates_expired: 0 });
+    assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0, templates_expired: 0, ..Sweep::default() });
     assert_eq!(states(&bed).1[&web], (1, 2), "reconciled with the table");
 
     sleep(PAST_ONE_SECOND);
     assert_eq!(
         bed.expire(),
-        Sweep { entries: 4, expired: 2, templates_expired: 0 },
+        Sweep { entries: 4, expired: 2, templates_expired: 0, ..Sweep::default() },
         "FIN_WAIT by tcp_fin, CLOSE by close"
     );
     assert_eq!((states(&bed).1[&web], states(&bed).1[&dns]), ((1, 0), (0, 1)), "52003, and the UDP flow");

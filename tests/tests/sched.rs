@@ -6,13 +6,25 @@
 //! determinism across directors; the
 //! dynamic ones (`ip_vs_lc.c`, `ip_vs_wlc.c`, `ip_vs_sed.c`, `ip_vs_nq.c`, `ip_vs_fo.c`,
 //! `ip_vs_ovf.c`) as connections open, close and go, and weights and thresholds change
-//! (`ip_vs_bind_dest`, `ip_vs_unbind_dest`, `__ip_vs_update_dest`).
+//! (`ip_vs_bind_dest`, `ip_vs_unbind_dest`, `__ip_vs_update_dest`); and lblc and lblcr
+//! (`ip_vs_lblc.c`, `ip_vs_lblcr.c`) for many destination addresses of a firewall-mark
+//! service as well, with real servers removed and added back, and their tables aged
+//! by the agent's ager.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    thread::sleep,
+    time::Duration,
+};
 
-use lb_agent::{director::Director, sched::offset_and_skip};
+use lb_agent::{
+    director::{Director, address_bytes},
+    sched::offset_and_skip,
+};
+use lb_common::service::NO_REAL;
 use lb_tests::{
-    bed::{self, XDP_DROP, XDP_TX, real_mac},
+    bed::{self, AgedBed, XDP_DROP, XDP_TX, real_mac},
     packet::{self, TCP_ACK, TCP_FIN, TCP_SYN},
 };
 
@@ -531,6 +543,8 @@ struct Load {
     u_threshold: u32,
     l_threshold: u32,
     overload: bool,
+    /// No longer in the service's list (IPVS's trash; not `IP_VS_DEST_F_AVAILABLE`).
+    removed: bool,
 }
 
 impl Load {
@@ -557,12 +571,13 @@ fn lc_schedule(dests: &[Load]) -> Option<usize> {
 
 /// `ip_vs_wlc_schedule` (`overhead` = `ip_vs_dest_conn_overhead`) and
 /// `ip_vs_sed_schedule` (`overhead` = `ip_vs_sed_dest_overhead`, active + 1): the first
-/// available real server, then any whose overhead per weight is smaller.
+/// available real server, then any whose overhead per weight is smaller. A removed one
+/// is no longer in the service's list.
 fn weighted_least(dests: &[Load], overhead: fn(&Load) -> i64) -> Option<usize> {
-    let first = dests.iter().position(|dest| !dest.overload && dest.weight > 0)?;
+    let first = dests.iter().position(|dest| !dest.removed && !dest.overload && dest.weight > 0)?;
     let (mut least, mut loh) = (first, overhead(&dests[first]));
     for (i, dest) in dests.iter().enumerate().skip(first + 1) {
-        if dest.overload {
+        if dest.removed || dest.overload {
             continue;
         }
         let doh = overhead(dest);
@@ -572,7 +587,6 @@ fn weighted_least(dests: &[Load], overhead: fn(&Load) -> i64) -> Option<usize> {
     }
     Some(least)
 }
-
 /// `ip_vs_nq_schedule`: an idle real server at once, else as sed.
 fn nq_schedule(dests: &[Load]) -> Option<usize> {
     let mut least: Option<(usize, i64)> = None;
@@ -660,12 +674,25 @@ fn unbind(dest: &mut Load, active: bool) {
     }
 }
 
-/// `__ip_vs_update_dest`, as `ipvsadm -e` changes a weight or thresholds.
-fn update(dest: &mut Load, weight: u32, u_threshold: u32, l_threshold: u32) {
+/// A real server's weight and upper and lower thresholds; `None`: not configured.
+type Limits = Option<(u32, u32, u32)>;
+
+/// `__ip_vs_update_dest`, as `ipvsadm -e` changes a weight or thresholds (or `-a`
+/// brings a removed real server back from the trash); `__ip_vs_del_dest` for `None`.
+fn update(dest: &mut Load, limits: Limits) {
+    let Some((weight, u_threshold, l_threshold)) = limits else {
+        dest.removed = true;
+        return;
+    };
     if u_threshold == 0 || u_threshold > dest.u_threshold {
         dest.overload = false;
     }
-    (dest.weight, dest.u_threshold, dest.l_threshold) = (weight, u_threshold, l_threshold);
+    (dest.weight, dest.u_threshold, dest.l_threshold, dest.removed) = (weight, u_threshold, l_threshold, false);
+}
+
+/// A real server of a service's YAML at `address`, with `limits`.
+fn real(address: &str, (weight, upper, lower): (u32, u32, u32)) -> String {
+    format!("{{ address: \"{address}\", weight: {weight}, upper_threshold: {upper}, lower_threshold: {lower} }}")
 }
 
 /// The services of the tests with loads: one per family, each with its four real
@@ -674,15 +701,7 @@ fn dynamic_services(scheduler: &str, vips: &[&str], limits: &[(u32, u32, u32)]) 
     let mut yaml = String::new();
     for (i, vip) in vips.iter().enumerate() {
         let reals = if vip.contains(':') { REALS6 } else { REALS4 };
-        let reals: Vec<String> = reals
-            .iter()
-            .zip(limits)
-            .map(|(real, (weight, upper, lower))| {
-                format!(
-                    "{{ address: \"{real}\", weight: {weight}, upper_threshold: {upper}, lower_threshold: {lower} }}"
-                )
-            })
-            .collect();
+        let reals: Vec<String> = reals.iter().zip(limits).map(|(address, &limits)| real(address, limits)).collect();
         yaml += &format!(
             "  - {{ name: d{i}, vip: \"{vip}\", port: 80, protocol: tcp, scheduler: {scheduler}, reals: [{}] }}\n",
             reals.join(", ")
@@ -691,89 +710,145 @@ fn dynamic_services(scheduler: &str, vips: &[&str], limits: &[(u32, u32, u32)]) 
     yaml
 }
 
-/// A connection the test holds open: its client, its service's VIP, its real server,
-/// and whether it is still active (no FIN yet).
+/// A connection the test holds open: its client and VIP, the list of real servers
+/// (`Churn::dests`) its real server is in, and whether it is still active (no FIN yet).
 struct Held {
     client: SocketAddr,
-    vip: &'static str,
+    vip: SocketAddr,
+    list: usize,
     real: usize,
     active: bool,
+}
+
+/// What one [`Churn::turn`] did, or asks of the test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// The test opens a connection now.
+    Open,
+    /// The ager walked the tables (some connections went first).
+    Walked,
+    Other,
+}
+
+/// Connections opening, closing and going (as if expired) on a test bed's director,
+/// and IPVS's view of the real servers they count for: one list per service (or IP
+/// version) of the test.
+struct Churn {
+    clients: Clients,
+    /// At most how many connections go at once.
+    going: u32,
+    expiry: lb_agent::expiry::Expiry,
+    dests: Vec<Vec<Load>>,
+    held: Vec<Held>,
+}
+
+impl Churn {
+    fn new(director: &Director, seed: u64, lists: usize, going: u32) -> Self {
+        let expiry = lb_agent::expiry::Expiry::new(director.dataplane()).unwrap();
+        let dests = vec![vec![Load::default(); 4]; lists];
+        Self { clients: Clients(seed), going, expiry, dests, held: Vec::new() }
+    }
+
+    /// Every list's real servers take `limits`, as the director was just given them.
+    fn update(&mut self, limits: &[Limits]) {
+        for dests in &mut self.dests {
+            for (dest, &limits) in dests.iter_mut().zip(limits) {
+                update(dest, limits);
+            }
+        }
+    }
+
+    /// A turn: the test opens a connection (5 in 8), a held connection's client closes
+    /// it (2 in 8), or some connections go and the ager walks.
+    fn turn(&mut self, director: &Director) -> Turn {
+        match self.clients.next() % 8 {
+            0..=4 => Turn::Open,
+            5 | 6 if !self.held.is_empty() => {
+                self.close_one(director);
+                Turn::Other
+            }
+            _ if self.held.len() > 20 => {
+                self.expire_some(director);
+                Turn::Walked
+            }
+            _ => Turn::Other,
+        }
+    }
+
+    /// A new connection went to `real` (`None`: refused), as `ip_vs_bind_dest` counts it.
+    fn opened(&mut self, client: SocketAddr, vip: SocketAddr, list: usize, real: Option<usize>) {
+        if let Some(real) = real {
+            bind(&mut self.dests[list][real]);
+            self.held.push(Held { client, vip, list, real, active: true });
+        }
+    }
+
+    /// A held connection's client closes it: FIN takes SYN_RECV to TIME_WAIT in the
+    /// input-only table, inactive.
+    fn close_one(&mut self, director: &Director) {
+        let i = self.clients.next() as usize % self.held.len();
+        let conn = &mut self.held[i];
+        let fin = packet::tcp_frame(conn.client, conn.vip, TCP_FIN | TCP_ACK, b"");
+        assert_eq!(bed::run(director.dataplane().program(), &fin).unwrap().verdict, XDP_TX);
+        if conn.active {
+            conn.active = false;
+            let dest = &mut self.dests[conn.list][conn.real];
+            (dest.active, dest.inactive) = (dest.active - 1, dest.inactive + 1);
+        }
+    }
+
+    /// Some held connections go (as if expired); the ager's walk frees them.
+    fn expire_some(&mut self, director: &Director) {
+        let mut table = director.dataplane().conn_table().unwrap();
+        for _ in 0..(self.clients.next() % self.going).min(self.held.len() as u32) {
+            let conn = self.held.swap_remove(self.clients.next() as usize % self.held.len());
+            assert!(table.remove(&bed::tcp_flow_key(conn.client, conn.vip)).unwrap());
+            unbind(&mut self.dests[conn.list][conn.real], conn.active);
+        }
+        director.dataplane().clock().unwrap().tick().unwrap();
+        self.expiry.expire(&director.ageing()).unwrap();
+    }
 }
 
 /// The VIPs of the tests with loads: one service per family.
 const LOADED_VIPS: [&str; 2] = ["203.0.113.10", "2001:db8:100::10"];
 
 /// Opens, closes and expires connections of the services of `LOADED_VIPS` through the
-/// data path and the agent's ager, through `phases` of (weight, upper, lower) limits
-/// for the four real servers; each new connection must go where `model` sends it,
-/// given the service (an index of `LOADED_VIPS`), the client and IPVS's view of the
-/// service's real servers. `scheduling` is the scheduler's words of the configuration.
-/// Answers how many overloaded real servers the new connections saw.
+/// data path and the agent's ager ([`Churn`]), through `phases` of (weight, upper,
+/// lower) limits for the four real servers; each new connection must go where `model`
+/// sends it, given the service (an index of `LOADED_VIPS`), the client and IPVS's view
+/// of the service's real servers. `scheduling` is the scheduler's words of the
+/// configuration. Answers how many overloaded real servers the new connections saw.
 fn check_with_loads(
     scheduling: &str,
     phases: &[[(u32, u32, u32); 4]],
     mut model: impl FnMut(usize, SocketAddr, &[Load]) -> Option<usize>,
 ) -> usize {
     const STEPS: u32 = 1500;
-    let mut clients = Clients(0xfeed ^ scheduling.len() as u64);
-    let mut director =
-        bed::director(&dynamic_services(scheduling, &LOADED_VIPS, &phases[0]), 1 << 16, bed::on_ingress).unwrap();
-    let mut expiry = lb_agent::expiry::Expiry::new(director.dataplane()).unwrap();
-    let mut models: Vec<Vec<Load>> = LOADED_VIPS.iter().map(|_| vec![Load::default(); 4]).collect();
-    let mut held: Vec<Held> = Vec::new();
+    let services = |limits| dynamic_services(scheduling, &LOADED_VIPS, limits);
+    let mut director = bed::director(&services(&phases[0]), 1 << 16, bed::on_ingress).unwrap();
+    let mut churn = Churn::new(&director, 0xfeed ^ scheduling.len() as u64, LOADED_VIPS.len(), 8);
     let (mut chosen_counts, mut overloaded) = ([0u32; 4], 0);
     for (phase, limits) in phases.iter().enumerate() {
         if phase > 0 {
-            let services = dynamic_services(scheduling, &LOADED_VIPS, limits);
-            bed::reconfigure(&mut director, &services, bed::on_ingress).unwrap();
+            bed::reconfigure(&mut director, &services(limits), bed::on_ingress).unwrap();
         }
-        for model in &mut models {
-            for (dest, &(weight, upper, lower)) in model.iter_mut().zip(limits) {
-                update(dest, weight, upper, lower);
-            }
-        }
+        churn.update(&limits.map(Some));
         for step in 0..STEPS {
-            match clients.next() % 8 {
-                // A new connection, to either service.
-                0..=4 => {
-                    let v = (clients.next() % 2) as usize;
-                    let client = clients.client(v == 1);
-                    let expected = model(v, client, &models[v]);
-                    overloaded += models[v].iter().filter(|dest| dest.overload).count();
-                    let got = chosen(&director, client, LOADED_VIPS[v]);
-                    assert_eq!(got, expected, "{scheduling} phase {phase} step {step}: {:?}", models[v]);
-                    if let Some(real) = got {
-                        bind(&mut models[v][real]);
-                        held.push(Held { client, vip: LOADED_VIPS[v], real, active: true });
-                        chosen_counts[real] += 1;
-                    }
-                }
-                // The client of a held connection closes it: FIN takes SYN_RECV to
-                // TIME_WAIT in the input-only table, inactive.
-                5 | 6 if !held.is_empty() => {
-                    let i = clients.next() as usize % held.len();
-                    let conn = &mut held[i];
-                    let fin = packet::tcp_frame(conn.client, sock(conn.vip), TCP_FIN | TCP_ACK, b"");
-                    assert_eq!(bed::run(director.dataplane().program(), &fin).unwrap().verdict, XDP_TX);
-                    if conn.active {
-                        conn.active = false;
-                        let dest = &mut models[LOADED_VIPS.iter().position(|v| *v == conn.vip).unwrap()][conn.real];
-                        (dest.active, dest.inactive) = (dest.active - 1, dest.inactive + 1);
-                    }
-                }
-                // Some connections go (as if expired); the ager's next walk frees them.
-                _ if held.len() > 20 => {
-                    let mut table = director.dataplane().conn_table().unwrap();
-                    for _ in 0..clients.next() % 8 {
-                        let conn = held.swap_remove(clients.next() as usize % held.len());
-                        assert!(table.remove(&bed::tcp_flow_key(conn.client, sock(conn.vip))).unwrap());
-                        let v = LOADED_VIPS.iter().position(|v| *v == conn.vip).unwrap();
-                        unbind(&mut models[v][conn.real], conn.active);
-                    }
-                    director.dataplane().clock().unwrap().tick().unwrap();
-                    expiry.expire(&director.ageing()).unwrap();
-                }
-                _ => {}
+            if churn.turn(&director) != Turn::Open {
+                continue;
+            }
+            // A new connection, to either service.
+            let v = (churn.clients.next() % 2) as usize;
+            let client = churn.clients.client(v == 1);
+            let dests = &churn.dests[v];
+            let expected = model(v, client, dests);
+            overloaded += dests.iter().filter(|dest| dest.overload).count();
+            let got = chosen(&director, client, LOADED_VIPS[v]);
+            assert_eq!(got, expected, "{scheduling} phase {phase} step {step}: {dests:?}");
+            churn.opened(client, sock(LOADED_VIPS[v]), v, got);
+            if let Some(real) = got {
+                chosen_counts[real] += 1;
             }
         }
     }
@@ -902,4 +977,343 @@ fn static_schedulers_pass_over_overloaded_real_servers_as_ipvs_does() {
 
 fn sock(vip: &str) -> SocketAddr {
     SocketAddr::new(vip.parse().unwrap(), 80)
+}
+
+/// IPVS's `is_overloaded` (lblc, lblcr): more active connections than its weight,
+/// while some real server of the service has fewer than half of its.
+fn is_overloaded(dest: &Load, dests: &[Load]) -> bool {
+    dest.active > i64::from(dest.weight) && dests.iter().any(|d| !d.removed && d.active * 2 < i64::from(d.weight))
+}
+
+/// `ip_vs_dest_set_min`: in the set's list order (the newest member first), the first
+/// member not overloaded with a weight that is available, then any available one not
+/// overloaded with less overhead per weight.
+fn set_min(set: &[usize], dests: &[Load]) -> Option<usize> {
+    let mut members = set.iter().copied().filter(|&d| !dests[d].overload);
+    let mut least = members.by_ref().find(|&d| dests[d].weight > 0 && !dests[d].removed)?;
+    for d in members {
+        let (dest, best) = (&dests[d], &dests[least]);
+        if best.conn_overhead() * i64::from(dest.weight) > dest.conn_overhead() * i64::from(best.weight)
+            && !dest.removed
+        {
+            least = d;
+        }
+    }
+    Some(least)
+}
+
+/// `ip_vs_dest_set_max`: in the set's list order, the first member with a weight, then
+/// any with a weight and more overhead per weight.
+fn set_max(set: &[usize], dests: &[Load]) -> Option<usize> {
+    let mut members = set.iter().copied();
+    let mut most = members.by_ref().find(|&d| dests[d].weight > 0)?;
+    for d in members {
+        let (dest, best) = (&dests[d], &dests[most]);
+        if best.conn_overhead() * i64::from(dest.weight) < dest.conn_overhead() * i64::from(best.weight)
+            && dest.weight > 0
+        {
+            most = d;
+        }
+    }
+    Some(most)
+}
+
+/// What the model's new connections found, to show what a test went through.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The destination's real server, or a member of its set, took it.
+    kept: u32,
+    /// lblc: the entry's real server was removed or quiesced.
+    invalid: u32,
+    /// Overloaded (`is_overloaded`, or lblcr's set without an available member): lblc
+    /// took another real server, lblcr one more into the set.
+    moved: u32,
+    /// A destination without an entry.
+    new: u32,
+}
+
+/// IPVS's lblc or lblcr table of one service (one IP version's real servers), by
+/// destination address: lblc's real server, or lblcr's set with the newest member
+/// first, as `list_add_rcu` puts it.
+#[derive(Default)]
+struct LocalityModel {
+    lblcr: bool,
+    entries: HashMap<IpAddr, Vec<usize>>,
+    seen: Seen,
+}
+
+impl LocalityModel {
+    fn new(scheduler: &str) -> Self {
+        Self { lblcr: scheduler == "lblcr", ..Self::default() }
+    }
+
+    fn schedule(&mut self, destination: IpAddr, dests: &[Load]) -> Option<usize> {
+        if self.lblcr { self.lblcr(destination, dests) } else { self.lblc(destination, dests) }
+    }
+
+    /// `ip_vs_lblc_schedule`, with `__ip_vs_lblc_schedule` (wlc's rule).
+    fn lblc(&mut self, destination: IpAddr, dests: &[Load]) -> Option<usize> {
+        if let Some(&[cached]) = self.entries.get(&destination).map(Vec::as_slice) {
+            let dest = &dests[cached];
+            if dest.removed || dest.weight == 0 {
+                self.seen.invalid += 1;
+            } else if is_overloaded(dest, dests) {
+                self.seen.moved += 1;
+            } else {
+                self.seen.kept += 1;
+                return Some(cached);
+            }
+        } else {
+            self.seen.new += 1;
+        }
+        let dest = weighted_least(dests, Load::conn_overhead)?;
+        self.entries.insert(destination, vec![dest]);
+        Some(dest)
+    }
+
+    /// `ip_vs_lblcr_schedule`, with `__ip_vs_lblcr_schedule` (wlc's rule). Its erase of
+    /// a set's most loaded member after `lblcr_expiration` is left to [`Self::erase`].
+    fn lblcr(&mut self, destination: IpAddr, dests: &[Load]) -> Option<usize> {
+        let Some(set) = self.entries.get_mut(&destination) else {
+            self.seen.new += 1;
+            let dest = weighted_least(dests, Load::conn_overhead)?;
+            self.entries.insert(destination, vec![dest]);
+            return Some(dest);
+        };
+        if let Some(least) = set_min(set, dests)
+            && !is_overloaded(&dests[least], dests)
+        {
+            self.seen.kept += 1;
+            return Some(least);
+        }
+        self.seen.moved += 1;
+        let dest = weighted_least(dests, Load::conn_overhead)?;
+        if !set.contains(&dest) {
+            set.insert(0, dest);
+        }
+        Some(dest)
+    }
+
+    /// lblcr's set of `destination` loses its most loaded member (`ip_vs_dest_set_max`,
+    /// `ip_vs_dest_set_erase`), as once it went unchanged for `lblcr_expiration`.
+    fn erase(&mut self, destination: IpAddr, dests: &[Load]) -> Option<usize> {
+        let set = self.entries.get_mut(&destination)?;
+        let most = set_max(set, dests)?;
+        set.retain(|&member| member != most);
+        Some(most)
+    }
+
+    /// What the agent's walk does that IPVS does not: a real server no longer
+    /// configured leaves every set (IPVS keeps it, never chosen, until its set goes),
+    /// and an entry left without one goes (IPVS would replace it at its next use).
+    fn walked(&mut self, dests: &[Load]) {
+        for set in self.entries.values_mut() {
+            set.retain(|&member| !dests[member].removed);
+        }
+        self.entries.retain(|_, set| !set.is_empty());
+    }
+}
+
+/// The destinations of the locality tests, of one IP version: the VIPs of a cache
+/// cluster's firewall-mark service.
+fn destinations(ipv6: bool) -> Vec<SocketAddr> {
+    let address =
+        |i: u16| if ipv6 { format!("2001:db8:100::{:x}", 0x100 + i) } else { format!("203.0.113.{}", 100 + i) };
+    (0..24).map(|i| sock(&address(i))).collect()
+}
+
+/// A firewall-mark service of `scheduler` (with the YAML `options`) over port 80 of
+/// every destination of both IP versions, as iptables would mark a cache cluster's
+/// traffic, with the first four of `REALS4` and `REALS6` at `limits`.
+fn cache(scheduler: &str, options: &str, limits: &[Limits]) -> String {
+    let matches: String = [false, true]
+        .into_iter()
+        .flat_map(destinations)
+        .map(|vip| format!("      - {{ vip: \"{}\", protocol: tcp, ports: [80] }}\n", vip.ip()))
+        .collect();
+    let reals: String = limits
+        .iter()
+        .enumerate()
+        .filter_map(|(i, limits)| limits.map(|limits| (i, limits)))
+        .flat_map(|(i, limits)| [REALS4[i], REALS6[i]].map(|address| format!("      - {}\n", real(address, limits))))
+        .collect();
+    format!(
+        "  - name: cache\n    fwmark: 1\n    match:\n{matches}    scheduler: {scheduler}\n{options}    reals:\n{reals}"
+    )
+}
+
+#[test]
+fn lblc_and_lblcr_choose_as_ipvs_does_for_many_destinations_as_loads_weights_and_real_servers_change() {
+    const STEPS: u32 = 3000;
+    let phases: [[Limits; 4]; 4] = [
+        [Some((1, 0, 0)), Some((2, 0, 0)), Some((3, 0, 0)), Some((2, 0, 0))],
+        // Thresholds, and a real server quiesced.
+        [Some((2, 6, 4)), Some((0, 0, 0)), Some((3, 5, 0)), Some((2, 0, 0))],
+        // One removed, the quiesced one back.
+        [Some((2, 6, 4)), Some((2, 0, 0)), Some((3, 5, 0)), None],
+        // The removed one back, weights and thresholds changed.
+        [Some((1, 0, 0)), Some((3, 4, 0)), Some((4, 0, 0)), Some((2, 0, 0))],
+    ];
+    let destinations = [destinations(false), destinations(true)];
+    for scheduler in ["lblc", "lblcr"] {
+        let mut director = bed::director(&cache(scheduler, "", &phases[0]), 1 << 16, bed::on_ingress).unwrap();
+        // Many connections go at once: some real servers are lightly loaded again.
+        let mut churn = Churn::new(&director, 0x10ca1 ^ scheduler.len() as u64, 2, 24);
+        let mut models = [LocalityModel::new(scheduler), LocalityModel::new(scheduler)];
+        let mut overloaded = 0;
+        for (phase, limits) in phases.iter().enumerate() {
+            if phase > 0 {
+                bed::reconfigure(&mut director, &cache(scheduler, "", limits), bed::on_ingress).unwrap();
+            }
+            churn.update(limits);
+            for step in 0..STEPS {
+                match churn.turn(&director) {
+                    Turn::Open => {}
+                    Turn::Walked => {
+                        for (model, dests) in models.iter_mut().zip(&churn.dests) {
+                            model.walked(dests);
+                        }
+                        continue;
+                    }
+                    Turn::Other => continue,
+                }
+                // A few destinations are hot, as a cache's are.
+                let v = (churn.clients.next() % 2) as usize;
+                let hot = churn.clients.next() % 64;
+                let vip = destinations[v][(if hot < 32 { hot % 3 } else { hot % 24 }) as usize];
+                let client = SocketAddr::new(churn.clients.client(v == 1).ip(), 1024 + step as u16);
+                let dests = &churn.dests[v];
+                overloaded += dests.iter().filter(|dest| dest.overload).count();
+                let expected = models[v].schedule(vip.ip(), dests);
+                let got = chosen(&director, client, &vip.ip().to_string());
+                assert_eq!(got, expected, "{scheduler} phase {phase} step {step}: {client} -> {vip}: {dests:?}");
+                churn.opened(client, vip, v, got);
+            }
+        }
+        let seen: Vec<&Seen> = models.iter().map(|model| &model.seen).collect();
+        println!("{scheduler}: {seen:?}, {overloaded} overloaded real servers seen");
+        for seen in seen {
+            assert!(
+                seen.kept > 1000 && seen.moved > 20 && seen.new > 20,
+                "{scheduler} went through too little: {seen:?}"
+            );
+        }
+        assert!(overloaded > 0, "the thresholds were reached");
+        if scheduler == "lblc" {
+            assert!(models.iter().all(|model| model.seen.invalid > 0), "quiesced and removed real servers' entries");
+        }
+    }
+}
+
+/// Longer than an expiration of 3 s by more than the ager's margin (a second early)
+/// and a second of either clock's rounding.
+const PAST_THREE_SECONDS: Duration = Duration::from_millis(5200);
+
+/// The cache service on a test bed whose ager the test runs, and IPVS's view of its
+/// IPv4 half: the real servers' loads and the table.
+struct AgedCache {
+    bed: AgedBed,
+    dests: Vec<Load>,
+    model: LocalityModel,
+    /// Which of `REALS4` each real-server id the connections recorded is.
+    reals: HashMap<u32, usize>,
+    port: u16,
+}
+
+impl AgedCache {
+    fn new(scheduler: &str, options: &str, limits: &[Limits]) -> Self {
+        let bed = AgedBed::new("", &cache(scheduler, options, limits));
+        let mut dests = vec![Load::default(); limits.len()];
+        for (dest, &limits) in dests.iter_mut().zip(limits) {
+            update(dest, limits);
+        }
+        Self { bed, dests, model: LocalityModel::new(scheduler), reals: HashMap::new(), port: 40000 }
+    }
+
+    /// A new connection to `destination`, which goes where the model says; answers
+    /// where.
+    fn open(&mut self, destination: SocketAddr) -> usize {
+        self.port += 1;
+        let client = SocketAddr::new("198.18.1.1".parse().unwrap(), self.port);
+        let expected = self.model.schedule(destination.ip(), &self.dests);
+        let got = chosen(&self.bed.director, client, &destination.ip().to_string());
+        assert_eq!(got, expected, "{client} -> {destination}: {:?}", self.dests);
+        let real = got.expect("a real server");
+        bind(&mut self.dests[real]);
+        let conns = self.bed.director.dataplane().conn_table().unwrap();
+        let conn = conns.get(&bed::tcp_flow_key(client, destination)).unwrap().expect("its connection");
+        self.reals.insert(conn.real, real);
+        real
+    }
+
+    /// The real servers of `destination`'s entry in the data path's table (oldest
+    /// first); `None` without one.
+    fn members(&self, destination: SocketAddr) -> Option<Vec<usize>> {
+        let (address, _) = address_bytes(destination.ip());
+        let mut members = None;
+        let table = self.bed.director.dataplane().locality_table().unwrap();
+        table
+            .walk(|key, entry| {
+                if key.destination == address {
+                    let ids = entry.reals.iter().filter(|&&id| id != NO_REAL);
+                    members = Some(ids.map(|id| self.reals[id]).collect());
+                }
+            })
+            .unwrap();
+        members
+    }
+
+    /// The model's entry of `destination`, oldest first as the data path's.
+    fn modelled(&self, destination: SocketAddr) -> Option<Vec<usize>> {
+        self.model.entries.get(&destination.ip()).map(|set| set.iter().rev().copied().collect())
+    }
+}
+
+#[test]
+fn lblc_entries_go_once_unused_for_the_expiration_through_the_agents_ager() {
+    let mut cache = AgedCache::new("lblc", "    lblc_expiration: 3\n", &[Some((2, 0, 0)); 4]);
+    let [a, b] = [destinations(false)[0], destinations(false)[1]];
+    assert_eq!(cache.open(a), 0, "wlc's first of equals");
+    assert_eq!(cache.open(b), 1);
+    assert_eq!(cache.open(a), 0, "its active connection is not above its weight");
+    assert_eq!(cache.bed.expire().localities_expired, 0);
+    assert_eq!((cache.members(a), cache.members(b)), (Some(vec![0]), Some(vec![1])));
+    sleep(Duration::from_millis(2000));
+    assert_eq!(cache.open(a), 0, "a new connection uses the entry again");
+    sleep(Duration::from_millis(3400));
+    assert_eq!(cache.bed.expire().localities_expired, 1, "b's: unused for 5.4 s; a's for 3.4");
+    assert_eq!((cache.members(a), cache.members(b)), (Some(vec![0]), None));
+    cache.model.entries.remove(&b.ip());
+    assert_eq!(cache.open(b), 2, "scheduled afresh: wlc's least loaded, no longer its old one");
+    sleep(PAST_THREE_SECONDS);
+    assert_eq!(cache.bed.expire().localities_expired, 2);
+}
+
+#[test]
+fn lblcr_sets_lose_their_most_loaded_member_after_the_expiration_and_go_once_unused() {
+    let limits = [Some((1, 0, 0)), Some((10, 0, 0)), None, None];
+    let mut cache = AgedCache::new("lblcr", "    lblcr_expiration: 3\n", &limits);
+    let d = destinations(false)[0];
+    assert_eq!([cache.open(d), cache.open(d)], [0, 0], "one active connection is not above its weight");
+    assert_eq!(cache.open(d), 1, "two are, while 1 has none: 1 joins the set");
+    assert_eq!(cache.members(d), Some(vec![0, 1]));
+    assert_eq!(cache.open(d), 1, "the set's least loaded");
+    assert_eq!(cache.bed.expire().replicas_erased, 0, "the set changed just now");
+    sleep(PAST_THREE_SECONDS);
+    // Used once the set has gone unchanged for the expiration: IPVS erases its most
+    // loaded member at this use; the ager's next walk does.
+    assert_eq!(cache.open(d), 1);
+    assert_eq!(cache.model.erase(d.ip(), &cache.dests), Some(0), "two active for a weight of 1");
+    let sweep = cache.bed.expire();
+    assert_eq!((sweep.replicas_erased, sweep.localities_expired), (1, 0));
+    assert_eq!(cache.members(d), Some(vec![1]));
+    assert_eq!(cache.members(d), cache.modelled(d));
+    assert_eq!(cache.open(d), 1);
+    assert_eq!(cache.bed.expire().replicas_erased, 0, "a set of one keeps its member");
+    sleep(PAST_THREE_SECONDS);
+    assert_eq!(cache.bed.expire().localities_expired, 1, "unused for the expiration");
+    assert_eq!(cache.members(d), None);
+    cache.model.entries.remove(&d.ip());
+    assert_eq!(cache.open(d), 1, "scheduled afresh by wlc");
+    assert_eq!(cache.members(d), Some(vec![1]));
 }

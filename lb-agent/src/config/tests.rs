@@ -181,15 +181,43 @@ fn the_default_scheduler_is_wlc_and_thresholds_are_ipvs_s() {
 }
 
 #[test]
-fn unsupported_scheduler_says_so() {
-    let err = refused(&with_line(10, "    scheduler: lblc"));
-    assert_eq!((err.line, err.field.as_str()), (Some(10), "services[0].scheduler"));
-    assert_eq!(
-        err.message,
-        "scheduler `lblc` is not supported yet (supported: rr, wrr, sh, dh, mh, lc, wlc, sed, nq, fo, ovf)"
-    );
+fn every_ipvs_scheduler_is_accepted_and_an_unknown_one_is_named() {
+    for scheduler in ["rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr", "dh", "sh", "mh", "fo", "ovf"] {
+        let config = parse(&with_line(10, &format!("    scheduler: {scheduler}"))).unwrap();
+        assert_eq!(config.services[0].scheduler.to_string(), scheduler);
+    }
     let err = refused(&with_line(10, "    scheduler: fastest"));
+    assert_eq!((err.line, err.field.as_str()), (Some(10), "services[0].scheduler"));
     assert!(err.message.contains("unknown variant `fastest`"), "{err}");
+}
+
+#[test]
+fn lblc_and_lblcr_expire_their_entries_after_their_own_expiration() {
+    let lblc = with_line(10, "    scheduler: lblc");
+    let service = |source: &str| parse(source).unwrap().services[0].clone();
+    assert_eq!(service(&lblc).locality_expiration(), Some(86400), "IPVS's default: a day");
+    assert_eq!(service(&with_line(10, "    scheduler: wrr")).locality_expiration(), None);
+    let lblc = with_line(10, "    scheduler: lblc\n    lblc_expiration: 60");
+    assert_eq!(service(&lblc).locality_expiration(), Some(60));
+    let lblcr = with_line(10, "    scheduler: lblcr\n    lblcr_expiration: 3600");
+    assert_eq!(service(&lblcr).locality_expiration(), Some(3600));
+    // Each belongs to its own scheduler, as each sysctl belongs to its module.
+    let err = refused(&with_line(10, "    scheduler: lblcr\n    lblc_expiration: 60"));
+    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].lblc_expiration"));
+    assert_eq!(err.message, "the expiration is lblc's; the scheduler is lblcr");
+    let err = refused(&with_line(10, "    scheduler: wrr\n    lblcr_expiration: 60"));
+    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].lblcr_expiration"));
+    assert_eq!(err.message, "the expiration is lblcr's; the scheduler is wrr");
+    let err = refused(&with_line(10, "    scheduler: lblc\n    lblc_expiration: 0"));
+    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].lblc_expiration"));
+    assert_eq!(err.message, "0 seconds is too short (at least 1)");
+    let err = refused(&with_line(10, "    scheduler: lblc\n    lblc_expiration: -5"));
+    assert_eq!((err.line, err.field.as_str()), (Some(11), "services[0].lblc_expiration"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("/etc/lb/lb.yaml:11: services[0].lblc_expiration: invalid type: integer `-5`, expected u32"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -199,8 +199,6 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
             format!("`{}` is not a service name (letters, digits, '_', '.', ':', '-')", service.name),
         ));
     }
-    lb_common::service::Scheduler::try_from(service.scheduler)
-        .map_err(|unsupported| invalid(format!("{at}.scheduler"), unsupported.to_string()))?;
     for (i, flag) in service.scheduler_flags.iter().enumerate() {
         if flag.scheduler() != service.scheduler {
             return Err(invalid(
@@ -210,6 +208,7 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
         }
     }
     check_mh_table_size(at, service)?;
+    check_locality_expiration(at, service)?;
     check_full_nat(at, service)?;
     check_persistence(at, service)?;
     let (ipv4, ipv6) = service.families();
@@ -277,6 +276,29 @@ fn check_mh_table_size(at: &str, service: &VirtualService) -> Result<(), Invalid
     }
     if service.reals.len() > size as usize {
         return Err(invalid(field, format!("{size} buckets cannot hold {} real servers", service.reals.len())));
+    }
+    Ok(())
+}
+
+/// IPVS's sysctls `lblc_expiration` and `lblcr_expiration`, per service: each for its
+/// own scheduler, a second or more.
+fn check_locality_expiration(at: &str, service: &VirtualService) -> Result<(), Invalid> {
+    let expirations = [
+        ("lblc_expiration", service.lblc_expiration, Scheduler::Lblc),
+        ("lblcr_expiration", service.lblcr_expiration, Scheduler::Lblcr),
+    ];
+    for (name, seconds, scheduler) in expirations {
+        let Some(seconds) = seconds else { continue };
+        let field = format!("{at}.{name}");
+        if service.scheduler != scheduler {
+            return Err(invalid(
+                field,
+                format!("the expiration is {scheduler}'s; the scheduler is {}", service.scheduler),
+            ));
+        }
+        if seconds == 0 {
+            return Err(invalid(field, "0 seconds is too short (at least 1)"));
+        }
     }
     Ok(())
 }

@@ -45,7 +45,7 @@ const METHODS: [(&str, &str, &str); 5] = [
 ];
 
 /// The schedulers besides wrr: (scheduler, its flags, IPv4 VIP), direct routing.
-const SCHEDULERS: [(&str, &str, &str); 12] = [
+const SCHEDULERS: [(&str, &str, &str); 14] = [
     ("rr", "", "203.0.113.20"),
     ("sh", "", "203.0.113.21"),
     ("sh", "sh-port, sh-fallback", "203.0.113.22"),
@@ -58,6 +58,8 @@ const SCHEDULERS: [(&str, &str, &str); 12] = [
     ("nq", "", "203.0.113.27"),
     ("fo", "", "203.0.113.28"),
     ("ovf", "", "203.0.113.29"),
+    ("lblc", "", "203.0.113.32"),
+    ("lblcr", "", "203.0.113.33"),
 ];
 
 struct Case {
