@@ -267,7 +267,7 @@ impl Director {
                 let link = links.reals.get(&real.address);
                 let tunnel_source = config.tunnel_source_for(real.address).or(link.and_then(|link| link.source));
                 let link = usable_link(link, forwarding, tunnel_source);
-                plan.reals.insert(id, real_server(service, real, forwarding, link, tunnel_source));
+                plan.reals.insert(id, real_server(service, index, real, forwarding, link, tunnel_source));
                 let limits = Limits {
                     weight: real.weight,
                     upper_threshold: real.upper_threshold,
@@ -681,6 +681,7 @@ fn usable_link(link: Option<&Link>, forwarding: Forwarding, tunnel_source: Optio
 
 fn real_server(
     service: &VirtualService,
+    index: u32,
     real: &Real,
     forwarding: Forwarding,
     link: Option<&Link>,
@@ -709,7 +710,7 @@ fn real_server(
         _pad: 0,
         mtu: link.map_or(0, |link| link.mtu),
         outer_sum,
-        _spare: [0; 4],
+        service: index,
     }
 }
 

@@ -243,9 +243,13 @@ impl Expiry {
         let mut changing = Vec::new();
         let mut sizes: HashMap<u32, usize> = HashMap::new();
         let mut crowded: HashMap<u32, Vec<LocalityKey>> = HashMap::new();
-        self.localities.walk(|key, entry| match fate(key, entry) {
-            Some(_) => changing.push(*key),
-            None => {
+        self.localities.walk(|key, entry| {
+            let fate = fate(key, entry);
+            if fate.is_some() {
+                changing.push(*key);
+            }
+            // An entry that only loses a member stays, and counts towards its service's size.
+            if !matches!(fate, Some(locality::Fate::Expire)) {
                 *sizes.entry(key.service).or_default() += 1;
                 if locality::crowded_out(now, entry) {
                     crowded.entry(key.service).or_default().push(*key);

@@ -67,7 +67,10 @@ pub struct RealServer {
     /// and header length, "don't fragment", TTL and protocol, the addresses), so the
     /// data path adds only the TOS and length for the header checksum.
     pub outer_sum: u16,
-    pub _spare: [u8; 4],
+    /// The index of the service it is a real server of (an id belongs to one service):
+    /// what lblc and lblcr check an entry's member against, since an entry a packet
+    /// still writes may meanwhile be another's (an LRU element freed and reused).
+    pub service: u32,
 }
 
 /// `RealServer::flags`: no longer a real server of its service (removed from the

@@ -70,15 +70,6 @@ impl Scheduler {
             _ => None,
         }
     }
-
-    /// Whether it weighs the real servers' live loads (`REAL_LOAD`) at each new
-    /// connection; its sequence is then the real servers that may take one.
-    pub const fn is_dynamic(self) -> bool {
-        match self {
-            Self::Lc | Self::Wlc | Self::Sed | Self::Nq | Self::Fo | Self::Ovf | Self::Lblc | Self::Lblcr => true,
-            Self::Rr | Self::Wrr | Self::Sh | Self::Dh | Self::Mh => false,
-        }
-    }
 }
 
 /// `Service::flags`: Full-NAT connections carry the client's address to the real server
@@ -94,7 +85,8 @@ pub const SERVICE_SH_FALLBACK: u8 = 1 << 2;
 pub const SERVICE_MH_PORT: u8 = SERVICE_SH_PORT;
 /// `Service::flags`: mh's table sends a bucket whose real server cannot take the
 /// connection on to another (ipvsadm `-b mh-fallback`, `IP_VS_SVC_F_SCHED1`). The
-/// agent writes the table so, and the data path needs no second look.
+/// agent writes the table so; the data path looks further only past an overloaded
+/// real server (`SERVICE_THRESHOLDS`).
 pub const SERVICE_MH_FALLBACK: u8 = SERVICE_SH_FALLBACK;
 
 /// `Service::flags`: a new connection goes where the client's persistence template

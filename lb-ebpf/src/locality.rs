@@ -51,7 +51,7 @@ pub fn schedule(flow: &FlowKey, service: &Service) -> Result<u32, Reason> {
 fn cached(entry: &mut Locality, service: &Service) -> Result<u32, Reason> {
     let real = entry.reals[0];
     let weighted = REAL_LOAD.get(real).is_some_and(|load| load.weight > 0);
-    if available(real) && weighted && !is_overloaded(real, service) {
+    if available(real, service.index) && weighted && !is_overloaded(real, service) {
         return Ok(real);
     }
     let real = sched::least_loaded(service)?;
@@ -64,7 +64,7 @@ fn cached(entry: &mut Locality, service: &Service) -> Result<u32, Reason> {
 /// not changed for `lblcr_expiration`; the agent's ager does that instead.)
 #[inline(always)]
 fn replicated(entry: &mut Locality, service: &Service, now: u32) -> Result<u32, Reason> {
-    if let Ok(least) = least_loaded_member(&entry.reals)
+    if let Ok(least) = least_loaded_member(&entry.reals, service.index)
         && !is_overloaded(least, service)
     {
         return Ok(least);
@@ -99,16 +99,18 @@ fn join(entry: &mut Locality, real: u32, now: u32) {
     }
 }
 
-/// IPVS's `IP_VS_DEST_F_AVAILABLE`: still a real server of its service. And resolved:
+/// IPVS's `IP_VS_DEST_F_AVAILABLE`: still a real server of `service`. And resolved:
 /// a connection sent to one that is not would be dropped.
 #[inline(always)]
-fn available(real: u32) -> bool {
-    REALS.get(real).is_some_and(|real| real.flags & REAL_REMOVED == 0 && real.ifindex != 0)
+fn available(real: u32, service: u32) -> bool {
+    REALS.get(real).is_some_and(|real| real.flags & REAL_REMOVED == 0 && real.ifindex != 0 && real.service == service)
 }
 
 /// A scan of an lblcr set: `bpf_loop`'s context. The set is the entry's, in the map.
 struct SetScan {
     set: *const [u32; LOCALITY_SET_SIZE],
+    /// The service's index: a member must be one of its real servers.
+    service: u32,
     scan: Scan,
 }
 
@@ -116,8 +118,8 @@ struct SetScan {
 /// connections per weight (wlc's rule), the first of equals in IPVS's list order,
 /// which has the newest member first.
 #[inline(never)]
-fn least_loaded_member(set: &[u32; LOCALITY_SET_SIZE]) -> Result<u32, Reason> {
-    let mut members = SetScan { set, scan: Scan::new(Scheduler::Lblcr as u8) };
+fn least_loaded_member(set: &[u32; LOCALITY_SET_SIZE], service: u32) -> Result<u32, Reason> {
+    let mut members = SetScan { set, service, scan: Scan::new(Scheduler::Lblcr as u8) };
     // SAFETY: `weigh_member` is a static function of the program, `members` lives on
     // this frame for the whole call.
     unsafe {
@@ -133,7 +135,7 @@ extern "C" fn weigh_member(index: u64, members: *mut c_void) -> i64 {
     let members = unsafe { &mut *members.cast::<SetScan>() };
     let slot = (LOCALITY_SET_SIZE as u64).wrapping_sub(index + 1) as usize;
     let Some(&real) = unsafe { &*members.set }.get(slot) else { return 0 };
-    if real != NO_REAL && available(real) {
+    if real != NO_REAL && available(real, members.service) {
         members.scan.weigh(real);
     }
     0

@@ -6,7 +6,7 @@
 //! dealt out, and, for sh with `sh-fallback`, into the fallback table after it. mh
 //! hashes the client into the service's Maglev table, where the agent has already
 //! sent, with `mh-fallback`, a bucket whose real server cannot take a connection on to
-//! one that can: one read either way. The dynamic schedulers (lc, wlc, sed, nq, fo,
+//! one that can: one read either way (unless the real server read is overloaded). The dynamic schedulers (lc, wlc, sed, nq, fo,
 //! ovf) weigh the live loads of the real servers the agent listed, every CPU's
 //! connections counted in one place; lblc and lblcr (`locality`) first ask the
 //! destination's entry, and weigh as wlc does.
@@ -92,9 +92,17 @@ fn next_in_sequence(service: &Service) -> Result<u32, Reason> {
     if !overloaded(service, real) {
         return Ok(real);
     }
-    let found = first_available(service.sequence_start, service.sequence_len, at + 1)?;
-    atomic::add(turn.cast(), i64::from(found.offset) + 1);
-    Ok(found.real)
+    match first_available(service.sequence_start, service.sequence_len, at + 1) {
+        Ok(found) => {
+            atomic::add(turn.cast(), i64::from(found.offset) + 1);
+            Ok(found.real)
+        }
+        // Every real server overloaded: IPVS keeps its place when it finds none.
+        Err(reason) => {
+            atomic::add(turn.cast(), -1);
+            Err(reason)
+        }
+    }
 }
 
 /// What IPVS's `ip_vs_sh_hashkey`, `ip_vs_dh_hashkey` and `ip_vs_mh_hashkey` hash: an
@@ -222,6 +230,7 @@ extern "C" fn probe(index: u64, search: *mut c_void) -> i64 {
     let offset = index as u32;
     let slot = search.start.wrapping_add(search.from.wrapping_add(offset) % search.len.max(1));
     let Some(&real) = SCHED_RING.get(slot) else { return 1 };
+    // Only a service with thresholds searches, so the load is read without asking.
     if real == NO_REAL || REAL_LOAD.get(real).is_none_or(|load| load.overloaded != 0) {
         return 0;
     }

@@ -887,8 +887,9 @@ impl Rr {
     }
 }
 
-/// IPVS's wrr (`ip_vs_wrr_schedule`): the mark (`cl`, `cw`, `mw`, `di`) and its walk,
-/// list order and passes as in the kernel.
+/// IPVS's wrr (`ip_vs_wrr_schedule`): the mark (`cl`, `cw`, `mw`, `di`) and its walk
+/// and passes as in the kernel, over the configuration's order (the agent's; IPVS's
+/// list has the newest real server first).
 struct Wrr {
     cl: Option<usize>,
     cw: i64,
@@ -940,39 +941,40 @@ impl Wrr {
 #[test]
 fn static_schedulers_pass_over_overloaded_real_servers_as_ipvs_does() {
     const WEIGHTS: [u32; 4] = [3, 1, 2, 4];
-    // Thresholds change; weights do not (a new weight restarts IPVS's rr and wrr where
-    // the agent's sequence does not). The last real server never overloads, so rr and
-    // wrr always find one.
+    // Thresholds change; weights do not. (IPVS's wrr goes back to the head of its list
+    // at any change of a real server, the agent's sequence keeps its place; and a
+    // weight changes the agent's sequence, IPVS's rr keeps its place.) The last real
+    // server never overloads, so rr and wrr always find one.
     let phases: [[(u32, u32, u32); 4]; 3] = [
         [(3, 12, 0), (1, 0, 0), (2, 8, 6), (4, 0, 0)],
         [(3, 0, 0), (1, 5, 0), (2, 20, 0), (4, 0, 0)],
         [(3, 6, 2), (1, 3, 0), (2, 4, 3), (4, 0, 0)],
     ];
-    let mut overloaded = 0;
+    // Every scheduler must have met an overloaded real server.
+    let overloads = |seen: usize| assert!(seen > 0, "the thresholds were reached");
     let mut rr = [Rr::default(), Rr::default()];
-    overloaded += check_with_loads("rr", &phases, |v, _, dests| rr[v].schedule(dests));
+    overloads(check_with_loads("rr", &phases, |v, _, dests| rr[v].schedule(dests)));
     let mut wrr = [Wrr::new(&WEIGHTS), Wrr::new(&WEIGHTS)];
-    overloaded += check_with_loads("wrr", &phases, |v, _, dests| wrr[v].schedule(dests));
+    overloads(check_with_loads("wrr", &phases, |v, _, dests| wrr[v].schedule(dests)));
     let buckets = sh_reassign(&dests(&WEIGHTS));
-    for flags in ["", "sh-port, sh-fallback"] {
-        overloaded += check_with_loads(&format!("sh, scheduler_flags: [{flags}]"), &phases, |_, client, loads| {
-            let port = if flags.is_empty() { 0 } else { client.port() };
-            sh_schedule(&buckets, client.ip(), port, !flags.is_empty(), &|i| loads[i].overload)
-        });
+    for flags in ["", "sh-fallback", "sh-port, sh-fallback"] {
+        overloads(check_with_loads(&format!("sh, scheduler_flags: [{flags}]"), &phases, |_, client, loads| {
+            let port = if flags.contains("sh-port") { client.port() } else { 0 };
+            sh_schedule(&buckets, client.ip(), port, flags.contains("sh-fallback"), &|i| loads[i].overload)
+        }));
     }
     let buckets = dh_reassign(&dests(&WEIGHTS));
-    overloaded += check_with_loads("dh", &phases, |v, _, loads| {
+    overloads(check_with_loads("dh", &phases, |v, _, loads| {
         dh_schedule(&buckets, LOADED_VIPS[v].parse().unwrap(), &|i| loads[i].overload)
-    });
+    }));
     let lookups = LOADED_VIPS.map(|vip| mh_reassign(&mh_dests(vip, &[&WEIGHTS]), 251));
     for flags in ["", "mh-port, mh-fallback"] {
         let scheduling = format!("{}, scheduler_flags: [{flags}]", mh(251));
-        overloaded += check_with_loads(&scheduling, &phases, |v, client, loads| {
+        overloads(check_with_loads(&scheduling, &phases, |v, client, loads| {
             let port = if flags.is_empty() { 0 } else { client.port() };
             mh_schedule(&lookups[v], client.ip(), port, !flags.is_empty(), &|i| loads[i].overload)
-        });
+        }));
     }
-    assert!(overloaded > 0, "the thresholds were reached");
 }
 
 fn sock(vip: &str) -> SocketAddr {
