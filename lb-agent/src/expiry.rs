@@ -267,16 +267,29 @@ impl Expiry {
             }
             Ok(())
         })?;
+        expired += self.crowd_out(now, crowded, &sizes)?;
+        Ok((expired, erased))
+    }
+
+    /// In each service whose table is above IPVS's size (`sizes`), removes as many of
+    /// its entries unused for six minutes (`crowded`, picked by the walk) as IPVS's
+    /// goal asks; answers how many went.
+    fn crowd_out(
+        &mut self,
+        now: u32,
+        crowded: HashMap<u32, Vec<LocalityKey>>,
+        sizes: &HashMap<u32, usize>,
+    ) -> Result<u64> {
+        let mut removed = 0;
+        let crowded_out = |_: &LocalityKey, entry: &Locality| locality::crowded_out(now, entry).then_some(());
         for (service, keys) in crowded {
-            let goal = locality::over_size_goal(sizes[&service]);
-            let crowded_out = |_: &LocalityKey, entry: &Locality| locality::crowded_out(now, entry).then_some(());
-            let keys = keys.into_iter().take(goal).collect();
+            let keys = keys.into_iter().take(locality::over_size_goal(sizes[&service])).collect();
             revisit(&mut self.localities, keys, crowded_out, |localities, key, ()| {
-                expired += u64::from(localities.remove(key)?);
+                removed += u64::from(localities.remove(key)?);
                 Ok(())
             })?;
         }
-        Ok((expired, erased))
+        Ok(removed)
     }
 
     /// Sets each real server's counts to what the table holds (`held`), plus what the
@@ -323,12 +336,18 @@ impl Expiry {
             .context("the connection ageing panicked")?;
             self = back;
             match swept {
-                Ok(sweep) if sweep.expired > 0 || sweep.templates_expired > 0 => {
+                Ok(sweep)
+                    if sweep.expired + sweep.templates_expired + sweep.localities_expired + sweep.replicas_erased
+                        > 0 =>
+                {
                     log::debug!(
-                        "expired {} connections ({} entries in the table) and {} persistence templates",
+                        "expired {} connections ({} entries in the table), {} persistence templates and {} \
+                         lblc/lblcr entries; lblcr sets lost {} members",
                         sweep.expired,
                         sweep.entries,
-                        sweep.templates_expired
+                        sweep.templates_expired,
+                        sweep.localities_expired,
+                        sweep.replicas_erased
                     );
                 }
                 Ok(_) => {}

@@ -155,12 +155,14 @@ fn by_hash(service: &Service, bucket: u32, fallback: bool) -> Result<u32, Reason
     }
     let from = (2 * bucket) % HASH_BUCKETS;
     if real == NO_REAL {
-        let found = SCHED_RING.get(service.sequence_start + HASH_BUCKETS + from).copied();
-        match found {
-            Some(real) if real != NO_REAL && !overloaded(service, real) => return Ok(real),
-            Some(real) if real != NO_REAL => {}
-            // No real server can take a connection.
-            _ => return Err(Reason::NoRealServer),
+        let found =
+            SCHED_RING.get(service.sequence_start + HASH_BUCKETS + from).copied().ok_or(Reason::NoRealServer)?;
+        // `NO_REAL` here: no real server can take a connection.
+        if found == NO_REAL {
+            return Err(Reason::NoRealServer);
+        }
+        if !overloaded(service, found) {
+            return Ok(found);
         }
     }
     Ok(first_available(service.sequence_start, HASH_BUCKETS, from)?.real)
