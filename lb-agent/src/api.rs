@@ -1,9 +1,6 @@
 //! The control socket: `lbctl` asks, the agent answers, one JSON line each way.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::{os::unix::fs::PermissionsExt, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
 use lb_api::{Request, Response};
@@ -12,16 +9,21 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::director::Director;
+use crate::{control::Control, group::Group};
 
 /// The control socket, bound (replacing a stale one); the file goes when this does.
 pub struct ControlSocket {
     path: PathBuf,
     listener: UnixListener,
+    /// The group whose members (and root) may use it.
+    group: Group,
 }
 
 impl ControlSocket {
-    pub fn bind(path: PathBuf) -> Result<Self> {
+    /// Binds `path`, mode 0660, of the group named `group`: only root and the group's
+    /// members can connect.
+    pub fn bind(path: PathBuf, group: &str) -> Result<Self> {
+        let group = Group::named(group)?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
@@ -32,8 +34,12 @@ impl ControlSocket {
             _ => {}
         }
         let listener = UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
-        log::info!("control socket at {}", path.display());
-        Ok(Self { path, listener })
+        std::os::unix::fs::chown(&path, None, Some(group.gid))
+            .with_context(|| format!("giving {} to the group {}", path.display(), group.name))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        log::info!("control socket at {} (root and the group {})", path.display(), group.name);
+        Ok(Self { path, listener, group })
     }
 }
 
@@ -44,41 +50,51 @@ impl Drop for ControlSocket {
 }
 
 /// Answers on `socket` until the process ends.
-pub async fn serve(socket: Arc<ControlSocket>, director: Arc<Mutex<Director>>) -> Result<()> {
+pub async fn serve(socket: Arc<ControlSocket>, control: Arc<Control>) -> Result<()> {
     let listener = &socket.listener;
     loop {
         let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
-        let director = director.clone();
+        // Someone who reached the socket despite its mode (a changed mode, a
+        // capability): asks nothing, not even a list.
+        match stream.peer_cred() {
+            Ok(peer) if peer.uid() == 0 || socket.group.has(peer.uid(), peer.gid()) => {}
+            peer => {
+                log::warn!("control socket: refused {peer:?}, neither root nor of the group {}", socket.group.name);
+                continue;
+            }
+        }
+        let control = control.clone();
         tokio::spawn(async move {
-            if let Err(err) = answer(stream, &director).await {
+            if let Err(err) = answer(stream, &control).await {
                 log::warn!("control socket: {err:#}");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, director: &Mutex<Director>) -> Result<()> {
+async fn answer(stream: UnixStream, control: &Control) -> Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut line = String::new();
     BufReader::new(reader).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(request, director),
+        Ok(request) => {
+            handle(request, control).await.unwrap_or_else(|err| Response::Error { message: format!("{err:#}") })
+        }
         Err(err) => Response::Error { message: format!("not a request: {err}") },
     };
     writer.write_all(&lb_api::encode(&response)?).await?;
     Ok(())
 }
 
-fn handle(request: Request, director: &Mutex<Director>) -> Response {
-    let director = director.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    match request {
-        Request::List => match director.status() {
-            Ok(services) => Response::Services { services },
-            Err(err) => Response::Error { message: format!("{err:#}") },
-        },
-        Request::Connections => match director.connections() {
-            Ok(connections) => Response::Connections { connections },
-            Err(err) => Response::Error { message: format!("{err:#}") },
-        },
-    }
+async fn handle(request: Request, control: &Control) -> Result<Response> {
+    Ok(match request {
+        Request::List => Response::Services { services: control.director().status()? },
+        Request::Connections => Response::Connections { connections: control.director().connections()? },
+        Request::Config => {
+            let config = control.director().running_config().cloned().context("no configuration is running yet")?;
+            Response::Config { yaml: serde_yaml::to_string(&config)? }
+        }
+        Request::Change { changes } => Response::Done { message: control.change(&changes).await? },
+        Request::Zero { service } => Response::Done { message: control.director().zero(service.as_ref())? },
+    })
 }

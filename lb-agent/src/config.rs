@@ -3,7 +3,9 @@
 //! Loading is all-or-nothing: a file that does not parse or validate is refused with its
 //! path, the line and the field at fault, and the caller keeps the configuration it runs.
 
+pub mod edit;
 mod locate;
+pub mod rewrite;
 mod validate;
 
 use std::{
@@ -12,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PATH: &str = "/etc/lb/lb.yaml";
 /// mh's table size if a service names none: Katran's and Google's Maglev's, room for
@@ -21,31 +23,34 @@ pub const DEFAULT_MH_TABLE_SIZE: u32 = 65537;
 /// IPVS's `lblc_expiration` and `lblcr_expiration` by default: a day.
 pub const DEFAULT_LOCALITY_EXPIRATION: u32 = 24 * 60 * 60;
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The director's client-facing interfaces, where `lb_ingress` is attached.
     pub interfaces: Vec<Interface>,
     /// Where Prometheus scrapes `/metrics`.
-    #[serde(default = "default_metrics_listen")]
+    #[serde(default = "default_metrics_listen", skip_serializing_if = "is_default_metrics_listen")]
     pub metrics_listen: SocketAddr,
     /// The control socket `lbctl` talks to.
-    #[serde(default = "default_api_socket")]
+    #[serde(default = "default_api_socket", skip_serializing_if = "is_default_api_socket")]
     pub api_socket: PathBuf,
+    /// The group that may use the control socket besides root (its mode is 0660).
+    #[serde(default = "default_api_group", skip_serializing_if = "is_default_api_group")]
+    pub api_group: String,
     /// Connections the director remembers; the least recently used give way beyond.
     /// Read at start only.
-    #[serde(default = "default_connection_table_size")]
+    #[serde(default = "default_connection_table_size", skip_serializing_if = "is_default_connection_table_size")]
     pub connection_table_size: u32,
     /// The outer source address of tunnelled (`tun`) packets, at most one per IP
     /// version: one address or a list. By default, for each real server, the
     /// director's address that the route to it prefers (`ip route get`'s `src`).
-    #[serde(default, deserialize_with = "one_or_more")]
+    #[serde(default, deserialize_with = "one_or_more", skip_serializing_if = "Vec::is_empty")]
     pub tunnel_source: Vec<IpAddr>,
     /// How long an idle connection is remembered (ipvsadm --set); a reload changes them
     /// at once.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Timeouts::is_ipvs")]
     pub timeouts: Timeouts,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<VirtualService>,
 }
 
@@ -79,7 +84,26 @@ impl Default for Timeouts {
     }
 }
 
+/// ipvsadm's three (`--set tcp tcpfin udp`), and the others where they are not IPVS's.
+impl Serialize for Timeouts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        // `named` lists ipvsadm's three first.
+        for (i, ((name, value), (_, default))) in self.named().into_iter().zip(Self::IPVS.named()).enumerate() {
+            if i < 3 || value != default {
+                map.serialize_entry(name, &value)?;
+            }
+        }
+        map.end()
+    }
+}
+
 impl Timeouts {
+    fn is_ipvs(&self) -> bool {
+        *self == Self::IPVS
+    }
+
     /// `ip_vs_proto_tcp.c`'s and `ip_vs_proto_udp.c`'s.
     pub const IPVS: Self = Self {
         tcp: 900,
@@ -137,17 +161,17 @@ impl Timeouts {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Interface {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub xdp_mode: XdpMode,
 }
 
 /// How the XDP program is attached: in the driver, in the generic (skb) path, or the
 /// driver's when it can and the generic one when not.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     Native,
@@ -156,74 +180,82 @@ pub enum XdpMode {
     Auto,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualService {
     /// Unique; names the service in metrics and for `lbctl`.
     pub name: String,
     /// A plain service's address: VIP, port and protocol (a firewall-mark service has
     /// `fwmark` and `match` instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vip: Option<IpAddr>,
     /// 0 serves every port of the VIP (a port-0 service).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
     /// ipvsadm `-f`: a firewall-mark service, one service over every VIP, protocol
     /// and port `match` lists (what iptables would have marked: XDP runs before
     /// netfilter, so the director matches them itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fwmark: Option<u32>,
-    #[serde(default, rename = "match")]
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<Match>,
     /// ipvsadm's default is wlc.
     #[serde(default)]
     pub scheduler: Scheduler,
     /// ipvsadm `-b`: `sh-port`, `sh-fallback`, `mh-port`, `mh-fallback`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scheduler_flags: Vec<SchedulerFlag>,
     /// mh: the buckets of the Maglev table, a prime ([`DEFAULT_MH_TABLE_SIZE`] if left
     /// out).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mh_table_size: Option<u32>,
     /// lblc: seconds an entry (a destination's real server) lives unused (IPVS's sysctl
     /// `lblc_expiration`, per service; [`DEFAULT_LOCALITY_EXPIRATION`] if left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lblc_expiration: Option<u32>,
     /// lblcr: seconds an entry (a destination's set of real servers) lives unused, and
     /// a set of more than one keeps its members unchanged before its most loaded one
     /// leaves (IPVS's sysctl `lblcr_expiration`, per service).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lblcr_expiration: Option<u32>,
     /// The forwarding method of the real servers that do not name their own.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub forwarding: Forwarding,
     /// Full-NAT: the director's addresses its connections leave from towards the real
     /// servers (each family in use needs one of its own).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_addresses: Vec<IpAddr>,
     /// Full-NAT: the local ports a connection may take, inclusive.
-    #[serde(default = "default_local_port_range")]
+    #[serde(default = "default_local_port_range", skip_serializing_if = "is_default_local_port_range")]
     pub local_port_range: [u16; 2],
     /// Full-NAT: carry the client's address to the real server in a TCP option (TOA).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub toa: bool,
     /// ipvsadm `-p` / `-M`: a client's network keeps its real server.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub persistence: Option<Persistence>,
     /// IPVS's sysctl, per service: a persistence template whose real server is
     /// quiesced (weight 0) no longer holds its clients.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub expire_quiescent_template: bool,
     /// IPVS's sysctl, per service: a connection whose real server was removed ends at
     /// its next packet (which may then open a new one), rather than going on to it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub expire_nodest_conn: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reals: Vec<Real>,
 }
 
 /// What a firewall-mark service serves: a VIP's ports of one protocol (all of them
 /// when `ports` is left out).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     pub vip: IpAddr,
     pub protocol: Protocol,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
 }
 
@@ -247,7 +279,7 @@ pub struct Endpoint {
 /// IPVS's persistence: for `timeout` seconds after its last new connection, and for
 /// as long as connections it sent remain, a client's network (by `netmask`) goes to the
 /// same real server.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Persistence {
     /// ipvsadm `-p`'s default.
@@ -256,10 +288,11 @@ pub struct Persistence {
     /// ipvsadm `-M`: an IPv4 netmask (`255.255.255.0`) for IPv4 clients, or a prefix
     /// length (`64`) for IPv6 clients (for IPv4 ones too when the service has no IPv6
     /// VIP). A family without one keeps each client apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub netmask: Option<Netmask>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged, expecting = "a netmask such as 255.255.255.0, or a prefix length such as 64")]
 pub enum Netmask {
     Prefix(u8),
@@ -288,27 +321,29 @@ impl Persistence {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Real {
     pub address: IpAddr,
     /// The port the real server serves on, when NAT or Full-NAT maps the service's port
     /// to another; the service's port by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// ipvsadm's default weight is 1; 0 quiesces the real server (no new connections).
     #[serde(default = "default_weight")]
     pub weight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<Forwarding>,
     /// ipvsadm `-x`: once it holds this many connections (active and inactive), it
     /// takes no new ones until it holds fewer than `lower_threshold`; 0: no limit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub upper_threshold: u32,
     /// ipvsadm `-y`: 0 means 3/4 of `upper_threshold`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub lower_threshold: u32,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -316,7 +351,7 @@ pub enum Protocol {
 }
 
 /// IPVS's schedulers, by their ipvsadm names.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     Rr,
@@ -336,7 +371,7 @@ pub enum Scheduler {
 }
 
 /// ipvsadm's scheduler flags (`-b`), each belonging to one scheduler.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum SchedulerFlag {
     ShPort,
@@ -367,7 +402,7 @@ impl fmt::Display for SchedulerFlag {
 }
 
 /// IPVS's forwarding methods, with ipvsadm's words as aliases.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     #[default]
@@ -496,6 +531,9 @@ impl Config {
         }
         if self.api_socket != new.api_socket {
             fields.push("api_socket");
+        }
+        if self.api_group != new.api_group {
+            fields.push("api_group");
         }
         if self.connection_table_size != new.connection_table_size {
             fields.push("connection_table_size");
@@ -626,6 +664,34 @@ fn default_connection_table_size() -> u32 {
 /// addresses serve only its Full-NAT connections, so it may use every unprivileged port.
 fn default_local_port_range() -> [u16; 2] {
     [1024, 65535]
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+fn is_default_metrics_listen(listen: &SocketAddr) -> bool {
+    *listen == default_metrics_listen()
+}
+
+fn default_api_group() -> String {
+    "root".into()
+}
+
+fn is_default_api_group(group: &String) -> bool {
+    *group == default_api_group()
+}
+
+fn is_default_api_socket(socket: &Path) -> bool {
+    socket == default_api_socket()
+}
+
+fn is_default_connection_table_size(size: &u32) -> bool {
+    *size == default_connection_table_size()
+}
+
+fn is_default_local_port_range(range: &[u16; 2]) -> bool {
+    *range == default_local_port_range()
 }
 
 fn default_weight() -> u32 {

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow};
-use lb_api::{ConnectionStatus, RealStatus, ServiceStatus, Stats};
+use lb_api::{ConnectionStatus, RealStatus, ServiceRef, ServiceStatus, Stats};
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_LOCAL_ADDRESSES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS,
     interface::{Interface, InterfaceKey},
@@ -30,7 +30,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, Endpoint, Protocol, Real, SchedulerFlag, Timeouts, VirtualService},
+    config::{Config, Endpoint, Protocol, Real, SchedulerFlag, Timeouts, VirtualService, edit},
     connections,
     dataplane::{Dataplane, Limits},
     expiry::{Ageing, Localizing, Persisting},
@@ -487,6 +487,26 @@ impl Director {
             stats: stats(self.dataplane.service_counters(index)?),
             reals,
         })
+    }
+
+    /// ipvsadm -Z: the counters of `service` (all services without one) and of its real
+    /// servers back to zero.
+    pub fn zero(&mut self, service: Option<&ServiceRef>) -> Result<String> {
+        let Some((config, _)) = &self.running else { return Ok("nothing runs yet".into()) };
+        let services: Vec<&VirtualService> = match service {
+            Some(wanted) => vec![&config.services[edit::service_index(config, wanted)?]],
+            None => config.services.iter().collect(),
+        };
+        for service in &services {
+            let index = self.ids.services.get(&service.name).context("running service without a slot")?;
+            self.dataplane.reset_service_counters(index)?;
+            for real in &service.reals {
+                let id =
+                    self.ids.reals.get(&(service.name.clone(), real.address)).context("running real without an id")?;
+                self.dataplane.reset_real_counters(id)?;
+            }
+        }
+        Ok(format!("zeroed the counters of {} service(s)", services.len()))
     }
 
     /// The connections the table holds, as `ipvsadm -Lnc` lists them.

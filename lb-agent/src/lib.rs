@@ -5,9 +5,11 @@
 pub mod api;
 pub mod config;
 pub mod connections;
+pub mod control;
 pub mod dataplane;
 pub mod director;
 pub mod expiry;
+pub mod group;
 pub mod metrics;
 pub mod neighbour;
 pub mod offload;

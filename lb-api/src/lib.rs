@@ -10,6 +10,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+pub use serde_json::{Map, Value};
 
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 
@@ -20,14 +21,105 @@ pub enum Request {
     List,
     /// The connections the director holds.
     Connections,
+    /// The running configuration, as the configuration file writes it.
+    Config,
+    /// Changes to the running configuration, applied together or refused together, and
+    /// written back to the configuration file.
+    Change { changes: Vec<Change> },
+    /// Sets the traffic counters of one service (and its real servers), or of all, back
+    /// to zero (ipvsadm -Z).
+    Zero { service: Option<ServiceRef> },
+}
+
+/// One change to the running configuration. Services and real servers are written as
+/// the configuration file writes them (its keys, its values): the agent reads them with
+/// the file's own rules, so a change says nothing the file could not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// ipvsadm -A: a new service. Without a `name`, the agent gives it one.
+    AddService { service: Map<String, Value> },
+    /// ipvsadm -E: the keys of `set` replace the service's (`null` removes one).
+    EditService { service: ServiceRef, set: Map<String, Value> },
+    /// ipvsadm -D.
+    DeleteService { service: ServiceRef },
+    /// ipvsadm -C: every service goes.
+    Clear,
+    /// ipvsadm -a.
+    AddReal { service: ServiceRef, real: Map<String, Value> },
+    /// ipvsadm -e: the keys of `set` replace the real server's (`null` removes one).
+    EditReal { service: ServiceRef, real: RealRef, set: Map<String, Value> },
+    /// ipvsadm -d.
+    DeleteReal { service: ServiceRef, real: RealRef },
+    /// ipvsadm --set: the keys of `set` replace the timeouts'.
+    SetTimeouts { set: Map<String, Value> },
+    /// A whole configuration (YAML, as the file) replaces the running one.
+    Replace { yaml: String },
+}
+
+/// A service, by its name or as ipvsadm names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceRef {
+    Name(String),
+    /// ipvsadm -t / -u: a plain service's VIP, port and protocol (`tcp`, `udp`).
+    Address {
+        protocol: String,
+        vip: IpAddr,
+        port: u16,
+    },
+    /// ipvsadm -f.
+    Fwmark(u32),
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Name(name) => write!(f, "{name}"),
+            Self::Address { protocol, vip, port } => write!(f, "{protocol} {}", SocketAddr::new(*vip, *port)),
+            Self::Fwmark(mark) => write!(f, "fwmark {mark}"),
+        }
+    }
+}
+
+/// A real server of a service, by its address (and port, where one address serves on
+/// several).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealRef {
+    pub address: IpAddr,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for RealRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}", SocketAddr::new(self.address, port)),
+            None => write!(f, "{}", self.address),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
-    Services { services: Vec<ServiceStatus> },
-    Connections { connections: Vec<ConnectionStatus> },
-    Error { message: String },
+    Services {
+        services: Vec<ServiceStatus>,
+    },
+    Connections {
+        connections: Vec<ConnectionStatus>,
+    },
+    /// The running configuration in YAML.
+    Config {
+        yaml: String,
+    },
+    /// The request was carried out; what it did, in a line.
+    Done {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,240 @@
+//! What changes the running configuration, one change at a time: the file reloaded
+//! (SIGHUP), lbctl's changes (written back to the file), and the real servers' links.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use lb_api::Change;
+use tokio::time::{Instant, sleep};
+
+use crate::{
+    config::{self, Config, edit, rewrite},
+    dataplane,
+    director::Director,
+    neighbour::{Neighbours, Solicit},
+    systemd,
+};
+
+/// How long an apply waits for new real servers to resolve before it publishes
+/// without them (they join when they resolve).
+const RESOLVE_WAIT: Duration = Duration::from_secs(3);
+/// How long neighbour events are gathered before the table is read once for all.
+const EVENT_SETTLE: Duration = Duration::from_millis(50);
+
+pub struct Control {
+    director: Arc<Mutex<Director>>,
+    neighbours: Neighbours,
+    /// The configuration file: reloaded from, and written back to.
+    path: PathBuf,
+    /// Held by each change from the configuration it starts from to the one it leaves,
+    /// so two never interleave.
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Control {
+    pub fn new(director: Arc<Mutex<Director>>, neighbours: Neighbours, path: PathBuf) -> Self {
+        Self { director, neighbours, path, turn: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The director, also after a panic elsewhere: its state stays consistent between
+    /// writes, so carrying on is safer than stopping the data path.
+    pub fn director(&self) -> MutexGuard<'_, Director> {
+        lock(&self.director)
+    }
+
+    /// A handle of its own on the director, for tasks that only read it.
+    pub fn director_handle(&self) -> Arc<Mutex<Director>> {
+        self.director.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs the first configuration.
+    pub async fn start(&self, config: Config) -> Result<()> {
+        let _turn = self.turn.lock().await;
+        self.apply(config).await
+    }
+
+    /// SIGHUP: runs the file as it is now, or keeps the running configuration if the
+    /// file is refused.
+    pub async fn reload(&self) {
+        let _turn = self.turn.lock().await;
+        log::info!("SIGHUP: reloading {}", self.path.display());
+        systemd::notify("RELOADING=1");
+        let config = match Config::load(&self.path) {
+            Ok(config) => config,
+            Err(err) => {
+                log::error!("{err}; keeping the running configuration");
+                systemd::notify("READY=1");
+                return;
+            }
+        };
+        self.warn_restart_only(&config);
+        let summary = summary(&config);
+        match self.apply(config).await {
+            Ok(()) => log::info!("reloaded: {summary}"),
+            Err(err) => log::error!("{err:#}; keeping the running configuration"),
+        }
+        systemd::notify("READY=1");
+    }
+
+    /// lbctl's `changes`: made to the running configuration, run as a whole, and
+    /// written back to the file, so a reload or a restart keeps them. A change that is
+    /// refused, or whose file cannot be written, leaves everything as it was.
+    pub async fn change(&self, changes: &[Change]) -> Result<String> {
+        let _turn = self.turn.lock().await;
+        let running = self.director().running_config().cloned().context("no configuration is running yet")?;
+        let changed = edit::apply(&running, changes)?;
+        self.warn_restart_only(&changed);
+        let source = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let text = rewrite::text(&source, &changed);
+        let summary = summary(&changed);
+        self.apply(changed).await?;
+        if let Err(err) = rewrite::write(&self.path, &text) {
+            self.apply(running).await.context("putting the previous configuration back")?;
+            return Err(err.context("the change was undone"));
+        }
+        log::info!("lbctl: {} change(s) applied and written to {}: {summary}", changes.len(), self.path.display());
+        Ok(summary)
+    }
+
+    fn warn_restart_only(&self, config: &Config) {
+        if let Some(running) = self.director().running_config() {
+            for field in running.restart_only_changes(config) {
+                log::warn!("{field} changes take effect when the agent restarts");
+            }
+        }
+    }
+
+    /// Re-reads the real servers' links and updates the data path where they changed.
+    pub async fn relink(&self, solicit: Solicit) {
+        let (addresses, interfaces) = {
+            let director = self.director();
+            let addresses: Vec<IpAddr> = real_addresses(director.running_config()).into_iter().collect();
+            (addresses, director.dataplane().attached_ifindexes())
+        };
+        let links = match self.neighbours.resolve(&addresses, &interfaces, solicit).await {
+            Ok(links) => links,
+            Err(err) => {
+                log::warn!("reading the neighbour table: {err:#}");
+                return;
+            }
+        };
+        if let Err(err) = self.director().relink(links) {
+            log::error!("updating real servers' links: {err:#}");
+        }
+    }
+
+    /// Whether `first`, or an event that follows it closely, concerns a real server. A
+    /// burst of events (a solicitation, a moved host) makes one look at the table.
+    pub async fn is_real_server_event(&self, first: IpAddr, events: &mut tokio::sync::mpsc::Receiver<IpAddr>) -> bool {
+        sleep(EVENT_SETTLE).await;
+        let reals = real_addresses(self.director().running_config());
+        let mut concerned = reals.contains(&first);
+        while let Ok(address) = events.try_recv() {
+            concerned |= reals.contains(&address);
+        }
+        concerned
+    }
+
+    /// Resolves the real servers on the configured interfaces (waiting a little for new
+    /// ones), then applies. An interface that does not exist refuses the configuration
+    /// before anything changes.
+    async fn apply(&self, config: Config) -> Result<()> {
+        for warning in config.warnings() {
+            log::warn!("{warning}");
+        }
+        let interfaces: Vec<u32> =
+            config.interfaces.iter().map(|interface| dataplane::ifindex(&interface.name)).collect::<Result<_>>()?;
+        let addresses: Vec<IpAddr> = real_addresses(Some(&config)).into_iter().collect();
+        let deadline = Instant::now() + RESOLVE_WAIT;
+        let links = loop {
+            let links = self.neighbours.resolve(&addresses, &interfaces, Solicit::Yes).await?;
+            if links.reals.len() == addresses.len() || Instant::now() >= deadline {
+                break links;
+            }
+            sleep(Duration::from_millis(100)).await;
+        };
+        warn_if_not_forwarding(&config);
+        for (address, why) in &links.unresolved {
+            log::warn!("real server {address} is not reachable yet: {why}; it takes no connections until it is");
+        }
+        for (service, real) in config.services.iter().flat_map(|s| s.reals.iter().map(move |r| (s, r))) {
+            let Some(link) = links.reals.get(&real.address) else { continue };
+            match (service.forwarding_of(real), link.gateway) {
+                (config::Forwarding::Dr, Some(gateway)) => log::warn!(
+                    "service {}: real server {} is reached through the gateway {gateway}; direct routing needs it on a \
+                     link the director is attached to, so it takes no connections",
+                    service.name,
+                    real.address
+                ),
+                (config::Forwarding::Tun, _)
+                    if link.source.is_none() && config.tunnel_source_for(real.address).is_none() =>
+                {
+                    log::warn!(
+                        "service {}: real server {} has no tunnel source: the director has no address of its IP version \
+                         on the route to it, and `tunnel_source:` names none; it takes no connections",
+                        service.name,
+                        real.address
+                    )
+                }
+                _ => {}
+            }
+        }
+        self.director().apply(config, links)
+    }
+}
+
+/// NAT and Full-NAT replies are routed by the kernel's tables (`bpf_fib_lookup`), which
+/// answer only where the director forwards IP (as an LVS-NAT director always did).
+fn warn_if_not_forwarding(config: &Config) {
+    let rewriting = |service: &config::VirtualService| {
+        service
+            .reals
+            .iter()
+            .any(|real| matches!(service.forwarding_of(real), config::Forwarding::Nat | config::Forwarding::Fnat))
+    };
+    for (family, is_ipv4, sysctl) in
+        [("IPv4", true, "net/ipv4/ip_forward"), ("IPv6", false, "net/ipv6/conf/all/forwarding")]
+    {
+        let serves = |service: &config::VirtualService| {
+            let (ipv4, ipv6) = service.families();
+            if is_ipv4 { ipv4 } else { ipv6 }
+        };
+        let wanted = config.services.iter().any(|service| serves(service) && rewriting(service));
+        let on = std::fs::read_to_string(format!("/proc/sys/{sysctl}")).is_ok_and(|value| value.trim() == "1");
+        if wanted && !on {
+            log::warn!(
+                "{family} forwarding is off ({}=0): replies of nat and fnat services cannot be routed back to \
+                 clients and are dropped (no_route) until it is on",
+                sysctl.replace('/', ".")
+            );
+        }
+    }
+}
+
+fn real_addresses(config: Option<&Config>) -> HashSet<IpAddr> {
+    config
+        .iter()
+        .flat_map(|config| &config.services)
+        .flat_map(|service| &service.reals)
+        .map(|real| real.address)
+        .collect()
+}
+
+pub fn summary(config: &Config) -> String {
+    let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
+    format!("{} services, {} real servers", config.services.len(), reals)
+}
+
+pub fn lock(director: &Mutex<Director>) -> MutexGuard<'_, Director> {
+    director.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
