@@ -94,6 +94,10 @@ async fn handle(request: Request, control: &Control) -> Result<Response> {
             let config = control.director().running_config().cloned().context("no configuration is running yet")?;
             Response::Config { yaml: serde_yaml::to_string(&config)? }
         }
+        Request::Timeouts => {
+            let timeouts = control.director().timeouts();
+            Response::Timeouts { tcp: timeouts.tcp, tcp_fin: timeouts.tcp_fin, udp: timeouts.udp }
+        }
         Request::Change { changes } => Response::Done { message: control.change(&changes).await? },
         Request::Zero { service } => Response::Done { message: control.director().zero(service.as_ref())? },
     })

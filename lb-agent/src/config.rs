@@ -259,6 +259,21 @@ pub struct Match {
     pub ports: Vec<u16>,
 }
 
+/// lbctl's `--match`: `tcp:203.0.113.10:80,443`, `udp:[2001:db8::53]`.
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.vip {
+            IpAddr::V4(vip) => write!(f, "{}:{vip}", self.protocol)?,
+            IpAddr::V6(vip) => write!(f, "{}:[{vip}]", self.protocol)?,
+        }
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        if !ports.is_empty() {
+            write!(f, ":{}", ports.join(","))?;
+        }
+        Ok(())
+    }
+}
+
 impl Match {
     /// Each port it matches (none listed: port 0, all of them).
     pub fn endpoints(&self) -> impl Iterator<Item = Endpoint> + '_ {

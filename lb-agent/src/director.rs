@@ -30,7 +30,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, Endpoint, Protocol, Real, SchedulerFlag, Timeouts, VirtualService, edit},
+    config::{Config, Endpoint, Match, Protocol, Real, SchedulerFlag, Timeouts, VirtualService, edit},
     connections,
     dataplane::{Dataplane, Limits},
     expiry::{Ageing, Localizing, Persisting},
@@ -454,10 +454,10 @@ impl Director {
     /// The running services and real servers with their counters, in config order.
     pub fn status(&self) -> Result<Vec<ServiceStatus>> {
         let Some((config, _)) = &self.running else { return Ok(Vec::new()) };
-        config.services.iter().map(|service| self.service_status(service)).collect()
+        config.services.iter().map(|service| self.service_status(config, service)).collect()
     }
 
-    fn service_status(&self, service: &VirtualService) -> Result<ServiceStatus> {
+    fn service_status(&self, config: &Config, service: &VirtualService) -> Result<ServiceStatus> {
         let index = self.ids.services.get(&service.name).context("running service without a slot")?;
         let mut reals = Vec::new();
         for real in &service.reals {
@@ -467,6 +467,8 @@ impl Director {
                 address: real.address,
                 port: service.port_of(real),
                 weight: real.weight,
+                upper_threshold: real.upper_threshold,
+                lower_threshold: real.lower_threshold,
                 forwarding: service.forwarding_of(real).to_string(),
                 resolved: self.written.reals.get(&id).is_some_and(|r| r.ifindex != 0),
                 // A count may dip below zero for a moment (see `expiry`).
@@ -483,7 +485,11 @@ impl Director {
             port: first.port,
             fwmark: service.fwmark,
             persistence: service.persistence.map(|p| p.timeout),
+            netmask: ipvsadm_netmask(service),
             scheduler: service.scheduler.to_string(),
+            scheduler_flags: service.scheduler_flags.iter().map(ToString::to_string).collect(),
+            matches: service.matches.iter().map(Match::to_string).collect(),
+            table_size: config.connection_table_size,
             stats: stats(self.dataplane.service_counters(index)?),
             reals,
         })
@@ -523,6 +529,18 @@ impl Director {
 
     pub fn reason_counts(&self) -> Result<Vec<(Reason, u64)>> {
         self.dataplane.reason_counts()
+    }
+}
+
+/// A persistent service's netmask as ipvsadm shows it, when it is not one address's:
+/// dotted for IPv4, a prefix length for IPv6.
+fn ipvsadm_netmask(service: &VirtualService) -> Option<String> {
+    let (ipv4, ipv6) = service.persistence_prefixes()?;
+    if ipv4 != 32 {
+        let mask = u32::MAX.checked_shl(32 - u32::from(ipv4)).unwrap_or(0);
+        Some(std::net::Ipv4Addr::from(mask).to_string())
+    } else {
+        (ipv6 != 128).then(|| ipv6.to_string())
     }
 }
 

@@ -23,6 +23,8 @@ pub enum Request {
     Connections,
     /// The running configuration, as the configuration file writes it.
     Config,
+    /// The connection timeouts ipvsadm shows (`-L --timeout`).
+    Timeouts,
     /// Changes to the running configuration, applied together or refused together, and
     /// written back to the configuration file.
     Change { changes: Vec<Change> },
@@ -113,6 +115,12 @@ pub enum Response {
     Config {
         yaml: String,
     },
+    /// Seconds: ESTABLISHED, FIN_WAIT, UDP.
+    Timeouts {
+        tcp: u32,
+        tcp_fin: u32,
+        udp: u32,
+    },
     /// The request was carried out; what it did, in a line.
     Done {
         message: String,
@@ -136,7 +144,21 @@ pub struct ServiceStatus {
     /// The persistence timeout, in seconds (ipvsadm -p).
     #[serde(default)]
     pub persistence: Option<u32>,
+    /// The persistence netmask as ipvsadm writes it (`255.255.255.0`, or `64` for an
+    /// IPv6 service), when it is not a single address's.
+    #[serde(default)]
+    pub netmask: Option<String>,
     pub scheduler: String,
+    /// `sh-port`, `mh-fallback`, ...
+    #[serde(default)]
+    pub scheduler_flags: Vec<String>,
+    /// A firewall-mark service's matches, as lbctl's `--match` writes them
+    /// (`tcp:203.0.113.10:80,443`).
+    #[serde(default)]
+    pub matches: Vec<String>,
+    /// The size of the connection table (ipvsadm's `size=`).
+    #[serde(default)]
+    pub table_size: u32,
     pub stats: Stats,
     pub reals: Vec<RealStatus>,
 }
@@ -146,6 +168,11 @@ pub struct RealStatus {
     pub address: IpAddr,
     pub port: u16,
     pub weight: u32,
+    /// ipvsadm -x and -y; 0 when not set.
+    #[serde(default)]
+    pub upper_threshold: u32,
+    #[serde(default)]
+    pub lower_threshold: u32,
     /// `dr`, ...
     pub forwarding: String,
     /// Whether the director knows the real server's link-layer address.

@@ -1,67 +1,57 @@
 //! `lbctl`: the operator's command line. It talks to the agent's control socket only,
-//! never to the data path's maps, and prints what ipvsadm would.
+//! never to the data path's maps. It speaks ipvsadm (`lbctl -A -t ...`, `lbctl -Ln`),
+//! with ipvsadm's layouts, and has readable commands beside (`lbctl service add ...`).
 
+mod ipvsadm;
 mod list;
+mod readable;
+mod save;
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
-use clap::{Parser, Subcommand};
-use lb_api::{Request, Response};
+use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "lbctl", version, about = "Control the XDP load balancer, as ipvsadm does IPVS")]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Control the XDP load balancer, as ipvsadm does IPVS",
+    after_help = "ipvsadm's own command lines work too: lbctl -A -t 203.0.113.10:80 -s wrr, lbctl -Ln, lbctl -S -n, \
+                  lbctl -R < rules (lbctl -h lists them)."
+)]
 struct Cli {
-    /// The agent's control socket.
+    /// The agent's control socket (its `api_socket`).
     #[arg(long, global = true, default_value = lb_api::DEFAULT_SOCKET)]
     socket: PathBuf,
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Virtual services and real servers with their connections (as `ipvsadm -Ln`).
-    #[command(visible_alias = "ls")]
-    List {
-        /// Their traffic counters instead (as `ipvsadm -Ln --stats`).
-        #[arg(long, conflicts_with = "connections")]
-        stats: bool,
-        /// The connection entries (as `ipvsadm -Lnc`).
-        #[arg(short = 'c', long)]
-        connections: bool,
-        /// Numeric output, as always (accepted for ipvsadm's habit).
-        #[arg(short = 'n', long)]
-        numeric: bool,
-    },
+    command: readable::Command,
 }
 
 fn main() {
-    if let Err(err) = run(Cli::parse()) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (socket, rest) = socket_and_rest(&args);
+    // ipvsadm's command lines start with an option (or are empty: `ipvsadm` lists).
+    if rest.first().is_none_or(|first| first.starts_with('-')) {
+        std::process::exit(ipvsadm::run(&socket, &rest));
+    }
+    let cli = Cli::parse();
+    if let Err(err) = readable::run(&cli.socket, cli.command) {
         eprintln!("lbctl: {err:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::List { connections: true, .. } => match lb_api::call(&cli.socket, &Request::Connections)? {
-            Response::Connections { connections } => print!("{}", list::render_connections(&connections)),
-            other => refused(other)?,
-        },
-        Command::List { stats, .. } => match lb_api::call(&cli.socket, &Request::List)? {
-            Response::Services { services } if stats => print!("{}", list::render_stats(&services)),
-            Response::Services { services } => print!("{}", list::render(&services)),
-            other => refused(other)?,
-        },
+/// `--socket PATH` (or `--socket=PATH`) wherever it is, and the other arguments.
+fn socket_and_rest(args: &[String]) -> (PathBuf, Vec<String>) {
+    let mut socket = PathBuf::from(lb_api::DEFAULT_SOCKET);
+    let mut rest = Vec::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match word.strip_prefix("--socket") {
+            Some("") => socket = words.next().map_or(socket, PathBuf::from),
+            Some(value) if value.starts_with('=') => socket = PathBuf::from(&value[1..]),
+            _ => rest.push(word.clone()),
+        }
     }
-    Ok(())
-}
-
-/// An answer that is not the one asked for: the agent's error, or a mismatch.
-fn refused(response: Response) -> Result<()> {
-    match response {
-        Response::Error { message } => bail!("the agent refused: {message}"),
-        other => bail!("the agent answered something else: {other:?}"),
-    }
+    (socket, rest)
 }

@@ -289,7 +289,7 @@ fn persistence_keeps_a_client_network_together_and_a_firewall_mark_service_its_p
     let neighbours = answered_by(&lab.http_get_from(Some(neighbour), &web4, 10)?);
     assert_eq!(neighbours, HashMap::from([(first.clone(), 10)]), "the same /24, the same real server");
     let list = lbctl(&lab, &["list"])?;
-    assert!(list.contains("TCP  203.0.113.10:80 rr persistent 3\n"), "{list}");
+    assert!(list.contains("TCP  203.0.113.10:80 rr persistent 3 mask 255.255.255.0\n"), "{list}");
     // Quiet for longer than the timeout, its connections closed and expired: the
     // template goes, and the client is scheduled afresh (rr's next).
     std::thread::sleep(std::time::Duration::from_secs(10));
@@ -329,4 +329,129 @@ fn lbctl(lab: &Lab, args: &[&str]) -> Result<String> {
     let lbctl = lb_tests::lab::binary("lbctl")?;
     let socket = lab.api_socket();
     lab.on_director(&[&[&*lbctl.to_string_lossy(), "--socket", &*socket.to_string_lossy()], args].concat())
+}
+
+#[test]
+fn ipvsadm_command_lines_build_the_configuration_and_are_written_back() -> Result<()> {
+    let (_one, lab) = lab();
+    // The agent starts with interfaces only; ipvsadm's commands build the rest.
+    let config = lab.config("wrr", &[]);
+    let interfaces_only =
+        format!("# Built by lbctl.\n{}", &config[..config.find("services:\n").unwrap_or(config.len())]);
+    let agent = lab.start_agent(&interfaces_only)?;
+    let lbctl = |args: &[&str]| lbctl(&lab, args);
+    let vip4 = format!("{VIP4}:{HTTP_PORT}");
+    lbctl(&["-A", "-t", &vip4, "-s", "wrr"])?;
+    for (real, weight) in lab.reals.iter().zip(WEIGHTS) {
+        lbctl(&["-a", "-t", &vip4, "-r", &format!("{}:{HTTP_PORT}", real.ipv4), "-g", "-w", &weight.to_string()])?;
+    }
+    let web4 = url(IpAddr::V4(VIP4));
+    assert_eq!(spread(&lab, &answered_by(&lab.http_get(&web4, 60)?)), vec![10, 20, 30]);
+    let list = lbctl(&["-L", "-n"])?;
+    let mut expected = String::from(
+        "IP Virtual Server version 1.2.1 (size=1048576)\nProt LocalAddress:Port Scheduler Flags\n  -> \
+         RemoteAddress:Port           Forward Weight ActiveConn InActConn\nTCP  203.0.113.10:80 wrr\n",
+    );
+    for (real, weight) in lab.reals.iter().zip(WEIGHTS) {
+        let name = format!("{}:80", real.ipv4);
+        expected += &format!("  -> {name:<28} Route   {weight:<6} {:<10} {:<10}\n", 0, weight * 10);
+    }
+    assert_eq!(list, expected, "ipvsadm -Ln's lines");
+
+    // Written back: the file runs the same after a reload, its comment kept.
+    let written = std::fs::read_to_string(&agent.config)?;
+    assert!(written.starts_with("# Built by lbctl.\ninterfaces:\n"), "{written}");
+    assert!(written.contains("  - name: tcp-203.0.113.10-80\n"), "{written}");
+    let saved = lbctl(&["-S", "-n"])?;
+    agent.signal(libc::SIGHUP)?;
+    lab::wait_until(std::time::Duration::from_secs(15), "the reload", || Ok(agent.log_text().contains("reloaded:")))?;
+    assert_eq!(lbctl(&["-S", "-n"])?, saved, "a reload of the written file runs the same");
+
+    // A mistake is answered with what was expected, and changes nothing.
+    let status = |args: &str| {
+        let lbctl = lab::binary("lbctl").expect("lbctl is built");
+        let line =
+            format!("{} --socket {} {args} 2>&1; echo \"status $?\"", lbctl.display(), lab.api_socket().display());
+        lab.on_director(&["sh", "-c", &line])
+    };
+    let missing = status(&format!("-a -t {vip4} -w 3"))?;
+    assert_eq!(missing, "You need to supply the 'real-server' option for the 'add-server' command\nstatus 2\n");
+    let again = status(&format!("-A -t {vip4} -s rr"))?;
+    assert!(again.ends_with("status 255\n") && again.contains("already exists"), "{again}");
+    let heavy = status(&format!("-e -t {vip4} -r {}:80 -w 70000", lab.reals[0].ipv4))?;
+    assert_eq!(heavy, "illegal weight specified\nstatus 2\n");
+    assert_eq!(lbctl(&["-S", "-n"])?, saved, "refused changes change nothing");
+
+    // -S, -C, -R: the same rules back.
+    let rules = lab.dir.join("rules");
+    std::fs::write(&rules, &saved)?;
+    lbctl(&["-C"])?;
+    assert_eq!(lbctl(&["-S", "-n"])?, "");
+    lab.on_director(&[
+        "sh",
+        "-c",
+        &format!(
+            "{} --socket {} -R < {}",
+            lab::binary("lbctl")?.display(),
+            lab.api_socket().display(),
+            rules.display()
+        ),
+    ])?;
+    assert_eq!(lbctl(&["-S", "-n"])?, saved);
+    lbctl(&["--set", "0", "0", "60"])?;
+    assert_eq!(lbctl(&["-L", "--timeout"])?, "Timeout (tcp tcpfin udp): 900 120 60\n");
+
+    // Drain under live traffic: weight 0 at once, and --wait returns when the held
+    // connections end.
+    let service = "tcp-203.0.113.10-80";
+    let first = lab.reals[0].ipv4.to_string();
+    let mut held = Vec::new();
+    while held.len() < 2 {
+        let mut connection = lab.connect(SocketAddr::new(IpAddr::V4(VIP4), HTTP_PORT))?;
+        if connection.get()? == lab.reals[0].name {
+            held.push(connection);
+        }
+    }
+    let drained = std::thread::scope(|scope| -> Result<String> {
+        let drain = scope.spawn(|| lbctl(&["real", "drain", service, &first, "--wait", "30"]));
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        assert!(!drain.is_finished(), "two connections are still active");
+        let during = answered_by(&lab.http_get(&web4, 10)?);
+        assert!(!during.contains_key(&lab.reals[0].name), "no new connection to a drained server: {during:?}");
+        held.clear();
+        drain.join().expect("the drain thread")
+    })?;
+    assert!(drained.contains("drained, no active connections"), "{drained}");
+    assert!(lbctl(&["-L", "-n"])?.contains(&format!("  -> {:<28} Route   0 ", format!("{first}:80"))));
+
+    // Readable commands name what they change.
+    lbctl(&[
+        "service",
+        "add",
+        "web8080",
+        "--vip",
+        &VIP4.to_string(),
+        "--port",
+        "8080",
+        "--protocol",
+        "tcp",
+        "--scheduler",
+        "rr",
+    ])?;
+    lbctl(&["real", "add", "web8080", &first, "--weight", "2"])?;
+    assert!(lbctl(&["service", "list"])?.contains("web8080"));
+    assert!(lbctl(&["-L", "-n", "-t", &format!("{VIP4}:8080")])?.contains("TCP  203.0.113.10:8080 rr\n"));
+    lbctl(&["service", "del", "web8080"])?;
+    assert!(lbctl(&["save"])?.contains("name: tcp-203.0.113.10-80"));
+
+    // The socket is root's and its group's (root): nobody else may even list.
+    assert_eq!(lab.on_director(&["stat", "-c", "%a", &lab.api_socket().to_string_lossy()])?, "660\n");
+    let nobody = format!(
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups {} --socket {} -L -n 2>&1; echo \"status $?\"",
+        lab::binary("lbctl")?.display(),
+        lab.api_socket().display()
+    );
+    let refused = lab.on_director(&["sh", "-c", &nobody])?;
+    assert!(refused.contains("Permission denied") && refused.ends_with("status 2\n"), "{refused}");
+    Ok(())
 }
