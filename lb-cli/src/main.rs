@@ -1,6 +1,7 @@
 //! `lbctl`: the operator's command line. It talks to the agent's control socket only,
 //! never to the data path's maps, and prints what ipvsadm would.
 
+mod keepalived;
 mod list;
 
 use std::path::PathBuf;
@@ -34,6 +35,18 @@ enum Command {
         #[arg(short = 'n', long)]
         numeric: bool,
     },
+    /// Print our configuration for another tool's.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// The virtual servers of a keepalived.conf (and the files it includes) as our YAML,
+    /// on standard output; what cannot be carried over is said on standard error.
+    Keepalived { file: PathBuf },
 }
 
 fn main() {
@@ -54,6 +67,13 @@ fn run(cli: Cli) -> Result<()> {
             Response::Services { services } => print!("{}", list::render(&services)),
             other => refused(other)?,
         },
+        Command::Import { source: ImportSource::Keepalived { file } } => {
+            let import = keepalived::import(&file)?;
+            print!("{}", import.yaml);
+            for warning in import.warnings {
+                eprintln!("{warning}");
+            }
+        }
     }
     Ok(())
 }
