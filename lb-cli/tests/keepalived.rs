@@ -294,7 +294,8 @@ fn includes_follow_globs_from_the_including_files_directory() {
     assert_eq!(names(&imported), ["192.0.2.80-80-tcp", "192.0.2.81-443-tcp"]);
     let web = service(&imported, "192.0.2.80-80-tcp");
     assert_eq!(web["reals"], yaml("[{ address: 10.5.0.11, weight: 5 }, { address: 10.5.0.12, weight: 5 }]"));
-    // Blocks opened and closed on one line; SSL_GET's status is keepalived's 200-299.
+    // Blocks opened and closed on one line; SSL_GET's status is keepalived's 200-299;
+    // a url without a path is left out.
     let api = service(&imported, "192.0.2.81-443-tcp");
     assert_eq!(
         api["check"],
@@ -307,6 +308,7 @@ fn includes_follow_globs_from_the_including_files_directory() {
             "tests/keepalived/include/keepalived.conf:2: router_id: not carried over: a keepalived global setting",
             "tests/keepalived/include/keepalived.conf:5: include: no file matches missing/*.conf",
             "tests/keepalived/include/conf.d/web-reals.inc:6: ops: not carried over: no one-packet scheduling",
+            "tests/keepalived/include/conf.d/20-api.conf:5: url: not carried over: it has no path (keepalived ignores it too)",
         ]
     );
 }

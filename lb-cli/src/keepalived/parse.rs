@@ -215,3 +215,61 @@ fn statement(keyword: String, place: Place, tokens: &mut Tokens) -> Result<Node>
     };
     Ok(Node { keyword, args, block, place })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, text: &str) -> (Result<Vec<Node>>, Vec<String>) {
+        let path = std::env::temp_dir().join(format!("lbctl-parse-{}-{name}.conf", std::process::id()));
+        fs::write(&path, text).unwrap();
+        let mut notes = Notes::default();
+        let nodes = file(&path, &mut notes);
+        let _ = fs::remove_file(&path);
+        (nodes, notes.into_lines())
+    }
+
+    /// Each statement as `keyword args {block}`, to compare whole trees at a glance.
+    fn show(nodes: &[Node]) -> Vec<String> {
+        let show = |node: &Node| match node.block.as_slice() {
+            [] => format!("{} {}", node.keyword, node.args.join(",")),
+            block => format!("{} {} {{{}}}", node.keyword, node.args.join(","), show(block).join("; ")),
+        };
+        nodes.iter().map(show).collect()
+    }
+
+    #[test]
+    fn statements_blocks_quotes_and_comments_as_keepalived_reads_them() {
+        let text = "! a comment\n\
+                    virtual_server 10.0.0.1 80{   # a brace against the port\n\
+                    \x20 lb_algo rr ! a comment after a statement\n\
+                    \x20 real_server 10.0.0.2 80\n\
+                    \x20 {\n\
+                    \x20   MISC_CHECK { misc_path \"/bin/check #1 !x\" }\n\
+                    \x20 }\n\
+                    }\n";
+        let (nodes, notes) = parse("tree", text);
+        let nodes = nodes.unwrap();
+        assert_eq!(
+            show(&nodes),
+            [
+                "virtual_server 10.0.0.1,80 {lb_algo rr; real_server 10.0.0.2,80 {MISC_CHECK  {misc_path /bin/check #1 !x}}}"
+            ]
+        );
+        assert_eq!(nodes[0].block[1].place.line, 4, "a statement's place is its keyword's line");
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn unbalanced_braces_and_quotes_are_errors_naming_their_line() {
+        let cases = [
+            ("close", "a\n}\n", ":2: `}` closes no block"),
+            ("open", "a {\nb\n", ":1: the block opened here is not closed"),
+            ("quote", "a\nb \"c\n", ":2: a quoted string is not closed on its line"),
+        ];
+        for (name, text, expected) in cases {
+            let error = parse(name, text).0.unwrap_err().to_string();
+            assert!(error.ends_with(&format!("-{name}.conf{expected}")), "{error}");
+        }
+    }
+}

@@ -176,6 +176,9 @@ const NOT_HERE: &[(&str, &str)] = &[
     ("FILE_CHECK", "no such check here (tcp, http, https, udp, dns, exec)"),
     ("lvs_sync_daemon", "no connection synchronisation between directors"),
     ("nftables_ipvs", "a group's services are written one per VIP and port, as keepalived makes them without it"),
+    ("lvs_flush", "the agent owns its tables: nothing of IPVS's to flush"),
+    ("lvs_flush_onstop", "the agent owns its tables: nothing of IPVS's to flush"),
+    ("SSL", "our https check has no TLS settings (no client certificate)"),
 ];
 
 /// Why `node` is left out: its entry in [`NOT_HERE`], else `otherwise`.
@@ -199,11 +202,7 @@ pub fn keepalived(nodes: &[Node], notes: &mut Notes) -> Keepalived {
             "virtual_server_group" => keepalived.groups.extend(group(node, notes)),
             "global_defs" => global_defs(node, &mut keepalived.timeouts, notes),
             "vrrp_instance" => vrrp_instance(node, &mut keepalived.interfaces, notes),
-            _ => notes.lost(
-                &node.place,
-                &node.keyword,
-                "outside the virtual servers (VRRP and the rest stay keepalived's)",
-            ),
+            _ => unsupported(node, "outside the virtual servers (VRRP and the rest stay keepalived's)", notes),
         }
     }
     keepalived
@@ -498,6 +497,9 @@ fn url(node: &Node, notes: &mut Notes) -> Url {
             "regex" => url.regex = Some(At::of(child, child.args.join(" "))),
             _ => unsupported(child, UNKNOWN, notes),
         }
+    }
+    if url.path.is_none() {
+        notes.lost(&url.place, &node.keyword, "it has no path (keepalived ignores it too)");
     }
     url
 }
