@@ -49,8 +49,10 @@ fn convert(
         CheckType::Exec => checker.misc_timeout.or(vs.timing.delay_loop).unwrap_or(DEFAULT_DELAY_LOOP),
         _ => inherited(levels, |timing| timing.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
     };
+    // keepalived accepts any retry up to UINT_MAX.
+    let fall = retry.saturating_add(1);
     if retry > 0 {
-        retry_delay(inherited(levels, |timing| timing.delay_before_retry.clone()), interval, retry + 1, notes);
+        retry_delay(inherited(levels, |timing| timing.delay_before_retry.clone()), interval, fall, notes);
     }
     let mut check = Check {
         kind: checker.kind,
@@ -63,7 +65,7 @@ fn convert(
         interval,
         timeout,
         rise: 1,
-        fall: retry + 1,
+        fall,
     };
     match checker.kind {
         CheckType::Http | CheckType::Https => http(&mut check, checker, notes)?,
@@ -83,7 +85,7 @@ fn inherited<T>(levels: [&Timing; 3], pick: impl Fn(&Timing) -> Option<T>) -> Op
 /// interval, so a failing real server goes down after `fall` × `interval`.
 fn retry_delay(delay: Option<At<Duration>>, interval: Duration, fall: u32, notes: &mut Notes) {
     let Some(delay) = delay.filter(|delay| delay.value != interval) else { return };
-    let down = Duration { micros: interval.micros * u64::from(fall) };
+    let down = Duration { micros: interval.micros.saturating_mul(u64::from(fall)) };
     notes.lost(
         &delay.place,
         "delay_before_retry",

@@ -144,6 +144,7 @@ const NOT_HERE: &[(&str, &str)] = &[
     ("hashed", "IPVS's hashed flag means nothing here"),
     ("flag-3", "IPVS's scheduler flag 3 means nothing to our schedulers"),
     ("persistence_engine", "no persistence engines"),
+    ("nat_mask", "an obsolete keepalived keyword: a NAT service has no netmask here"),
     ("sorry_server_inhibit", "the sorry server is not checked, so never quiesced"),
     ("sorry_server_lvs_method", "the sorry server is reached by the service's forwarding method"),
     ("digest", "our http check compares the status (and expect:), not an MD5 digest of the body"),
@@ -477,7 +478,9 @@ fn checker(node: &Node, kind: CheckType, notes: &mut Notes) -> Checker {
             (_, "url") if http => checker.urls.push(url(child, notes)),
             // keepalived runs it without a shell, its words as written.
             (CheckType::Exec, "misc_path") => checker.command = Some(At::of(child, child.args.join(" "))),
-            (CheckType::Exec, "misc_timeout") => checker.misc_timeout = value(child, notes).map(Duration::from_secs),
+            (CheckType::Exec, "misc_timeout") => {
+                checker.misc_timeout = value(child, notes).map(|secs: u32| Duration::from_secs(secs.into()))
+            }
             (CheckType::Udp, "require_reply") => checker.reply = reply(child, notes),
             _ => unsupported(child, UNKNOWN, notes),
         }
@@ -591,7 +594,7 @@ fn timer(node: &Node, notes: &mut Notes) -> Option<Duration> {
         }
         let secs: u64 = secs.parse().ok()?;
         let micros: u64 = format!("{fraction:0<6}").parse().ok()?;
-        Some(Duration { micros: secs * 1_000_000 + micros })
+        Some(Duration { micros: secs.checked_mul(1_000_000)? + micros })
     });
     if parsed.is_none() {
         notes.lost(&node.place, &node.keyword, format_args!("`{}` is not a time in seconds", node.args.join(" ")));
