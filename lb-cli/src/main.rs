@@ -3,6 +3,7 @@
 //! with ipvsadm's layouts, and has readable commands beside (`lbctl service add ...`).
 
 mod ipvsadm;
+mod keepalived;
 mod list;
 mod readable;
 mod save;

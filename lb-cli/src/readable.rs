@@ -14,7 +14,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use lb_api::{Change, Map, RealRef, Request, Response, ServiceRef, ServiceStatus, Value};
 use serde_json::json;
 
-use crate::{ipvsadm, list, save};
+use crate::{ipvsadm, keepalived, list, save};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -51,6 +51,18 @@ pub enum Command {
     /// ipvsadm rules (`-A`, `-a`, ... lines) added to the running services. `-` reads
     /// standard input.
     Restore { file: PathBuf },
+    /// Print our configuration for another tool's.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImportSource {
+    /// The virtual servers of a keepalived.conf (and the files it includes) as our YAML,
+    /// on standard output; what cannot be carried over is said on standard error.
+    Keepalived { file: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,6 +199,13 @@ pub fn run(socket: &Path, command: Command) -> Result<()> {
             other => bail!("the agent answered something else: {other:?}"),
         },
         Command::Restore { file } => restore(socket, &file)?,
+        Command::Import { source: ImportSource::Keepalived { file } } => {
+            let import = keepalived::import(&file)?;
+            print!("{}", import.yaml);
+            for warning in import.warnings {
+                eprintln!("{warning}");
+            }
+        }
     }
     Ok(())
 }
