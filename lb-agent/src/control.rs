@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use lb_api::Change;
 use tokio::time::{Instant, sleep};
 
@@ -92,13 +92,21 @@ impl Control {
     pub async fn change(&self, changes: &[Change]) -> Result<String> {
         let _turn = self.turn.lock().await;
         let running = self.director().running_config().cloned().context("no configuration is running yet")?;
+        let source = std::fs::read_to_string(&self.path).unwrap_or_default();
+        // Written from what runs, the file would lose edits made since the last reload.
+        if Config::parse(&source, &self.path).ok().as_ref() != Some(&running) {
+            bail!(
+                "{} is not what runs (edited since the last reload, or unreadable): reload it (systemctl reload \
+                 lb-agent) or put it back, then change again",
+                self.path.display()
+            );
+        }
         let changed = edit::apply(&running, changes)?;
         self.warn_restart_only(&changed);
-        let source = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let text = rewrite::text(&source, &changed);
+        let staged = rewrite::Staged::new(&self.path, &rewrite::text(&source, &changed)?)?;
         let summary = summary(&changed);
         self.apply(changed).await?;
-        if let Err(err) = rewrite::write(&self.path, &text) {
+        if let Err(err) = staged.commit() {
             self.apply(running).await.context("putting the previous configuration back")?;
             return Err(err.context("the change was undone"));
         }
@@ -116,6 +124,8 @@ impl Control {
 
     /// Re-reads the real servers' links and updates the data path where they changed.
     pub async fn relink(&self, solicit: Solicit) {
+        // Links read for one configuration must not land on the next.
+        let _turn = self.turn.lock().await;
         let (addresses, interfaces) = {
             let director = self.director();
             let addresses: Vec<IpAddr> = real_addresses(director.running_config()).into_iter().collect();

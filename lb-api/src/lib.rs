@@ -227,7 +227,8 @@ pub enum ApiError {
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ApiError> {
     let stream = UnixStream::connect(socket)
         .map_err(|source| ApiError::Connect { socket: socket.display().to_string(), source })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // A change waits for new real servers to resolve, and for changes before it.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut writer = &stream;
     writer.write_all(&encode(request)?)?;
     let mut line = String::new();

@@ -398,6 +398,12 @@ fn ipvsadm_command_lines_build_the_configuration_and_are_written_back() -> Resul
         ),
     ])?;
     assert_eq!(lbctl(&["-S", "-n"])?, saved);
+    // A file edited since the last reload is not written over.
+    let running = std::fs::read_to_string(&agent.config)?;
+    std::fs::write(&agent.config, running.replacen("weight: 3", "weight: 4", 1))?;
+    let stale = status("--set 0 0 60")?;
+    assert!(stale.contains("is not what runs") && stale.ends_with("status 255\n"), "{stale}");
+    std::fs::write(&agent.config, running)?;
     lbctl(&["--set", "0", "0", "60"])?;
     assert_eq!(lbctl(&["-L", "--timeout"])?, "Timeout (tcp tcpfin udp): 900 120 60\n");
 

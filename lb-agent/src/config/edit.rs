@@ -16,6 +16,11 @@ pub fn apply(config: &Config, changes: &[Change]) -> Result<Config> {
     for change in changes {
         edited = apply_one(edited, change)?;
     }
+    // Who may use the socket, and where it and the metrics are, are root's to set in the
+    // file: a member of the socket's group must not widen or move them.
+    if let Some(field) = config.restart_only_changes(&edited).first() {
+        bail!("{field} is set in the configuration file by root, not through lbctl");
+    }
     validate::check(&edited)
         .map_err(|invalid| anyhow!("{}: {}", readable_field(&edited, &invalid.field), invalid.message))?;
     Ok(edited)

@@ -9,7 +9,7 @@ use std::{
     fs::{self, File},
     io::Write,
     os::unix::fs::MetadataExt,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
@@ -17,44 +17,63 @@ use serde_yaml::{Mapping, Value};
 
 use super::{Config, VirtualService};
 
-/// The text of `new` for the file that held `source`.
-pub fn text(source: &str, new: &Config) -> String {
-    splice(source, new).filter(|text| means(text, new)).unwrap_or_else(|| fresh(new))
+/// The text of `new` for the file that held `source`: spliced where it can be, else
+/// written whole; either way read back, and refused unless it means `new`.
+pub fn text(source: &str, new: &Config) -> Result<String> {
+    let spliced = splice(source, new).filter(|text| means(text, new));
+    let text = spliced.or_else(|| fresh(new).filter(|text| means(text, new)));
+    text.context("the configuration cannot be written as YAML that reads back the same")
 }
 
-/// Replaces the file at `path` (through a symbolic link, the file it names) with `text`:
-/// a new file beside it, flushed to disk, with the old one's mode and owner, renamed
-/// over it. A reader sees the old file or the new one, never half of one.
-pub fn write(path: &Path, text: &str) -> Result<()> {
-    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let directory = path.parent().context("the configuration file has no directory")?;
-    let name = path.file_name().context("the configuration file has no name")?.to_string_lossy();
-    let temporary = directory.join(format!(".{name}.{}.new", std::process::id()));
-    let written = (|| -> Result<()> {
-        let mut file = File::create(&temporary)?;
+/// A new configuration file written beside the old one and flushed to disk, not yet in
+/// its place: [`Staged::commit`] renames it over the old one (a reader sees the old
+/// file or the new one, never half of one); dropped, it is removed.
+pub struct Staged {
+    temporary: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// Stages `text` for the file at `path` (through a symbolic link, the file it
+    /// names), with the old file's mode and owner.
+    pub fn new(path: &Path, text: &str) -> Result<Self> {
+        let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let directory = path.parent().context("the configuration file has no directory")?;
+        let name = path.file_name().context("the configuration file has no name")?.to_string_lossy();
+        let temporary = directory.join(format!(".{name}.{}.new", std::process::id()));
+        let staged = Self { temporary, path };
+        let mut file = File::create(&staged.temporary)?;
         file.write_all(text.as_bytes())?;
-        if let Ok(old) = fs::metadata(&path) {
+        if let Ok(old) = fs::metadata(&staged.path) {
             file.set_permissions(old.permissions())?;
             std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()))?;
         }
-        file.sync_all()?;
-        fs::rename(&temporary, &path)?;
-        File::open(directory)?.sync_all()?;
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temporary);
+        file.sync_all().with_context(|| format!("writing {}", staged.temporary.display()))?;
+        Ok(staged)
     }
-    written.with_context(|| format!("writing {}", path.display()))
+
+    pub fn commit(self) -> Result<()> {
+        fs::rename(&self.temporary, &self.path).with_context(|| format!("replacing {}", self.path.display()))?;
+        if let Some(directory) = self.path.parent() {
+            File::open(directory)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.temporary);
+    }
 }
 
 fn means(text: &str, config: &Config) -> bool {
     serde_yaml::from_str::<Config>(text).is_ok_and(|read| read == *config)
 }
 
-fn fresh(config: &Config) -> String {
-    let body = serde_yaml::to_string(config).unwrap_or_default();
-    format!("# Written by lb-agent (lbctl's changes); the previous file could not be kept as it was.\n{body}")
+fn fresh(config: &Config) -> Option<String> {
+    let body = serde_yaml::to_string(config).ok()?;
+    Some(format!("# Written by lb-agent (lbctl's changes); the previous file could not be kept as it was.\n{body}"))
 }
 
 const SERVICES: &str = "services";

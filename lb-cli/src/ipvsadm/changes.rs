@@ -141,14 +141,15 @@ fn new_real(invocation: &Invocation) -> Result<Map<String, Value>, Refusal> {
     Ok(fields)
 }
 
-/// `-w`, `-g`/`-i`/`-m`, `-x`, `-y`, and the port where it is the real server's own:
-/// a NAT real server, or any of a firewall-mark service (ipvsadm gives dr and tun real
-/// servers of an address's service its port).
+/// `-w`, `-g`/`-i`/`-m`, `-x`, `-y`, and the port where it is the real server's own: a
+/// NAT or Full-NAT real server of a service of one port. ipvsadm gives dr and tun real
+/// servers the service's port; a firewall-mark or port-0 service's real servers keep
+/// the port each client asked for (ipvsadm's `:0`).
 fn real_settings(invocation: &Invocation) -> Map<String, Value> {
     let forwarding = invocation.forwarding.unwrap_or(Forwarding::Dr);
-    let fwmark = matches!(invocation.service, Some(Service::Fwmark { .. }));
+    let one_port = matches!(invocation.service, Some(Service::Address { port, .. }) if port != 0);
     let rewrites = matches!(forwarding, Forwarding::Nat | Forwarding::Fnat);
-    let port = invocation.real.and_then(|(_, port)| port).filter(|_| fwmark || rewrites);
+    let port = invocation.real.and_then(|(_, port)| port).filter(|&port| one_port && rewrites && port != 0);
     let mut set = Map::new();
     set.insert("weight".into(), json!(invocation.weight.unwrap_or(1)));
     set.insert("forwarding".into(), json!(forwarding.word()));

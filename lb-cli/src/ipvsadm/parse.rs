@@ -150,6 +150,9 @@ pub mod opt {
     pub const PE: usize = 22;
     pub const SCHED_FLAGS: usize = 23;
     pub const MCAST_GROUP: usize = 24;
+    pub const MCAST_PORT: usize = 25;
+    pub const MCAST_TTL: usize = 26;
+    pub const SYNC_MAXLEN: usize = 27;
     pub const TUN_INFO: usize = 28;
     pub const TUN_TYPE: usize = 29;
     pub const TUN_PORT: usize = 30;
@@ -375,9 +378,9 @@ fn valued_of(option: &str) -> Option<usize> {
         "--mcast-interface" => opt::MCAST_INTERFACE,
         "--syncid" => opt::SYNCID,
         "--mcast-group" => opt::MCAST_GROUP,
-        "--mcast-port" => opt::MCAST_GROUP + 1,
-        "--mcast-ttl" => opt::MCAST_GROUP + 2,
-        "--sync-maxlen" => opt::MCAST_GROUP + 3,
+        "--mcast-port" => opt::MCAST_PORT,
+        "--mcast-ttl" => opt::MCAST_TTL,
+        "--sync-maxlen" => opt::SYNC_MAXLEN,
         "--match" => opt::MATCH,
         _ => return None,
     })
@@ -414,7 +417,7 @@ fn read_option(invocation: &mut Invocation, option: &str, words: &mut Words) -> 
     }
     match option {
         "-t" | "--tcp-service" | "-u" | "--udp-service" => {
-            let protocol = if option.contains('t') { "tcp" } else { "udp" };
+            let protocol = if matches!(option, "-t" | "--tcp-service") { "tcp" } else { "udp" };
             let text = words.argument(option)?;
             mark(invocation, opt::SERVICE)?;
             let (vip, port) =
@@ -463,7 +466,7 @@ fn read_option(invocation: &mut Invocation, option: &str, words: &mut Words) -> 
             invocation.weight = Some(number(&text, 0, 65535).ok_or_else(|| fail("illegal weight specified"))?);
         }
         "-x" | "--u-threshold" | "-y" | "--l-threshold" => {
-            let upper = option.contains('x') || option.contains('u');
+            let upper = matches!(option, "-x" | "--u-threshold");
             let text = words.argument(option)?;
             mark(invocation, if upper { opt::UPPER } else { opt::LOWER })?;
             let which = if upper { "u_threshold" } else { "l_threshold" };

@@ -110,3 +110,10 @@ fn changes_are_taken_together_or_not_at_all() {
     let cleared = apply(&running(), &[Change::Clear]).unwrap();
     assert!(cleared.services.is_empty());
 }
+
+#[test]
+fn where_the_socket_and_metrics_are_is_not_lbctls_to_change() {
+    let moved = RUNNING.replace("interfaces:", "api_group: users\ninterfaces:");
+    let refused = refusal(&[Change::Replace { yaml: moved }]);
+    assert_eq!(refused, "api_group is set in the configuration file by root, not through lbctl");
+}

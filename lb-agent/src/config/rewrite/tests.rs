@@ -37,7 +37,7 @@ services:
 fn changed(source: &str, changes: &[Change]) -> (Config, String) {
     let old = Config::parse(source, Path::new("lb.yaml")).unwrap();
     let new = edit::apply(&old, changes).unwrap();
-    let text = text(source, &new);
+    let text = text(source, &new).unwrap();
     assert_eq!(Config::parse(&text, Path::new("lb.yaml")).unwrap(), new, "the text must mean the new configuration");
     (new, text)
 }
