@@ -88,7 +88,11 @@ async fn answer(stream: UnixStream, control: &Control) -> Result<()> {
 
 async fn handle(request: Request, control: &Control) -> Result<Response> {
     Ok(match request {
-        Request::List => Response::Services { services: control.director().status()? },
+        Request::List => {
+            let director = control.director();
+            let table_size = director.running_config().map_or(lb_common::CONN_TABLE_SIZE, |c| c.connection_table_size);
+            Response::Services { services: director.status()?, table_size }
+        }
         Request::Connections => Response::Connections { connections: control.director().connections()? },
         Request::Config => {
             let config = control.director().running_config().cloned().context("no configuration is running yet")?;

@@ -454,10 +454,10 @@ impl Director {
     /// The running services and real servers with their counters, in config order.
     pub fn status(&self) -> Result<Vec<ServiceStatus>> {
         let Some((config, _)) = &self.running else { return Ok(Vec::new()) };
-        config.services.iter().map(|service| self.service_status(config, service)).collect()
+        config.services.iter().map(|service| self.service_status(service)).collect()
     }
 
-    fn service_status(&self, config: &Config, service: &VirtualService) -> Result<ServiceStatus> {
+    fn service_status(&self, service: &VirtualService) -> Result<ServiceStatus> {
         let index = self.ids.services.get(&service.name).context("running service without a slot")?;
         let mut reals = Vec::new();
         for real in &service.reals {
@@ -489,7 +489,6 @@ impl Director {
             scheduler: service.scheduler.to_string(),
             scheduler_flags: service.scheduler_flags.iter().map(ToString::to_string).collect(),
             matches: service.matches.iter().map(Match::to_string).collect(),
-            table_size: config.connection_table_size,
             stats: stats(self.dataplane.service_counters(index)?),
             reals,
         })

@@ -74,6 +74,20 @@ pub enum ServiceRef {
     Fwmark(u32),
 }
 
+impl ServiceRef {
+    /// Whether it names the service called `name`, of firewall mark `fwmark`, or else
+    /// at `address` (protocol, VIP, port).
+    pub fn names(&self, name: &str, fwmark: Option<u32>, address: Option<(&str, IpAddr, u16)>) -> bool {
+        match self {
+            Self::Name(wanted) => name == wanted,
+            Self::Address { protocol, vip, port } => {
+                fwmark.is_none() && address == Some((protocol.as_str(), *vip, *port))
+            }
+            Self::Fwmark(mark) => fwmark == Some(*mark),
+        }
+    }
+}
+
 impl std::fmt::Display for ServiceRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -107,6 +121,9 @@ impl std::fmt::Display for RealRef {
 pub enum Response {
     Services {
         services: Vec<ServiceStatus>,
+        /// The size of the connection table (ipvsadm's `size=`).
+        #[serde(default)]
+        table_size: u32,
     },
     Connections {
         connections: Vec<ConnectionStatus>,
@@ -156,9 +173,6 @@ pub struct ServiceStatus {
     /// (`tcp:203.0.113.10:80,443`).
     #[serde(default)]
     pub matches: Vec<String>,
-    /// The size of the connection table (ipvsadm's `size=`).
-    #[serde(default)]
-    pub table_size: u32,
     pub stats: Stats,
     pub reals: Vec<RealStatus>,
 }

@@ -8,7 +8,7 @@ pub mod parse;
 
 use std::{io::Read, path::Path};
 
-pub use changes::match_of;
+pub use changes::{match_of, netmask};
 use lb_api::{Change, Request, Response};
 use parse::{Command, Invocation, Refusal, opt};
 
@@ -31,7 +31,7 @@ fn execute(socket: &Path, invocation: &Invocation) -> Result<(), Refusal> {
         Command::Help => print!("{}", usage()),
         Command::Version => println!("lbctl {} (ipvsadm v1.31's command line, IPVS v1.2.1)", env!("CARGO_PKG_VERSION")),
         Command::List => list(socket, invocation)?,
-        Command::Save => print!("{}", save::rules(&services(socket)?)),
+        Command::Save => print!("{}", save::rules(&services(socket)?.0)),
         Command::Zero => {
             let service = invocation.service.as_ref().map(changes::service_ref);
             done(socket, &Request::Zero { service })?;
@@ -86,10 +86,10 @@ fn list(socket: &Path, invocation: &Invocation) -> Result<(), Refusal> {
         return Ok(());
     }
     changes::refuse_unsupported(invocation)?;
-    let mut services = services(socket)?;
+    let (mut services, table_size) = services(socket)?;
     if let Some(wanted) = &invocation.service {
         let wanted = changes::service_ref(wanted);
-        services.retain(|service| is(service, &wanted));
+        services.retain(|s| wanted.names(&s.name, s.fwmark, Some((&s.protocol, s.vip, s.port))));
         if services.is_empty() {
             return Err(refused(1, "No such service"));
         }
@@ -100,24 +100,16 @@ fn list(socket: &Path, invocation: &Invocation) -> Result<(), Refusal> {
         exact: invocation.has(opt::EXACT),
         nosort: invocation.has(opt::NOSORT),
         one: invocation.service.is_some(),
+        table_size,
     };
     print!("{}", list::render(&services, layout));
     Ok(())
 }
 
-fn is(service: &lb_api::ServiceStatus, wanted: &lb_api::ServiceRef) -> bool {
-    match wanted {
-        lb_api::ServiceRef::Name(name) => service.name == *name,
-        lb_api::ServiceRef::Address { protocol, vip, port } => {
-            service.fwmark.is_none() && service.protocol == *protocol && service.vip == *vip && service.port == *port
-        }
-        lb_api::ServiceRef::Fwmark(mark) => service.fwmark == Some(*mark),
-    }
-}
-
-fn services(socket: &Path) -> Result<Vec<lb_api::ServiceStatus>, Refusal> {
+/// The services, and the size of the connection table.
+fn services(socket: &Path) -> Result<(Vec<lb_api::ServiceStatus>, u32), Refusal> {
     match call(socket, &Request::List, 1)? {
-        Response::Services { services } => Ok(services),
+        Response::Services { services, table_size } => Ok((services, table_size)),
         other => Err(unexpected(other, 1)),
     }
 }

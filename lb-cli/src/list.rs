@@ -21,17 +21,15 @@ pub struct Layout {
     pub nosort: bool,
     /// One service (`-L -t ...`): no version line.
     pub one: bool,
-}
-
-/// IPVS's version, as ipvsadm shows it, and our table's size.
-fn version(services: &[ServiceStatus]) -> String {
-    let size = services.first().map_or(0, |service| service.table_size);
-    format!("IP Virtual Server version 1.2.1 (size={size})\n")
+    /// The connection table's size, which the version line shows.
+    pub table_size: u32,
 }
 
 /// `ipvsadm -Ln` and its variants.
 pub fn render(services: &[ServiceStatus], layout: Layout) -> String {
-    let mut out = if layout.one { String::new() } else { version(services) };
+    // IPVS's version, as ipvsadm shows it, and our table's size.
+    let version = format!("IP Virtual Server version 1.2.1 (size={})\n", layout.table_size);
+    let mut out = if layout.one { String::new() } else { version };
     out.push_str(title(layout));
     for service in ordered(services, layout.nosort) {
         if layout.stats {
@@ -104,11 +102,15 @@ fn forward_name(forwarding: &str) -> &str {
 /// `FWM  12 IPv6` for a firewall-mark service of IPv6 addresses only.
 fn service_name(service: &ServiceStatus) -> String {
     if let Some(mark) = service.fwmark {
-        let ipv6 = !service.matches.is_empty() && service.matches.iter().all(|m| m.contains('['));
-        return format!("FWM  {mark}{}", if ipv6 { " IPv6" } else { "" });
+        return format!("FWM  {mark}{}", if ipv6_only(service) { " IPv6" } else { "" });
     }
     let name = format!("{:<4} {}", service.protocol.to_uppercase(), endpoint(service.vip, service.port));
     if service.vip.is_ipv4() { name.chars().take(33).collect() } else { name }
+}
+
+/// Whether a firewall-mark service serves IPv6 addresses only (ipvsadm's `-f N -6`).
+pub fn ipv6_only(service: &ServiceStatus) -> bool {
+    !service.matches.is_empty() && service.matches.iter().all(|matched| matched.contains('['))
 }
 
 /// A real server's `address:port`, an IPv4 one cut at 28 characters, as ipvsadm.
@@ -228,7 +230,6 @@ mod tests {
             scheduler: scheduler.into(),
             scheduler_flags: Vec::new(),
             matches: Vec::new(),
-            table_size: 1048576,
             stats: Stats::default(),
             reals: Vec::new(),
         };
@@ -269,7 +270,7 @@ UDP  [2001:db8:100::10]:53 sh (sh-port) persistent 360 mask 64
 FWM  11 rr persistent 600 mask 255.255.255.0
   -> 198.18.1.13:0                FullNat 1      0          0         
 ";
-        assert_eq!(render(&services(), Layout::default()), expected);
+        assert_eq!(render(&services(), Layout { table_size: 1048576, ..Default::default() }), expected);
         let nosort = render(&services(), Layout { nosort: true, one: true, ..Default::default() });
         assert!(nosort.starts_with("Prot LocalAddress:Port Scheduler Flags\n"), "{nosort}");
         assert!(nosort.find("FWM  11").unwrap() < nosort.find("TCP  203.0.113.10:80").unwrap());

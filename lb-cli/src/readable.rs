@@ -189,11 +189,12 @@ pub fn run(socket: &Path, command: Command) -> Result<()> {
             other => bail!("the agent answered something else: {other:?}"),
         },
         Command::List { stats, .. } => {
-            print!("{}", list::render(&services(socket)?, list::Layout { stats, ..Default::default() }))
+            let (services, table_size) = services(socket)?;
+            print!("{}", list::render(&services, list::Layout { stats, table_size, ..Default::default() }))
         }
         Command::Service { action } => service(socket, action)?,
         Command::Real { action } => real(socket, action)?,
-        Command::Save { format: Format::Ipvsadm } => print!("{}", save::rules(&services(socket)?)),
+        Command::Save { format: Format::Ipvsadm } => print!("{}", save::rules(&services(socket)?.0)),
         Command::Save { format: Format::Yaml } => match call(socket, &Request::Config)? {
             Response::Config { yaml } => print!("{yaml}"),
             other => bail!("the agent answered something else: {other:?}"),
@@ -213,7 +214,7 @@ pub fn run(socket: &Path, command: Command) -> Result<()> {
 fn service(socket: &Path, action: ServiceAction) -> Result<()> {
     let change = match action {
         ServiceAction::List => {
-            for service in list::ordered(&services(socket)?, true) {
+            for service in list::ordered(&services(socket)?.0, true) {
                 println!("{:<24} {:<32} {}", service.name, address(service), service.scheduler);
             }
             return Ok(());
@@ -256,7 +257,7 @@ impl ServiceSettings {
         put("forwarding", self.forwarding.map(|forwarding| json!(forwarding)));
         let persistence = self.persistence.map(|timeout| match &self.netmask {
             Some(mask) => {
-                json!({ "timeout": timeout, "netmask": mask.parse::<u8>().map_or(json!(mask), |p| json!(p)) })
+                json!({ "timeout": timeout, "netmask": ipvsadm::netmask(mask) })
             }
             None => json!({ "timeout": timeout }),
         });
@@ -364,7 +365,7 @@ fn drain(socket: &Path, service: &str, real: &str, wait: Option<u64>) -> Result<
 }
 
 fn active_connections(socket: &Path, service: &str, target: &RealRef) -> Result<u64> {
-    let services = services(socket)?;
+    let (services, _) = services(socket)?;
     let service = services.iter().find(|s| s.name == service).with_context(|| format!("no service {service}"))?;
     let real = service
         .reals
@@ -403,9 +404,10 @@ fn change_one(socket: &Path, change: Change) -> Result<()> {
     Ok(())
 }
 
-fn services(socket: &Path) -> Result<Vec<ServiceStatus>> {
+/// The services, and the size of the connection table.
+fn services(socket: &Path) -> Result<(Vec<ServiceStatus>, u32)> {
     match call(socket, &Request::List)? {
-        Response::Services { services } => Ok(services),
+        Response::Services { services, table_size } => Ok((services, table_size)),
         other => bail!("the agent answered something else: {other:?}"),
     }
 }

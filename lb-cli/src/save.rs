@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use lb_api::{RealStatus, ServiceStatus};
 
-use crate::list::{endpoint, ordered, ordered_reals};
+use crate::list::{endpoint, ipv6_only, ordered, ordered_reals};
 
 pub fn rules(services: &[ServiceStatus]) -> String {
     let mut out = String::new();
@@ -38,8 +38,7 @@ pub fn rules(services: &[ServiceStatus]) -> String {
 fn rule_name(service: &ServiceStatus) -> String {
     match service.fwmark {
         Some(mark) => {
-            let ipv6 = !service.matches.is_empty() && service.matches.iter().all(|m| m.contains('['));
-            format!("-f {mark}{}", if ipv6 { " -6" } else { "" })
+            format!("-f {mark}{}", if ipv6_only(service) { " -6" } else { "" })
         }
         None => {
             let switch = if service.protocol == "udp" { "-u" } else { "-t" };

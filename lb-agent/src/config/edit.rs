@@ -122,16 +122,12 @@ pub fn service_index(config: &Config, wanted: &ServiceRef) -> Result<usize> {
 }
 
 fn is_service(service: &VirtualService, wanted: &ServiceRef) -> bool {
-    match wanted {
-        ServiceRef::Name(name) => service.name == *name,
-        ServiceRef::Address { protocol, vip, port } => {
-            service.fwmark.is_none()
-                && service.vip == Some(*vip)
-                && service.port == Some(*port)
-                && service.protocol.is_some_and(|p| p.to_string() == *protocol)
-        }
-        ServiceRef::Fwmark(mark) => service.fwmark == Some(*mark),
-    }
+    let protocol = service.protocol.map(|protocol| protocol.to_string());
+    let address = match (&protocol, service.vip, service.port) {
+        (Some(protocol), Some(vip), Some(port)) => Some((protocol.as_str(), vip, port)),
+        _ => None,
+    };
+    wanted.names(&service.name, service.fwmark, address)
 }
 
 fn real_index(service: &VirtualService, wanted: &RealRef) -> Result<usize> {
@@ -172,4 +168,4 @@ fn readable_field(config: &Config, field: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -106,7 +106,7 @@ fn service_settings(invocation: &Invocation) -> Result<Map<String, Value>, Refus
 }
 
 /// A dotted mask stays a string; a prefix length is a number.
-fn netmask(mask: &str) -> Value {
+pub fn netmask(mask: &str) -> Value {
     mask.parse::<u8>().map_or_else(|_| json!(mask), |prefix| json!(prefix))
 }
 

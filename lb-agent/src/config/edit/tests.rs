@@ -23,7 +23,8 @@ fn running() -> Config {
     Config::parse(RUNNING, Path::new("lb.yaml")).unwrap()
 }
 
-fn fields(value: Value) -> Map<String, Value> {
+/// A JSON object's fields, as a change carries them.
+pub fn fields(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(fields) => fields,
         other => panic!("not an object: {other}"),

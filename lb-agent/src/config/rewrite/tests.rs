@@ -1,10 +1,10 @@
 use std::path::Path;
 
-use lb_api::{Change, Map, ServiceRef, Value};
+use lb_api::{Change, ServiceRef};
 use serde_json::json;
 
 use super::text;
-use crate::config::{Config, edit};
+use crate::config::{Config, edit, edit::tests::fields};
 
 const FILE: &str = "\
 # The director's configuration.
@@ -40,13 +40,6 @@ fn changed(source: &str, changes: &[Change]) -> (Config, String) {
     let text = text(source, &new).unwrap();
     assert_eq!(Config::parse(&text, Path::new("lb.yaml")).unwrap(), new, "the text must mean the new configuration");
     (new, text)
-}
-
-fn fields(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(fields) => fields,
-        other => panic!("not an object: {other}"),
-    }
 }
 
 fn lines_of(text: &str, from: &str, to: &str) -> String {
