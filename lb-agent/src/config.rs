@@ -3,6 +3,7 @@
 //! Loading is all-or-nothing: a file that does not parse or validate is refused with its
 //! path, the line and the field at fault, and the caller keeps the configuration it runs.
 
+mod check;
 pub mod edit;
 mod locate;
 pub mod rewrite;
@@ -15,6 +16,8 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+pub use self::check::{Check, CheckType, DEFAULT_QUERY, DEFAULT_STATUS, Interval, OnFailure, Status};
 
 pub const DEFAULT_PATH: &str = "/etc/lb/lb.yaml";
 /// mh's table size if a service names none: Katran's and Google's Maglev's, room for
@@ -244,6 +247,20 @@ pub struct VirtualService {
     /// its next packet (which may then open a new one), rather than going on to it.
     #[serde(default, skip_serializing_if = "is_default")]
     pub expire_nodest_conn: bool,
+    /// How the agent checks its real servers' health (none by default: all are
+    /// healthy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+    /// What a real server whose check fails becomes.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_failure: OnFailure,
+    /// The real server that serves alone while the healthy real servers' weights sum
+    /// to less than `quorum` (keepalived's `sorry_server`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sorry_server: Option<IpAddr>,
+    /// keepalived's `quorum`: 1 by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reals: Vec<Real>,
 }
@@ -356,6 +373,9 @@ pub struct Real {
     /// ipvsadm `-y`: 0 means 3/4 of `upper_threshold`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub lower_threshold: u32,
+    /// Its own health check, in place of the service's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]

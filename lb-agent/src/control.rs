@@ -1,5 +1,6 @@
 //! What changes the running configuration, one change at a time: the file reloaded
-//! (SIGHUP), lbctl's changes (written back to the file), and the real servers' links.
+//! (SIGHUP), lbctl's changes (written back to the file), the real servers' links, and
+//! their health.
 
 use std::{
     collections::HashSet,
@@ -17,6 +18,7 @@ use crate::{
     config::{self, Config, edit, rewrite},
     dataplane,
     director::Director,
+    health::checker::{Checkers, Health},
     neighbour::{Neighbours, Solicit},
     systemd,
 };
@@ -35,11 +37,18 @@ pub struct Control {
     /// Held by each change from the configuration it starts from to the one it leaves,
     /// so two never interleave.
     turn: tokio::sync::Mutex<()>,
+    /// The health checks of the running configuration.
+    checkers: Mutex<Checkers>,
 }
 
 impl Control {
     pub fn new(director: Arc<Mutex<Director>>, neighbours: Neighbours, path: PathBuf) -> Self {
-        Self { director, neighbours, path, turn: tokio::sync::Mutex::new(()) }
+        Self { director, neighbours, path, turn: tokio::sync::Mutex::new(()), checkers: Mutex::default() }
+    }
+
+    /// The real servers' health, as their checks find it.
+    pub fn health(&self) -> Arc<Health> {
+        lock(&self.checkers).health()
     }
 
     /// The director, also after a panic elsewhere: its state stays consistent between
@@ -143,6 +152,18 @@ impl Control {
         }
     }
 
+    /// Serves the real servers that are healthy now (after a check turned one down or
+    /// up).
+    pub async fn follow_health(&self) {
+        let _turn = self.turn.lock().await;
+        let mut director = self.director();
+        let Some(config) = director.running_config() else { return };
+        let down = self.health().down(config);
+        if let Err(err) = director.set_down(down) {
+            log::error!("updating the data path for the real servers' health: {err:#}");
+        }
+    }
+
     /// Whether `first`, or an event that follows it closely, concerns a real server. A
     /// burst of events (a solicitation, a moved host) makes one look at the table.
     pub async fn is_real_server_event(&self, first: IpAddr, events: &mut tokio::sync::mpsc::Receiver<IpAddr>) -> bool {
@@ -199,7 +220,10 @@ impl Control {
                 _ => {}
             }
         }
-        self.director().apply(config, links)
+        let down = self.health().down(&config);
+        self.director().apply(config.clone(), links, down)?;
+        lock(&self.checkers).follow(&config);
+        Ok(())
     }
 }
 
@@ -231,13 +255,11 @@ fn warn_if_not_forwarding(config: &Config) {
     }
 }
 
+/// The real servers' addresses, the sorry servers' too: they are resolved before they
+/// serve.
 fn real_addresses(config: Option<&Config>) -> HashSet<IpAddr> {
-    config
-        .iter()
-        .flat_map(|config| &config.services)
-        .flat_map(|service| &service.reals)
-        .map(|real| real.address)
-        .collect()
+    let services = config.iter().flat_map(|config| &config.services);
+    services.flat_map(|service| service.reals.iter().map(|real| real.address).chain(service.sorry_server)).collect()
 }
 
 pub fn summary(config: &Config) -> String {
@@ -245,6 +267,8 @@ pub fn summary(config: &Config) -> String {
     format!("{} services, {} real servers", config.services.len(), reals)
 }
 
-pub fn lock(director: &Mutex<Director>) -> MutexGuard<'_, Director> {
-    director.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// `mutex`'s value, also after a panic elsewhere: the values guarded here stay
+/// consistent between writes, so carrying on is safer than stopping the data path.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

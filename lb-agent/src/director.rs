@@ -34,6 +34,7 @@ use crate::{
     connections,
     dataplane::{Dataplane, Limits},
     expiry::{Ageing, Localizing, Persisting},
+    health::{self, Down},
     neighbour::{Link, Links},
     registry::Registry,
     sched::{self, Candidate, Hashing, Ring, Slots},
@@ -51,8 +52,19 @@ pub struct Director {
     dataplane: Dataplane,
     ids: Ids,
     written: Written,
-    /// The configuration the maps hold, and the links they were written with.
-    running: Option<(Config, Links)>,
+    running: Option<Running>,
+}
+
+/// The configuration the agent runs, and what the maps hold of it.
+struct Running {
+    config: Config,
+    /// The links the maps were written with.
+    links: Links,
+    /// The real servers whose health check failed.
+    down: Down,
+    /// What the maps serve: `config` with the failed real servers taken out (or the
+    /// sorry server in their place).
+    serving: Config,
 }
 
 /// Id bookkeeping, cloned for planning so a refused change leaves it as it was.
@@ -114,8 +126,14 @@ impl Director {
         &self.dataplane
     }
 
+    /// The configuration as the file says it.
     pub fn running_config(&self) -> Option<&Config> {
-        self.running.as_ref().map(|(config, _)| config)
+        self.running.as_ref().map(|running| &running.config)
+    }
+
+    /// What the maps serve of it, health considered.
+    pub fn serving_config(&self) -> Option<&Config> {
+        self.running.as_ref().map(|running| &running.serving)
     }
 
     /// The connection timeouts of the running configuration (IPVS's defaults before
@@ -128,7 +146,7 @@ impl Director {
     /// persistent service's templates' timeout and networks, and each lblc or lblcr
     /// service's expiration and real servers.
     pub fn ageing(&self) -> Ageing {
-        let Some(config) = self.running_config() else { return Ageing::default() };
+        let Some(config) = self.serving_config() else { return Ageing::default() };
         let persistence = config
             .services
             .iter()
@@ -152,34 +170,47 @@ impl Director {
         config.services.iter().filter_map(localizing).collect()
     }
 
-    /// Makes the director run `config`, with real servers reached over `links`: the
-    /// maps, and the interfaces the program is attached to. A refused configuration
-    /// changes nothing.
-    pub fn apply(&mut self, config: Config, links: Links) -> Result<()> {
-        let plan = self.plan(&config, &links)?;
-        self.attach(&config)?;
+    /// Makes the director run `config`, with real servers reached over `links` and
+    /// those `down` failing their checks: the maps, and the interfaces the program is
+    /// attached to. A refused configuration changes nothing.
+    pub fn apply(&mut self, config: Config, links: Links, down: Down) -> Result<()> {
+        let serving = health::serving(&config, &down);
+        let plan = self.plan(&serving, &links)?;
+        self.attach(&serving)?;
         self.commit(plan)?;
-        self.detach_others(&config)?;
-        self.running = Some((config, links));
+        self.detach_others(&serving)?;
+        self.running = Some(Running { config, links, down, serving });
         Ok(())
     }
 
-    /// Like [`Director::apply`], for the maps alone: the attachments stay as they are
-    /// (test beds run the program without attaching it anywhere).
+    /// Like [`Director::apply`], for the maps alone, every real server healthy: the
+    /// attachments stay as they are (test beds run the program without attaching it
+    /// anywhere).
     pub fn apply_maps(&mut self, config: Config, links: Links) -> Result<()> {
         let plan = self.plan(&config, &links)?;
         self.commit(plan)?;
-        self.running = Some((config, links));
+        self.running = Some(Running { serving: config.clone(), config, links, down: Down::default() });
         Ok(())
     }
 
     /// Re-applies the running configuration if the real servers' links changed.
     pub fn relink(&mut self, links: Links) -> Result<()> {
         match &self.running {
-            Some((config, old)) if *old != links => {
+            Some(running) if running.links != links => {
                 log::info!("real servers' links changed; updating the data path");
-                let config = config.clone();
-                self.apply(config, links)
+                let (config, down) = (running.config.clone(), running.down.clone());
+                self.apply(config, links, down)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Re-applies the running configuration if the failed real servers changed.
+    pub fn set_down(&mut self, down: Down) -> Result<()> {
+        match &self.running {
+            Some(running) if running.down != down => {
+                let (config, links) = (running.config.clone(), running.links.clone());
+                self.apply(config, links, down)
             }
             _ => Ok(()),
         }
@@ -453,7 +484,7 @@ impl Director {
 
     /// The running services and real servers with their counters, in config order.
     pub fn status(&self) -> Result<Vec<ServiceStatus>> {
-        let Some((config, _)) = &self.running else { return Ok(Vec::new()) };
+        let Some(config) = self.serving_config() else { return Ok(Vec::new()) };
         config.services.iter().map(|service| self.service_status(service)).collect()
     }
 
@@ -497,7 +528,7 @@ impl Director {
     /// ipvsadm -Z: the counters of `service` (all services without one) and of its real
     /// servers back to zero.
     pub fn zero(&mut self, service: Option<&ServiceRef>) -> Result<String> {
-        let Some((config, _)) = &self.running else { return Ok("nothing runs yet".into()) };
+        let Some(Running { serving: config, .. }) = &self.running else { return Ok("nothing runs yet".into()) };
         let services: Vec<&VirtualService> = match service {
             Some(wanted) => vec![&config.services[edit::service_index(config, wanted)?]],
             None => config.services.iter().collect(),

@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod director;
 pub mod expiry;
 pub mod group;
+pub mod health;
 pub mod metrics;
 pub mod neighbour;
 pub mod offload;

@@ -117,10 +117,11 @@ async fn serve(
     // Both sockets are bound before systemd hears the agent is ready.
     let metrics_listener = metrics::bind(metrics_listen).await?;
     let socket = Arc::new(ControlSocket::bind(api_socket, &api_group)?);
-    tasks.spawn(metrics::serve(metrics_listener, control.director_handle(), expiry.counts()));
+    tasks.spawn(metrics::serve(metrics_listener, control.director_handle(), expiry.counts(), control.health()));
     let running = control.clone();
     tasks.spawn(expiry.run(move || running.director().ageing()));
     tasks.spawn(api::serve(socket, control.clone()));
+    let health = control.health();
     let mut neighbour_events = neighbour::watch()?;
     let mut relink_tick = interval(RELINK_INTERVAL);
     systemd::notify("READY=1");
@@ -133,6 +134,7 @@ async fn serve(
                 }
             }
             _ = relink_tick.tick() => control.relink(Solicit::Yes).await,
+            () = health.changed() => control.follow_health().await,
             Some(done) = tasks.join_next() => done.context("a task panicked")??,
             _ = signals.terminate.recv() => break,
             _ = signals.interrupt.recv() => break,

@@ -2,6 +2,7 @@
 //! twice and the data path does no extra work for them.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
@@ -14,10 +15,16 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
+    registry::Unit,
 };
 use tokio::net::TcpListener;
 
-use crate::{director::Director, expiry};
+use crate::{
+    config::Config,
+    director::Director,
+    expiry,
+    health::{Owner, checker::Health},
+};
 
 const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -29,9 +36,14 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves `/metrics` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, director: Arc<Mutex<Director>>, expiry: Arc<expiry::Counts>) -> Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    director: Arc<Mutex<Director>>,
+    expiry: Arc<expiry::Counts>,
+    health: Arc<Health>,
+) -> Result<()> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(LbCollector { director, expiry }));
+    registry.register_collector(Box::new(LbCollector { director, expiry, health }));
     let app = Router::new().route("/metrics", get(scrape)).with_state(Arc::new(registry));
     axum::serve(listener, app).await.context("serving metrics")
 }
@@ -47,6 +59,7 @@ async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
 struct LbCollector {
     director: Arc<Mutex<Director>>,
     expiry: Arc<expiry::Counts>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for LbCollector {
@@ -65,6 +78,7 @@ impl Collector for LbCollector {
                 return Err(std::fmt::Error);
             }
         };
+        let configured = configured_reals(director.running_config());
         drop(director);
 
         let service_labels = |s: &lb_api::ServiceStatus| [("service", s.name.clone())];
@@ -114,8 +128,55 @@ impl Collector for LbCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(i64::try_from(self.expiry.entries()).unwrap_or(i64::MAX)).encode(entries)?;
-        Ok(())
+        encode_health(&mut encoder, &configured, &self.health)
     }
+}
+
+/// Every configured real server, as (service, address), in the configuration's order.
+fn configured_reals(config: Option<&Config>) -> Vec<Owner> {
+    let services = config.iter().flat_map(|config| &config.services);
+    services.flat_map(|service| service.reals.iter().map(|real| (service.name.clone(), real.address))).collect()
+}
+
+/// Each configured real server's health (1 when it has no check), and its checks'
+/// durations and failures.
+fn encode_health(encoder: &mut DescriptorEncoder, configured: &[Owner], health: &Health) -> std::fmt::Result {
+    let labels = |(service, address): &Owner| [("service", service.clone()), ("real", address.to_string())];
+    let mut up: HashMap<&Owner, bool> = configured.iter().map(|owner| (owner, true)).collect();
+    let mut checked = Vec::new();
+    health.for_each(|owner, state| {
+        if let Some(up) = up.get_mut(owner) {
+            *up = state.up;
+            checked.push((owner.clone(), state.failures, state.duration.clone()));
+        }
+    });
+    let mut metric = encoder.encode_descriptor(
+        "lb_real_up",
+        "Whether a real server passes its health check (1 when it has none); a real server that fails it is \
+         quiesced or removed, as its service's on_failure says.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for owner in configured {
+        ConstGauge::new(i64::from(up[owner])).encode(metric.encode_family(&labels(owner))?)?;
+    }
+    checked.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut metric = encoder.encode_descriptor(
+        // The encoder appends the unit: lb_health_check_duration_seconds.
+        "lb_health_check_duration",
+        "How long a real server's health checks took, failed ones too.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for (owner, _, duration) in &checked {
+        duration.encode(metric.encode_family(&labels(owner))?)?;
+    }
+    family(
+        encoder,
+        "lb_health_check_failures",
+        "Health checks of a real server that failed (each one, not only those that took it down).",
+        checked.iter().map(|(owner, failures, _)| (labels(owner), *failures)),
+    )
 }
 
 /// The per-reason families, by what became of the packets: (name, help, verdicts).

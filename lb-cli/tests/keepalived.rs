@@ -31,22 +31,15 @@ fn import(file: &str) -> Imported {
     Imported { yaml, stderr: stderr.lines().map(str::to_owned).collect() }
 }
 
-/// lb-agent's `Config` accepts the YAML once what it does not know yet is taken out: the
-/// health-check keys (issue 7, being added to the agent) and a firewall-mark service's
-/// empty `match:`, filled here as an operator would.
+/// lb-agent's `Config` accepts the YAML, health checks and all, once a firewall-mark
+/// service's empty `match:` is filled as an operator would.
 fn agent_loads(yaml: &Value, file: &str) {
     let mut yaml = yaml.clone();
     for service in yaml["services"].as_sequence_mut().expect("services") {
         let service = service.as_mapping_mut().expect("a service is a mapping");
-        for key in ["check", "on_failure", "sorry_server", "quorum"] {
-            service.remove(key);
-        }
         if let Some(mark) = service.get("fwmark").and_then(Value::as_u64) {
             let matched = format!("[{{ vip: 198.51.100.{mark}, protocol: tcp, ports: [80] }}]");
             service.insert("match".into(), serde_yaml::from_str(&matched).unwrap());
-        }
-        for real in service.get_mut("reals").and_then(Value::as_sequence_mut).expect("reals") {
-            real.as_mapping_mut().expect("a real server is a mapping").remove("check");
         }
     }
     let text = serde_yaml::to_string(&yaml).unwrap();

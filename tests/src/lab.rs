@@ -11,6 +11,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Mutex,
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -77,6 +78,8 @@ pub struct Lab {
     /// Scratch space: configurations, logs, nginx's files.
     pub dir: PathBuf,
     servers: Vec<Child>,
+    /// Each real server's nginx, by index: stopped and started by health tests.
+    nginx: Mutex<Vec<Option<Child>>>,
     /// Hold `xdp_pass` on the switch side of the director's links.
     _veth_helpers: Vec<Ebpf>,
     _switch: Netns,
@@ -183,6 +186,7 @@ impl Lab {
             reals,
             dir,
             servers: Vec::new(),
+            nginx: Mutex::default(),
             _veth_helpers: veth_helpers,
             _switch: switch,
         };
@@ -214,19 +218,8 @@ impl Lab {
         } else {
             [format!("{}:{UDP_PORT}", real.ipv4), format!("[{}]:{UDP_PORT}", real.ipv6)]
         };
-        let conf = self.dir.join(format!("{}-nginx.conf", real.name));
-        fs::write(&conf, nginx_conf(&real.name, &self.dir))?;
-        let log = fs::File::create(self.dir.join(format!("{}-nginx.log", real.name)))?;
-        let child = real
-            .netns
-            .command("nginx")
-            .args(["-p", &self.dir.to_string_lossy(), "-c", &conf.to_string_lossy()])
-            .args(["-e", &self.dir.join(format!("{}-error.log", real.name)).to_string_lossy()])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting nginx (is nginx-light installed? run `cargo xtask setup`)")?;
-        self.servers.push(child);
+        fs::write(self.nginx_conf_of(i), nginx_conf(&real.name, &self.dir))?;
+        self.start_nginx(i)?;
         let echo = real
             .netns
             .command(&binary("lb-udp-echo")?.to_string_lossy())
@@ -235,6 +228,40 @@ impl Lab {
             .spawn()
             .context("starting lb-udp-echo")?;
         self.servers.push(echo);
+        Ok(())
+    }
+
+    fn nginx_conf_of(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}-nginx.conf", self.reals[i].name))
+    }
+
+    /// Starts real server `i`'s nginx (again).
+    pub fn start_nginx(&self, i: usize) -> Result<()> {
+        let real = &self.reals[i];
+        let log =
+            fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{}-nginx.log", real.name)))?;
+        let child = real
+            .netns
+            .command("nginx")
+            .args(["-p", &self.dir.to_string_lossy(), "-c", &self.nginx_conf_of(i).to_string_lossy()])
+            .args(["-e", &self.dir.join(format!("{}-error.log", real.name)).to_string_lossy()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting nginx (is nginx-light installed? run `cargo xtask setup`)")?;
+        let mut nginx = self.nginx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let len = nginx.len().max(i + 1);
+        nginx.resize_with(len, || None);
+        nginx[i] = Some(child);
+        Ok(())
+    }
+
+    /// Stops real server `i`'s nginx: its port refuses connections from then on.
+    pub fn stop_nginx(&self, i: usize) -> Result<()> {
+        let mut nginx = self.nginx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut child = nginx.get_mut(i).and_then(Option::take).context("nginx is not running there")?;
+        child.kill()?;
+        child.wait()?;
         Ok(())
     }
 
@@ -477,7 +504,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for server in &mut self.servers {
+        let nginx = self.nginx.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for server in self.servers.iter_mut().chain(nginx.iter_mut().flatten()) {
             let _ = server.kill();
             let _ = server.wait();
         }

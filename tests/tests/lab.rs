@@ -4,7 +4,11 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, ensure};
@@ -459,5 +463,126 @@ fn ipvsadm_command_lines_build_the_configuration_and_are_written_back() -> Resul
     );
     let refused = lab.on_director(&["sh", "-c", &nobody])?;
     assert!(refused.contains("Permission denied") && refused.ends_with("status 2\n"), "{refused}");
+    Ok(())
+}
+
+/// The configuration head of `lab.config` (interfaces, metrics, socket) with `services`.
+fn with_services(lab: &Lab, services: &str) -> String {
+    let config = lab.config("rr", &[]);
+    format!("{}services:\n{services}", &config[..config.find("services:\n").unwrap_or(config.len())])
+}
+
+/// One request of the steady load: when it started and ended, and what it got.
+struct Request {
+    started: Instant,
+    ended: Instant,
+    reply: Reply,
+}
+
+#[test]
+fn health_checks_take_failed_real_servers_out_under_load_and_bring_them_back() -> Result<()> {
+    let (_one, lab) = lab();
+    let [rs1, rs2, rs3] = [0, 1, 2].map(|i| lab.reals[i].ipv4);
+    let [rs1_v6, rs2_v6] = [0, 1].map(|i| lab.reals[i].ipv6);
+    let down_file = |address: IpAddr| lab.dir.join(format!("down-{address}"));
+    let yaml = with_services(
+        &lab,
+        &format!(
+            "  - name: web4
+    vip: {VIP4}
+    port: 80
+    protocol: tcp
+    scheduler: rr
+    check: {{ type: http, path: /, status: 200, expect: rs, interval: 200ms, timeout: 150ms, rise: 2, fall: 2 }}
+    sorry_server: {rs3}
+    reals: [{{ address: {rs1} }}, {{ address: {rs2} }}]
+  - name: web6
+    vip: \"{VIP6}\"
+    port: 80
+    protocol: tcp
+    scheduler: rr
+    on_failure: quiesce
+    check: {{ type: exec, command: \"test ! -e {}/down-%a\", interval: 200ms, rise: 1, fall: 1 }}
+    reals: [{{ address: \"{rs1_v6}\" }}, {{ address: \"{rs2_v6}\" }}]
+",
+            lab.dir.display()
+        ),
+    );
+    let agent = lab.start_agent(&yaml)?;
+    let web4 = url(IpAddr::V4(VIP4));
+    let names = |replies: &[Reply]| answered_by(replies).into_keys().collect::<HashSet<String>>();
+    let [name1, name2, name3] = [0, 1, 2].map(|i| lab.reals[i].name.clone());
+    assert_eq!(names(&lab.http_get(&web4, 10)?), HashSet::from([name1.clone(), name2.clone()]));
+    let up = |service: &str, real: IpAddr| -> Result<f64> {
+        Samples::parse(&lab.metrics()?)?.value("lb_real_up", &[("service", service), ("real", &real.to_string())])
+    };
+    let wait_up = |service: &str, real: IpAddr, wanted: f64| {
+        lab::wait_until(Duration::from_secs(5), &format!("lb_real_up of {real} in {service} to be {wanted}"), || {
+            Ok(up(service, real)? == wanted)
+        })
+    };
+
+    // rs1's web server stops under a steady load of new connections: once its two
+    // failed checks have taken it out, every request succeeds, on rs2.
+    let stop = AtomicBool::new(false);
+    let (requests, stopped, removed) = std::thread::scope(|scope| -> Result<_> {
+        let load = scope.spawn(|| {
+            let mut requests = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let reply = lab.http_get(&web4, 1)?.remove(0);
+                requests.push(Request { started, ended: Instant::now(), reply });
+            }
+            anyhow::Ok(requests)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let stopped = Instant::now();
+        lab.stop_nginx(0)?;
+        wait_up("web4", rs1.into(), 0.0)?;
+        let removed = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        Ok((load.join().expect("the load's thread")?, stopped, removed))
+    })?;
+    for request in requests.iter().filter(|request| request.ended < stopped) {
+        assert_eq!(request.reply.status, 200, "before rs1 stopped every request succeeds: {:?}", request.reply);
+    }
+    let after: Vec<&Request> = requests.iter().filter(|request| request.started > removed).collect();
+    assert!(after.len() >= 10, "the load went on after rs1 was taken out");
+    for request in after {
+        assert_eq!((request.reply.status, &request.reply.body), (200, &name2), "rs2 alone: {:?}", request.reply);
+    }
+    let list = lbctl(&lab, &["-L", "-n", "-t", &format!("{VIP4}:80")])?;
+    assert!(!list.contains(&format!("{rs1}:80")), "removed (on_failure: remove): {list}");
+
+    // rs2 stops too: below the quorum, the sorry server serves alone, until both are
+    // healthy again for `rise` checks.
+    lab.stop_nginx(1)?;
+    wait_up("web4", rs2.into(), 0.0)?;
+    assert_eq!(names(&lab.http_get(&web4, 6)?), HashSet::from([name3.clone()]), "the sorry server");
+    lab.start_nginx(0)?;
+    lab.start_nginx(1)?;
+    wait_up("web4", rs1.into(), 1.0)?;
+    wait_up("web4", rs2.into(), 1.0)?;
+    assert_eq!(names(&lab.http_get(&web4, 10)?), HashSet::from([name1, name2.clone()]), "both back, no sorry server");
+
+    // An exec check quiesces rs1 in web6: weight 0 in the listing, no new connections.
+    std::fs::write(down_file(rs1_v6.into()), "")?;
+    wait_up("web6", rs1_v6.into(), 0.0)?;
+    let list = lbctl(&lab, &["-L", "-n", "-t", &format!("[{VIP6}]:80")])?;
+    assert!(list.contains(&format!("  -> [{rs1_v6}]:80")) && list.contains("Route   0"), "quiesced: {list}");
+    let web6 = url(IpAddr::V6(VIP6));
+    assert_eq!(names(&lab.http_get(&web6, 6)?), HashSet::from([name2]));
+    std::fs::remove_file(down_file(rs1_v6.into()))?;
+    wait_up("web6", rs1_v6.into(), 1.0)?;
+
+    let metrics = Samples::parse(&lab.metrics()?)?;
+    let rs1_labels = [("service", "web4"), ("real", &rs1.to_string() as &str)];
+    assert!(metrics.value("lb_health_check_failures_total", &rs1_labels)? >= 2.0);
+    assert!(metrics.value("lb_health_check_duration_seconds_count", &rs1_labels)? >= 4.0);
+    let log = agent.log_text();
+    for said in [format!("real server {rs1}:80 is down"), format!("real server {rs1}:80 is up again")] {
+        assert!(log.contains(&said), "the agent's log says {said:?}:\n{log}");
+    }
     Ok(())
 }

@@ -11,7 +11,8 @@ const NIGHTLY_LLVM_MAJOR: &str = "22";
 /// The lab and the tests: iproute2 (ip, bridge), ethtool, nginx (real servers), curl
 /// and wrk (clients), nftables (counting in the client), tcpdump (debugging),
 /// bpftool (inspecting maps).
-const PACKAGES: &[&str] = &["iproute2", "ethtool", "nginx-light", "curl", "wrk", "nftables", "tcpdump", "bpftool"];
+const PACKAGES: &[&str] =
+    &["iproute2", "ethtool", "nginx-light", "curl", "wrk", "nftables", "tcpdump", "bpftool", "openssl"];
 
 pub fn ensure() -> Result<()> {
     nightly()?;

@@ -1,4 +1,4 @@
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use super::*;
 
@@ -438,4 +438,95 @@ fn a_firewall_mark_service_of_every_port_is_ambiguous_beside_a_plain_port() {
     let err = refused(&format!("{EXAMPLE}{all_ports}"));
     assert_eq!(err.field, "services[1].match[0]");
     assert!(err.message.contains("port 0 and services[0]'s port 80 are ambiguous"), "{err}");
+}
+
+/// The example's service with `keys` added (indented as its other keys).
+fn with_service_keys(keys: &str) -> String {
+    let indented: String = keys.lines().map(|line| format!("    {line}\n")).collect();
+    EXAMPLE.replace("    reals:\n", &format!("{indented}    reals:\n"))
+}
+
+#[test]
+fn the_issues_health_check_parses_with_its_words() {
+    let config = parse(&with_service_keys(
+        "check:\n  type: http\n  port: 8080\n  path: /healthz\n  status: [200, 299]\n  expect: \"ok\"\n  interval: \
+         2s\n  timeout: 1s\n  rise: 2\n  fall: 3\non_failure: quiesce\nsorry_server: 198.18.1.99\nquorum: 2",
+    ))
+    .unwrap();
+    let web = &config.services[0];
+    let check = web.check.as_ref().unwrap();
+    assert_eq!((check.kind, check.port, check.path.as_deref()), (CheckType::Http, Some(8080), Some("/healthz")));
+    assert_eq!((check.status, check.expect.as_deref()), (Some(Status::Range([200, 299])), Some("ok")));
+    assert_eq!((check.interval.0, check.timeout.0), (Duration::from_secs(2), Duration::from_secs(1)));
+    assert_eq!((check.rise, check.fall), (2, 3));
+    assert_eq!((web.on_failure, web.sorry_server, web.quorum()), (OnFailure::Quiesce, "198.18.1.99".parse().ok(), 2));
+    assert_eq!(web.check_of(&web.reals[1]), Some(check));
+}
+
+#[test]
+fn check_durations_read_as_operators_write_them() {
+    for (written, expected) in
+        [("500ms", 500_000), ("1.5s", 1_500_000), ("250us", 250), ("1m", 60_000_000), ("3", 3_000_000)]
+    {
+        let config = parse(&with_service_keys(&format!("check: {{ type: tcp, interval: {written} }}"))).unwrap();
+        assert_eq!(config.services[0].check.as_ref().unwrap().interval.0.as_micros(), expected, "{written}");
+    }
+    let err = refused(&with_service_keys("check: { type: tcp, interval: 2 seconds }"));
+    assert!(err.to_string().contains("a duration such as 2s"), "{err}");
+}
+
+#[test]
+fn check_defaults_are_haproxys_and_keepaliveds() {
+    let config = parse(&with_service_keys("check: { type: http }")).unwrap();
+    let check = config.services[0].check.as_ref().unwrap();
+    assert_eq!(
+        (check.interval.0, check.timeout.0, check.rise, check.fall),
+        (Duration::from_secs(2), Duration::from_secs(1), 2, 3)
+    );
+    assert_eq!((check.path.as_deref(), check.status, check.port_on(80)), (None, None, 80));
+    assert_eq!(config.services[0].on_failure, OnFailure::Remove);
+}
+
+#[test]
+fn a_real_servers_own_check_replaces_the_services() {
+    let source = with_service_keys("check: { type: tcp }").replace(
+        "{ address: 198.18.1.12, weight: 2 }",
+        "{ address: 198.18.1.12, weight: 2, check: { type: exec, command: \"/bin/true %a %p\" } }",
+    );
+    let config = parse(&source).unwrap();
+    let web = &config.services[0];
+    assert_eq!(web.check_of(&web.reals[0]).unwrap().kind, CheckType::Tcp);
+    assert_eq!(web.check_of(&web.reals[1]).unwrap().kind, CheckType::Exec);
+}
+
+#[test]
+fn checks_that_cannot_work_are_refused_with_the_field() {
+    for (keys, field, says) in [
+        ("check: { type: tcp, path: /x }", "services[0].check.path", "a tcp check has no `path`"),
+        ("check: { type: exec }", "services[0].check.command", "needs the command"),
+        ("check: { type: http, path: healthz }", "services[0].check.path", "is not a request path"),
+        ("check: { type: http, status: [299, 200] }", "services[0].check.status", "a status code from 100"),
+        ("check: { type: http, status: 700 }", "services[0].check.status", "a status code from 100"),
+        ("check: { type: dns, expect: x }", "services[0].check.expect", "a dns check has no `expect`"),
+        ("check: { type: tcp, rise: 0 }", "services[0].check.rise", "out of range"),
+        ("check: { type: tcp, timeout: 0s }", "services[0].check.timeout", "out of range"),
+        ("check: { type: tcp, interval: 2d }", "services[0].check.interval", "a duration"),
+        ("check: { type: smtp }", "services[0].check.type", "unknown variant `smtp`"),
+        ("quorum: 0", "services[0].quorum", "at least 1"),
+        ("sorry_server: 198.18.1.11", "services[0].sorry_server", "one of the service's real servers"),
+        ("sorry_server: 2001:db8::99", "services[0].sorry_server", "not of the service's IP version"),
+    ] {
+        let err = refused(&with_service_keys(keys));
+        assert_eq!(err.field, field, "{keys}: {err}");
+        assert!(err.message.contains(says), "{keys}: {err}");
+    }
+}
+
+#[test]
+fn a_port_0_service_checks_a_port_it_names() {
+    let port_0 =
+        with_service_keys("check: { type: tcp }\npersistence: { timeout: 60 }").replace("port: 80 ", "port: 0 ");
+    assert_eq!(refused(&port_0).field, "services[0].check.port");
+    parse(&port_0.replace("type: tcp", "type: tcp, port: 22")).unwrap();
+    parse(&port_0.replace("type: tcp", "type: exec, command: /bin/true")).unwrap();
 }

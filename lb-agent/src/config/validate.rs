@@ -211,6 +211,7 @@ fn check_service(at: &str, service: &VirtualService) -> Result<(), Invalid> {
     check_locality_expiration(at, service)?;
     check_full_nat(at, service)?;
     check_persistence(at, service)?;
+    check_health(at, service)?;
     let (ipv4, ipv6) = service.families();
     for (j, real) in service.reals.iter().enumerate() {
         let at = format!("{at}.reals[{j}]");
@@ -426,6 +427,33 @@ fn check_toa(field: &str, service: &VirtualService, full_nat: bool) -> Result<()
                 service.forwarding
             ),
         ));
+    }
+    Ok(())
+}
+
+/// The checks, each where it is written, and the sorry server: a real server of the
+/// service's IP version that is not one of its real servers.
+fn check_health(at: &str, service: &VirtualService) -> Result<(), Invalid> {
+    if let Some(check) = &service.check {
+        check.validate(&format!("{at}.check"), service.port.unwrap_or(0))?;
+    }
+    for (j, real) in service.reals.iter().enumerate() {
+        if let Some(check) = &real.check {
+            check.validate(&format!("{at}.reals[{j}].check"), service.port_of(real))?;
+        }
+    }
+    if service.quorum == Some(0) {
+        return Err(invalid(format!("{at}.quorum"), "a quorum is at least 1 (a sum of weights)"));
+    }
+    let Some(sorry) = service.sorry_real() else { return Ok(()) };
+    let field = format!("{at}.sorry_server");
+    check_address(&field, sorry.address)?;
+    let (ipv4, ipv6) = service.families();
+    if (ipv4 && !service.serves(&sorry, true)) || (ipv6 && !service.serves(&sorry, false)) {
+        return Err(invalid(field, format!("{} is not of the service's IP version", sorry.address)));
+    }
+    if service.reals.iter().any(|real| real.address == sorry.address) {
+        return Err(invalid(field, format!("{} is one of the service's real servers", sorry.address)));
     }
     Ok(())
 }

@@ -1,0 +1,76 @@
+use std::path::Path;
+
+use super::*;
+
+const CONFIG: &str = "\
+interfaces: [{ name: eth0 }]
+services:
+  - name: web
+    vip: 203.0.113.10
+    port: 80
+    protocol: tcp
+    check: { type: tcp }
+    reals:
+      - { address: 198.18.1.11, weight: 1 }
+      - { address: 198.18.1.12, weight: 2 }
+      - { address: 198.18.1.13, weight: 3 }
+";
+
+fn config(keys: &str) -> Config {
+    let source = CONFIG.replace("    reals:\n", &format!("    {keys}\n    reals:\n"));
+    Config::parse(&source, Path::new("lb.yaml")).unwrap()
+}
+
+fn down(addresses: &[&str]) -> Down {
+    Down(addresses.iter().map(|address| ("web".to_owned(), address.parse().unwrap())).collect())
+}
+
+/// The served real servers' (last octet, weight).
+fn served(config: &Config, failed: &[&str]) -> Vec<(u8, u32)> {
+    let serving = serving(config, &down(failed));
+    let octet = |address: IpAddr| match address {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(_) => unreachable!(),
+    };
+    serving.services[0].reals.iter().map(|real| (octet(real.address), real.weight)).collect()
+}
+
+#[test]
+fn a_failed_real_server_is_removed_by_default() {
+    let config = config("quorum: 1");
+    assert_eq!(served(&config, &[]), [(11, 1), (12, 2), (13, 3)]);
+    assert_eq!(served(&config, &["198.18.1.12"]), [(11, 1), (13, 3)]);
+}
+
+#[test]
+fn a_failed_real_server_is_quiesced_when_asked() {
+    let config = config("on_failure: quiesce");
+    assert_eq!(served(&config, &["198.18.1.12"]), [(11, 1), (12, 0), (13, 3)]);
+}
+
+#[test]
+fn the_sorry_server_serves_alone_below_the_quorum() {
+    let config = config("sorry_server: 198.18.1.99");
+    assert_eq!(served(&config, &["198.18.1.11", "198.18.1.12"]), [(13, 3)]);
+    assert_eq!(served(&config, &["198.18.1.11", "198.18.1.12", "198.18.1.13"]), [(99, 1)]);
+    // keepalived's quorum is a sum of healthy weights: 1 + 2 < 4.
+    let config = self::config("sorry_server: 198.18.1.99\n    quorum: 4");
+    assert_eq!(served(&config, &["198.18.1.11", "198.18.1.12"]), [(99, 1)]);
+    assert_eq!(served(&config, &["198.18.1.11"]), [(12, 2), (13, 3)]);
+}
+
+#[test]
+fn without_a_sorry_server_the_quorum_changes_nothing() {
+    let config = config("quorum: 6");
+    assert_eq!(served(&config, &["198.18.1.11"]), [(12, 2), (13, 3)]);
+}
+
+#[test]
+fn only_the_checked_real_servers_are_down() {
+    let config = config("quorum: 1");
+    let unchecked = Config { services: vec![], ..config.clone() };
+    assert_eq!(serving(&unchecked, &down(&["198.18.1.11"])).services.len(), 0);
+    assert_eq!(checker::targets(&config).len(), 3);
+    let target = &checker::targets(&config)[&("web".to_owned(), "198.18.1.13".parse().unwrap())];
+    assert_eq!(target.at, "198.18.1.13:80".parse().unwrap());
+}
