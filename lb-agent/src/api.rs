@@ -9,7 +9,14 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::{control::Control, group::Group};
+use crate::{control::Control, director::View, group::Group};
+
+/// Who asks: root, or a member of the socket's group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Root,
+    Group,
+}
 
 /// The control socket, bound (replacing a stale one); the file goes when this does.
 pub struct ControlSocket {
@@ -56,29 +63,30 @@ pub async fn serve(socket: Arc<ControlSocket>, control: Arc<Control>) -> Result<
         let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
         // Someone who reached the socket despite its mode (a changed mode, a
         // capability): asks nothing, not even a list.
-        match stream.peer_cred() {
-            Ok(peer) if peer.uid() == 0 || socket.group.has(peer.uid(), peer.gid()) => {}
+        let peer = match stream.peer_cred() {
+            Ok(peer) if peer.uid() == 0 => Peer::Root,
+            Ok(peer) if socket.group.has(peer.uid(), peer.gid()) => Peer::Group,
             peer => {
                 log::warn!("control socket: refused {peer:?}, neither root nor of the group {}", socket.group.name);
                 continue;
             }
-        }
+        };
         let control = control.clone();
         tokio::spawn(async move {
-            if let Err(err) = answer(stream, &control).await {
+            if let Err(err) = answer(stream, &control, peer).await {
                 log::warn!("control socket: {err:#}");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, control: &Control) -> Result<()> {
+async fn answer(stream: UnixStream, control: &Control, peer: Peer) -> Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut line = String::new();
     BufReader::new(reader).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
-            handle(request, control).await.unwrap_or_else(|err| Response::Error { message: format!("{err:#}") })
+            handle(request, control, peer).await.unwrap_or_else(|err| Response::Error { message: format!("{err:#}") })
         }
         Err(err) => Response::Error { message: format!("not a request: {err}") },
     };
@@ -86,12 +94,13 @@ async fn answer(stream: UnixStream, control: &Control) -> Result<()> {
     Ok(())
 }
 
-async fn handle(request: Request, control: &Control) -> Result<Response> {
+async fn handle(request: Request, control: &Control, peer: Peer) -> Result<Response> {
     Ok(match request {
-        Request::List => {
+        Request::List | Request::Configured => {
             let director = control.director();
             let table_size = director.running_config().map_or(lb_common::CONN_TABLE_SIZE, |c| c.connection_table_size);
-            Response::Services { services: director.status()?, table_size }
+            let view = if request == Request::List { View::Serving } else { View::Configured };
+            Response::Services { services: director.status(view)?, table_size }
         }
         Request::Connections => Response::Connections { connections: control.director().connections()? },
         Request::Config => {
@@ -102,7 +111,7 @@ async fn handle(request: Request, control: &Control) -> Result<Response> {
             let timeouts = control.director().timeouts();
             Response::Timeouts { tcp: timeouts.tcp, tcp_fin: timeouts.tcp_fin, udp: timeouts.udp }
         }
-        Request::Change { changes } => Response::Done { message: control.change(&changes).await? },
+        Request::Change { changes } => Response::Done { message: control.change(&changes, peer).await? },
         Request::Zero { service } => Response::Done { message: control.director().zero(service.as_ref())? },
     })
 }

@@ -15,6 +15,7 @@ use lb_api::Change;
 use tokio::time::{Instant, sleep};
 
 use crate::{
+    api::Peer,
     config::{self, Config, edit, rewrite},
     dataplane,
     director::Director,
@@ -98,7 +99,7 @@ impl Control {
     /// lbctl's `changes`: made to the running configuration, run as a whole, and
     /// written back to the file, so a reload or a restart keeps them. A change that is
     /// refused, or whose file cannot be written, leaves everything as it was.
-    pub async fn change(&self, changes: &[Change]) -> Result<String> {
+    pub async fn change(&self, changes: &[Change], peer: Peer) -> Result<String> {
         let _turn = self.turn.lock().await;
         let running = self.director().running_config().cloned().context("no configuration is running yet")?;
         let source = std::fs::read_to_string(&self.path).unwrap_or_default();
@@ -111,6 +112,10 @@ impl Control {
             );
         }
         let changed = edit::apply(&running, changes)?;
+        // The agent runs exec checks as root: the group may not choose what.
+        if peer != Peer::Root && changed.exec_commands() != running.exec_commands() {
+            bail!("exec checks' commands run as root: only root may set or change them (or write them in the file)");
+        }
         self.warn_restart_only(&changed);
         let staged = rewrite::Staged::new(&self.path, &rewrite::text(&source, &changed)?)?;
         let summary = summary(&changed);

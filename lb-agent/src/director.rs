@@ -55,6 +55,15 @@ pub struct Director {
     running: Option<Running>,
 }
 
+/// Which of the running configurations a status shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// What the maps serve (ipvsadm -L).
+    Serving,
+    /// What the file says (ipvsadm -S).
+    Configured,
+}
+
 /// The configuration the agent runs, and what the maps hold of it.
 struct Running {
     config: Config,
@@ -483,8 +492,12 @@ impl Director {
     }
 
     /// The running services and real servers with their counters, in config order.
-    pub fn status(&self) -> Result<Vec<ServiceStatus>> {
-        let Some(config) = self.serving_config() else { return Ok(Vec::new()) };
+    pub fn status(&self, view: View) -> Result<Vec<ServiceStatus>> {
+        let config = match view {
+            View::Serving => self.serving_config(),
+            View::Configured => self.running_config(),
+        };
+        let Some(config) = config else { return Ok(Vec::new()) };
         config.services.iter().map(|service| self.service_status(service)).collect()
     }
 
@@ -492,8 +505,9 @@ impl Director {
         let index = self.ids.services.get(&service.name).context("running service without a slot")?;
         let mut reals = Vec::new();
         for real in &service.reals {
-            let id = self.ids.reals.get(&(service.name.clone(), real.address)).context("running real without an id")?;
-            let conns = self.dataplane.real_load(id);
+            // A configured real server that does not serve (its check failed) has no id.
+            let id = self.ids.reals.get(&(service.name.clone(), real.address));
+            let conns = id.map(|id| self.dataplane.real_load(id)).unwrap_or_default();
             reals.push(RealStatus {
                 address: real.address,
                 port: service.port_of(real),
@@ -501,11 +515,11 @@ impl Director {
                 upper_threshold: real.upper_threshold,
                 lower_threshold: real.lower_threshold,
                 forwarding: service.forwarding_of(real).to_string(),
-                resolved: self.written.reals.get(&id).is_some_and(|r| r.ifindex != 0),
+                resolved: id.and_then(|id| self.written.reals.get(&id)).is_some_and(|r| r.ifindex != 0),
                 // A count may dip below zero for a moment (see `expiry`).
                 active_conns: conns.active.max(0) as u64,
                 inactive_conns: conns.inactive.max(0) as u64,
-                stats: stats(self.dataplane.real_counters(id)?),
+                stats: id.map(|id| self.dataplane.real_counters(id)).transpose()?.map(stats).unwrap_or_default(),
             });
         }
         let first = service.endpoints().first().copied().context("a service without an address")?;

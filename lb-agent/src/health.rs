@@ -7,7 +7,7 @@ pub mod probe;
 
 use std::{collections::HashSet, net::IpAddr};
 
-use crate::config::{Config, OnFailure};
+use crate::config::{Config, OnFailure, Real};
 
 /// A real server of a service, as its check knows it.
 pub type Owner = (String, IpAddr);
@@ -23,26 +23,24 @@ impl Down {
 }
 
 /// What the data path serves of `config` while `down` fail, as keepalived would leave
-/// IPVS: a service whose healthy real servers' weights sum to less than its quorum
-/// is served by its sorry server alone, if it has one; else each failed real server
-/// is quiesced (weight 0) or removed, as its service's `on_failure` says.
+/// IPVS: each failed real server is quiesced (weight 0) or removed, as its service's
+/// `on_failure` says; a service whose healthy real servers' weights sum to less than
+/// its quorum (at most their total weight, as keepalived lowers it) has its sorry
+/// server serve, if it has one, and every real server taken out the same way.
 pub fn serving(config: &Config, down: &Down) -> Config {
     let mut serving = config.clone();
     for service in &mut serving.services {
         let name = service.name.clone();
-        let failed = |address: IpAddr| down.contains(&name, address);
-        let healthy: u64 =
-            service.reals.iter().filter(|real| !failed(real.address)).map(|real| u64::from(real.weight)).sum();
-        if let Some(sorry) = service.sorry_real().filter(|_| healthy < service.quorum()) {
-            service.reals = vec![sorry];
-            continue;
-        }
+        let weight = |real: &Real| u64::from(real.weight);
+        let total: u64 = service.reals.iter().map(weight).sum();
+        let healthy: u64 = service.reals.iter().filter(|real| !down.contains(&name, real.address)).map(weight).sum();
+        let sorry = service.sorry_real().filter(|_| healthy < service.quorum().min(total));
+        let out = |real: &Real| sorry.is_some() || down.contains(&name, real.address);
         match service.on_failure {
-            OnFailure::Remove => service.reals.retain(|real| !failed(real.address)),
-            OnFailure::Quiesce => {
-                service.reals.iter_mut().filter(|real| failed(real.address)).for_each(|real| real.weight = 0)
-            }
+            OnFailure::Remove => service.reals.retain(|real| !out(real)),
+            OnFailure::Quiesce => service.reals.iter_mut().filter(|real| out(real)).for_each(|real| real.weight = 0),
         }
+        service.reals.extend(sorry);
     }
     serving
 }

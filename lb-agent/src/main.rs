@@ -133,7 +133,11 @@ async fn serve(
                     control.relink(Solicit::No).await;
                 }
             }
-            _ = relink_tick.tick() => control.relink(Solicit::Yes).await,
+            _ = relink_tick.tick() => {
+                control.relink(Solicit::Yes).await;
+                // Again, in case the last health transition's apply failed.
+                control.follow_health().await;
+            }
             () = health.changed() => control.follow_health().await,
             Some(done) = tasks.join_next() => done.context("a task panicked")??,
             _ = signals.terminate.recv() => break,

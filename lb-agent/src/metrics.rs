@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::Config,
-    director::Director,
+    director::{Director, View},
     expiry,
     health::{Owner, checker::Health},
 };
@@ -71,7 +71,7 @@ impl std::fmt::Debug for LbCollector {
 impl Collector for LbCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let director = self.director.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (services, reasons) = match (director.status(), director.reason_counts()) {
+        let (services, reasons) = match (director.status(View::Serving), director.reason_counts()) {
             (Ok(services), Ok(reasons)) => (services, reasons),
             (Err(err), _) | (_, Err(err)) => {
                 log::error!("reading counters for a scrape: {err:#}");

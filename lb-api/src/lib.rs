@@ -17,8 +17,12 @@ pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    /// The virtual services and their real servers, with counters.
+    /// The virtual services and their real servers, with counters, as the data path
+    /// serves them (health considered: ipvsadm -L).
     List,
+    /// The same as the configuration says them (what ipvsadm -S saves): every
+    /// configured real server with its configured weight, no sorry server.
+    Configured,
     /// The connections the director holds.
     Connections,
     /// The running configuration, as the configuration file writes it.

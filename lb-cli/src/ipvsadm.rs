@@ -31,7 +31,7 @@ fn execute(socket: &Path, invocation: &Invocation) -> Result<(), Refusal> {
         Command::Help => print!("{}", usage()),
         Command::Version => println!("lbctl {} (ipvsadm v1.31's command line, IPVS v1.2.1)", env!("CARGO_PKG_VERSION")),
         Command::List => list(socket, invocation)?,
-        Command::Save => print!("{}", save::rules(&services(socket)?.0)),
+        Command::Save => print!("{}", save::rules(&services(socket, &Request::Configured)?.0)),
         Command::Zero => {
             let service = invocation.service.as_ref().map(changes::service_ref);
             done(socket, &Request::Zero { service })?;
@@ -86,7 +86,7 @@ fn list(socket: &Path, invocation: &Invocation) -> Result<(), Refusal> {
         return Ok(());
     }
     changes::refuse_unsupported(invocation)?;
-    let (mut services, table_size) = services(socket)?;
+    let (mut services, table_size) = services(socket, &Request::List)?;
     if let Some(wanted) = &invocation.service {
         let wanted = changes::service_ref(wanted);
         services.retain(|s| wanted.names(&s.name, s.fwmark, Some((&s.protocol, s.vip, s.port))));
@@ -106,9 +106,10 @@ fn list(socket: &Path, invocation: &Invocation) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The services, and the size of the connection table.
-fn services(socket: &Path) -> Result<(Vec<lb_api::ServiceStatus>, u32), Refusal> {
-    match call(socket, &Request::List, 1)? {
+/// The services as served (`Request::List`) or as configured (`Request::Configured`),
+/// and the size of the connection table.
+fn services(socket: &Path, request: &Request) -> Result<(Vec<lb_api::ServiceStatus>, u32), Refusal> {
+    match call(socket, request, 1)? {
         Response::Services { services, table_size } => Ok((services, table_size)),
         other => Err(unexpected(other, 1)),
     }

@@ -189,12 +189,14 @@ pub fn run(socket: &Path, command: Command) -> Result<()> {
             other => bail!("the agent answered something else: {other:?}"),
         },
         Command::List { stats, .. } => {
-            let (services, table_size) = services(socket)?;
+            let (services, table_size) = services(socket, &Request::List)?;
             print!("{}", list::render(&services, list::Layout { stats, table_size, ..Default::default() }))
         }
         Command::Service { action } => service(socket, action)?,
         Command::Real { action } => real(socket, action)?,
-        Command::Save { format: Format::Ipvsadm } => print!("{}", save::rules(&services(socket)?.0)),
+        Command::Save { format: Format::Ipvsadm } => {
+            print!("{}", save::rules(&services(socket, &Request::Configured)?.0))
+        }
         Command::Save { format: Format::Yaml } => match call(socket, &Request::Config)? {
             Response::Config { yaml } => print!("{yaml}"),
             other => bail!("the agent answered something else: {other:?}"),
@@ -214,7 +216,7 @@ pub fn run(socket: &Path, command: Command) -> Result<()> {
 fn service(socket: &Path, action: ServiceAction) -> Result<()> {
     let change = match action {
         ServiceAction::List => {
-            for service in list::ordered(&services(socket)?.0, true) {
+            for service in list::ordered(&services(socket, &Request::Configured)?.0, true) {
                 println!("{:<24} {:<32} {}", service.name, address(service), service.scheduler);
             }
             return Ok(());
@@ -365,7 +367,8 @@ fn drain(socket: &Path, service: &str, real: &str, wait: Option<u64>) -> Result<
 }
 
 fn active_connections(socket: &Path, service: &str, target: &RealRef) -> Result<u64> {
-    let (services, _) = services(socket)?;
+    // A real server being drained may have failed its check too: it still counts.
+    let (services, _) = services(socket, &Request::Configured)?;
     let service = services.iter().find(|s| s.name == service).with_context(|| format!("no service {service}"))?;
     let real = service
         .reals
@@ -404,9 +407,10 @@ fn change_one(socket: &Path, change: Change) -> Result<()> {
     Ok(())
 }
 
-/// The services, and the size of the connection table.
-fn services(socket: &Path) -> Result<(Vec<ServiceStatus>, u32)> {
-    match call(socket, &Request::List)? {
+/// The services as served (`Request::List`) or as configured (`Request::Configured`),
+/// and the size of the connection table.
+fn services(socket: &Path, request: &Request) -> Result<(Vec<ServiceStatus>, u32)> {
+    match call(socket, request)? {
         Response::Services { services, table_size } => Ok((services, table_size)),
         other => bail!("the agent answered something else: {other:?}"),
     }

@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use lb_agent::director::View;
 use lb_agent::{
     dataplane::{Dataplane, EbpfLogLevel},
     director::Director,
@@ -60,7 +61,7 @@ impl Bed {
     }
 
     fn status(&self, service: &str) -> lb_api::ServiceStatus {
-        self.director.status().unwrap().into_iter().find(|s| s.name == service).unwrap()
+        self.director.status(View::Serving).unwrap().into_iter().find(|s| s.name == service).unwrap()
     }
 }
 
@@ -522,5 +523,5 @@ fn a_plan_that_does_not_fit_changes_nothing() {
         .map(|i| bed.real_of(&packet::tcp_frame(client(VIP4, 49000 + i), sock(VIP4, 80), TCP_SYN, b"")))
         .collect();
     assert_eq!(counts, [REALS4[2], REALS4[1], REALS4[2], REALS4[0], REALS4[1], REALS4[2]], "still 1:2:3");
-    assert!(bed.director.status().unwrap().iter().all(|s| !s.name.starts_with("big")));
+    assert!(bed.director.status(View::Serving).unwrap().iter().all(|s| !s.name.starts_with("big")));
 }

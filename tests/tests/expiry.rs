@@ -6,6 +6,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, thread::sleep, time::Duration};
 
+use lb_agent::director::View;
 use lb_agent::expiry::Sweep;
 use lb_common::stats::Reason;
 use lb_tests::{
@@ -98,7 +99,7 @@ type Counts = BTreeMap<String, (u64, u64)>;
 fn states(bed: &AgedBed) -> (BTreeMap<(String, u16), String>, Counts) {
     let listed = bed.director.connections().unwrap();
     let states = listed.into_iter().map(|c| ((c.source.ip().to_string(), c.source.port()), c.state)).collect();
-    let services = bed.director.status().unwrap();
+    let services = bed.director.status(View::Serving).unwrap();
     let counts = services
         .iter()
         .flat_map(|s| s.reals.iter().map(|r| (format!("{} {}", s.name, r.address), (r.active_conns, r.inactive_conns))))

@@ -493,7 +493,7 @@ fn health_checks_take_failed_real_servers_out_under_load_and_bring_them_back() -
     port: 80
     protocol: tcp
     scheduler: rr
-    check: {{ type: http, path: /, status: 200, expect: rs, interval: 200ms, timeout: 150ms, rise: 2, fall: 2 }}
+    check: {{ type: http, path: /, status: 200, expect: rs, interval: 300ms, timeout: 1s, rise: 2, fall: 2 }}
     sorry_server: {rs3}
     reals: [{{ address: {rs1} }}, {{ address: {rs2} }}]
   - name: web6
@@ -516,34 +516,51 @@ fn health_checks_take_failed_real_servers_out_under_load_and_bring_them_back() -
     let up = |service: &str, real: IpAddr| -> Result<f64> {
         Samples::parse(&lab.metrics()?)?.value("lb_real_up", &[("service", service), ("real", &real.to_string())])
     };
-    let wait_up = |service: &str, real: IpAddr, wanted: f64| {
-        lab::wait_until(Duration::from_secs(5), &format!("lb_real_up of {real} in {service} to be {wanted}"), || {
-            Ok(up(service, real)? == wanted)
-        })
+    // What the data path serves, once the health transition is applied.
+    let served = |vip: &str| lbctl(&lab, &["-L", "-n", "-t", vip]);
+    let wait_served = |vip: &str, what: &str, wanted: &dyn Fn(&str) -> bool| {
+        lab::wait_until(Duration::from_secs(10), what, || Ok(wanted(&served(vip)?)))
+    };
+    let (vip4, vip6) = (format!("{VIP4}:80"), format!("[{VIP6}]:80"));
+    let line = |real: IpAddr, weight: u32| match real {
+        IpAddr::V4(v4) => format!("  -> {:<28} Route   {weight:<6}", format!("{v4}:80")),
+        IpAddr::V6(v6) => format!("  -> {:<28} Route   {weight:<6}", format!("[{v6}]:80")),
     };
 
     // rs1's web server stops under a steady load of new connections: once its two
     // failed checks have taken it out, every request succeeds, on rs2.
     let stop = AtomicBool::new(false);
-    let (requests, stopped, removed) = std::thread::scope(|scope| -> Result<_> {
+    let requests = Mutex::new(Vec::new());
+    let requests_since = |since: Instant| {
+        let requests = requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        requests.iter().filter(|request: &&Request| request.started > since).count()
+    };
+    let (stopped, removed) = std::thread::scope(|scope| -> Result<_> {
         let load = scope.spawn(|| {
-            let mut requests = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let reply = lab.http_get(&web4, 1)?.remove(0);
-                requests.push(Request { started, ended: Instant::now(), reply });
+                let request = Request { started, ended: Instant::now(), reply };
+                requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(request);
             }
-            anyhow::Ok(requests)
+            anyhow::Ok(())
         });
         std::thread::sleep(Duration::from_millis(500));
         let stopped = Instant::now();
         lab.stop_nginx(0)?;
-        wait_up("web4", rs1.into(), 0.0)?;
+        wait_served(&vip4, "rs1 to be removed", &|list| !list.contains(&format!("{rs1}:80")))?;
         let removed = Instant::now();
-        std::thread::sleep(Duration::from_secs(1));
+        while requests_since(removed) < 10 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         stop.store(true, Ordering::Relaxed);
-        Ok((load.join().expect("the load's thread")?, stopped, removed))
+        load.join().expect("the load's thread")?;
+        Ok((stopped, removed))
     })?;
+    let requests = requests.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Two failed checks 300ms apart, each refused at once: well within a few seconds.
+    let took = removed - stopped;
+    assert!(took < Duration::from_secs(4), "rs1 was taken out {took:?} after it stopped");
     for request in requests.iter().filter(|request| request.ended < stopped) {
         assert_eq!(request.reply.status, 200, "before rs1 stopped every request succeeds: {:?}", request.reply);
     }
@@ -552,36 +569,44 @@ fn health_checks_take_failed_real_servers_out_under_load_and_bring_them_back() -
     for request in after {
         assert_eq!((request.reply.status, &request.reply.body), (200, &name2), "rs2 alone: {:?}", request.reply);
     }
-    let list = lbctl(&lab, &["-L", "-n", "-t", &format!("{VIP4}:80")])?;
-    assert!(!list.contains(&format!("{rs1}:80")), "removed (on_failure: remove): {list}");
 
     // rs2 stops too: below the quorum, the sorry server serves alone, until both are
     // healthy again for `rise` checks.
     lab.stop_nginx(1)?;
-    wait_up("web4", rs2.into(), 0.0)?;
+    wait_served(&vip4, "the sorry server alone", &|list| {
+        list.contains(&line(rs3.into(), 1)) && !list.contains(&line(rs2.into(), 1))
+    })?;
+    assert_eq!(up("web4", rs2.into())?, 0.0);
     assert_eq!(names(&lab.http_get(&web4, 6)?), HashSet::from([name3.clone()]), "the sorry server");
     lab.start_nginx(0)?;
     lab.start_nginx(1)?;
-    wait_up("web4", rs1.into(), 1.0)?;
-    wait_up("web4", rs2.into(), 1.0)?;
+    wait_served(&vip4, "rs1 and rs2 back", &|list| {
+        list.contains(&line(rs1.into(), 1))
+            && list.contains(&line(rs2.into(), 1))
+            && !list.contains(&format!("{rs3}:80"))
+    })?;
+    assert_eq!((up("web4", rs1.into())?, up("web4", rs2.into())?), (1.0, 1.0));
     assert_eq!(names(&lab.http_get(&web4, 10)?), HashSet::from([name1, name2.clone()]), "both back, no sorry server");
 
     // An exec check quiesces rs1 in web6: weight 0 in the listing, no new connections.
     std::fs::write(down_file(rs1_v6.into()), "")?;
-    wait_up("web6", rs1_v6.into(), 0.0)?;
-    let list = lbctl(&lab, &["-L", "-n", "-t", &format!("[{VIP6}]:80")])?;
-    assert!(list.contains(&format!("  -> [{rs1_v6}]:80")) && list.contains("Route   0"), "quiesced: {list}");
+    wait_served(&vip6, "rs1 quiesced in web6", &|list| list.contains(&line(rs1_v6.into(), 0)))?;
+    assert_eq!(up("web6", rs1_v6.into())?, 0.0);
     let web6 = url(IpAddr::V6(VIP6));
     assert_eq!(names(&lab.http_get(&web6, 6)?), HashSet::from([name2]));
     std::fs::remove_file(down_file(rs1_v6.into()))?;
-    wait_up("web6", rs1_v6.into(), 1.0)?;
+    wait_served(&vip6, "rs1 back in web6", &|list| list.contains(&line(rs1_v6.into(), 1)))?;
+    // ipvsadm -S saves the configuration, not what the checks left of it.
+    let saved = lbctl(&lab, &["-S", "-n"])?;
+    assert!(saved.contains(&format!("-a -t {VIP4}:80 -r {rs1}:80 -g -w 1")), "{saved}");
+    assert!(!saved.contains(&format!("{rs3}")), "no sorry server in the rules: {saved}");
 
     let metrics = Samples::parse(&lab.metrics()?)?;
     let rs1_labels = [("service", "web4"), ("real", &rs1.to_string() as &str)];
     assert!(metrics.value("lb_health_check_failures_total", &rs1_labels)? >= 2.0);
     assert!(metrics.value("lb_health_check_duration_seconds_count", &rs1_labels)? >= 4.0);
     let log = agent.log_text();
-    for said in [format!("real server {rs1}:80 is down"), format!("real server {rs1}:80 is up again")] {
+    for said in [format!("real server {rs1} is down"), format!("real server {rs1} is up again")] {
         assert!(log.contains(&said), "the agent's log says {said:?}:\n{log}");
     }
     Ok(())

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use lb_agent::director::View;
 use lb_common::stats::Reason;
 use lb_tests::{
     bed::{self, ROUTER_MAC, RoutedBed as Bed, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac},
@@ -88,7 +89,7 @@ fn nat_sends_requests_to_the_real_servers_port_and_puts_the_vip_back_on_replies(
         let expected = packet::udp_frame(sock(vip, 53), sock(client, 40001), b"answer");
         assert_eq!(bed.run(&answer), (XDP_REDIRECT, towards_client(expected)), "{vip}: UDP reply");
     }
-    let web4 = bed.director.status().unwrap().into_iter().find(|s| s.name == "web4").unwrap();
+    let web4 = bed.director.status(View::Serving).unwrap().into_iter().find(|s| s.name == "web4").unwrap();
     assert_eq!((web4.stats.conns, web4.stats.in_packets, web4.stats.out_packets), (1, 2, 1));
     assert_eq!(web4.stats.out_bytes, 40 + 17, "the reply's IP packet");
 }

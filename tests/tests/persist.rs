@@ -6,6 +6,7 @@
 
 use std::{net::SocketAddr, thread::sleep, time::Duration};
 
+use lb_agent::director::View;
 use lb_common::stats::Reason;
 use lb_tests::{
     bed::{self, AgedBed, XDP_DROP, XDP_PASS, XDP_TX},
@@ -130,7 +131,7 @@ fn a_firewall_mark_service_is_one_scheduler_over_every_vip_and_port_it_matches()
     let other_port = syn(sock("198.18.1.1", 40002), sock(VIP4, 22));
     assert_eq!(bed.run(&other_port), (XDP_PASS, other_port.clone()), "port 22 is not matched");
     assert_eq!(bed.reason(Reason::NotAService), 1);
-    let status = bed.director.status().unwrap();
+    let status = bed.director.status(View::Serving).unwrap();
     assert_eq!((status[0].fwmark, status[0].stats.conns), (Some(11), 3), "one service counts them all");
 }
 

@@ -3,7 +3,7 @@
 //! sorry server that serves while too few are healthy (`sorry_server:`, `quorum:`), in
 //! keepalived's sense.
 
-use std::{fmt, time::Duration};
+use std::{fmt, net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -21,6 +21,9 @@ pub const DEFAULT_QUERY: &str = ".";
 pub const DEFAULT_STATUS: Status = Status::Range([200, 299]);
 /// No check waits longer, nor checks less often, than this.
 const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
+/// Nor more often, or waits less, than this: a check every microsecond would only load
+/// the real server (and fork a shell as fast as it can, for exec).
+const SHORTEST: Duration = Duration::from_millis(10);
 /// Counts of checks in a row beyond this would take days to reach.
 const MAX_IN_A_ROW: u32 = 1000;
 
@@ -81,6 +84,12 @@ pub enum CheckType {
     Dns,
     /// A command exits 0 (MISC_CHECK).
     Exec,
+}
+
+impl fmt::Display for CheckType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format!("{self:?}").to_lowercase())
+    }
 }
 
 /// An HTTP status code, or an inclusive range of them.
@@ -144,7 +153,14 @@ impl Interval {
             "m" => number * 60.0,
             _ => return None,
         };
-        Duration::try_from_secs_f64(seconds).ok().map(Self)
+        Self::of_seconds(seconds)
+    }
+
+    /// Whole microseconds, as it is written back.
+    fn of_seconds(seconds: f64) -> Option<Self> {
+        let micros = (seconds * 1e6).round();
+        let whole = (micros - seconds * 1e6).abs() < 1e-3;
+        (whole && micros >= 0.0 && micros < u64::MAX as f64).then(|| Self(Duration::from_micros(micros as u64)))
     }
 }
 
@@ -185,8 +201,7 @@ impl serde::de::Visitor<'_> for IntervalVisitor {
     }
 
     fn visit_f64<E: serde::de::Error>(self, seconds: f64) -> Result<Interval, E> {
-        let interval = Duration::try_from_secs_f64(seconds).ok().map(Interval);
-        interval.ok_or_else(|| E::invalid_value(serde::de::Unexpected::Float(seconds), &self))
+        Interval::of_seconds(seconds).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Float(seconds), &self))
     }
 
     fn visit_u64<E: serde::de::Error>(self, seconds: u64) -> Result<Interval, E> {
@@ -229,6 +244,23 @@ impl VirtualService {
     }
 }
 
+impl super::Config {
+    /// Every exec check's command, with where it is written.
+    pub fn exec_commands(&self) -> Vec<(&str, Option<IpAddr>, &str)> {
+        let mut commands = Vec::new();
+        for service in &self.services {
+            let checks = std::iter::once((None, &service.check))
+                .chain(service.reals.iter().map(|real| (Some(real.address), &real.check)));
+            for (real, check) in checks {
+                if let Some(command) = check.as_ref().and_then(|check| check.command.as_deref()) {
+                    commands.push((service.name.as_str(), real, command));
+                }
+            }
+        }
+        commands
+    }
+}
+
 impl Check {
     /// The port checked on a real server that serves on `port`.
     pub fn port_on(&self, port: u16) -> u16 {
@@ -238,7 +270,7 @@ impl Check {
     /// The keys that belong to other types of check, or are missing, each with why.
     pub(super) fn validate(&self, at: &str, real_port: u16) -> Result<(), Invalid> {
         let invalid = |field: &str, message: String| Err(Invalid { field: format!("{at}.{field}"), message });
-        let kind = format!("{:?}", self.kind).to_lowercase();
+        let kind = self.kind;
         let keys: [(&str, bool, bool); 6] = [
             ("path", self.path.is_some(), matches!(self.kind, CheckType::Http | CheckType::Https)),
             ("status", self.status.is_some(), matches!(self.kind, CheckType::Http | CheckType::Https)),
@@ -273,9 +305,12 @@ impl Check {
             );
         }
         for (key, interval) in [("interval", self.interval), ("timeout", self.timeout)] {
-            if interval.0.is_zero() || interval.0 > LONGEST {
-                return invalid(key, format!("{interval} is out of range (above 0, at most a day)"));
+            if !(SHORTEST..=LONGEST).contains(&interval.0) {
+                return invalid(key, format!("{interval} is out of range (10ms to a day)"));
             }
+        }
+        if let Err(why) = crate::health::probe::dns_query(0, self.query.as_deref().unwrap_or(DEFAULT_QUERY)) {
+            return invalid("query", format!("{why:#}"));
         }
         for (key, count) in [("rise", self.rise), ("fall", self.fall)] {
             if !(1..=MAX_IN_A_ROW).contains(&count) {

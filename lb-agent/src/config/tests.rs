@@ -466,13 +466,16 @@ fn the_issues_health_check_parses_with_its_words() {
 #[test]
 fn check_durations_read_as_operators_write_them() {
     for (written, expected) in
-        [("500ms", 500_000), ("1.5s", 1_500_000), ("250us", 250), ("1m", 60_000_000), ("3", 3_000_000)]
+        [("500ms", 500_000), ("1.5s", 1_500_000), ("20500us", 20_500), ("1m", 60_000_000), ("3", 3_000_000)]
     {
         let config = parse(&with_service_keys(&format!("check: {{ type: tcp, interval: {written} }}"))).unwrap();
         assert_eq!(config.services[0].check.as_ref().unwrap().interval.0.as_micros(), expected, "{written}");
     }
     let err = refused(&with_service_keys("check: { type: tcp, interval: 2 seconds }"));
     assert!(err.to_string().contains("a duration such as 2s"), "{err}");
+    // Written back in whole microseconds, a finer one would not read back the same.
+    let err = refused(&with_service_keys("check: { type: tcp, interval: 1.0000005 }"));
+    assert_eq!(err.field, "services[0].check.interval", "{err}");
 }
 
 #[test]
@@ -510,6 +513,12 @@ fn checks_that_cannot_work_are_refused_with_the_field() {
         ("check: { type: dns, expect: x }", "services[0].check.expect", "a dns check has no `expect`"),
         ("check: { type: tcp, rise: 0 }", "services[0].check.rise", "out of range"),
         ("check: { type: tcp, timeout: 0s }", "services[0].check.timeout", "out of range"),
+        ("check: { type: exec, command: x, interval: 1us }", "services[0].check.interval", "10ms to a day"),
+        (
+            "check: { type: dns, query: a.very-long-label-of-more-than-sixty-three-bytes-is-not-a-dns-label.example }",
+            "services[0].check.query",
+            "longer than 63 bytes",
+        ),
         ("check: { type: tcp, interval: 2d }", "services[0].check.interval", "a duration"),
         ("check: { type: smtp }", "services[0].check.type", "unknown variant `smtp`"),
         ("quorum: 0", "services[0].quorum", "at least 1"),

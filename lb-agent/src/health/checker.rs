@@ -87,7 +87,7 @@ impl Health {
         let healthy = outcome.is_ok();
         if let Err(why) = &outcome {
             state.failures += 1;
-            log::debug!("service {}: {} check of {} failed: {why:#}", owner.0, kind(target), target.at);
+            log::debug!("service {}: {} check of {} failed: {why:#}", owner.0, target.check.kind, target.at);
         }
         // A result that agrees with the state breaks a run of the other kind.
         if healthy == state.up {
@@ -95,22 +95,16 @@ impl Health {
             return;
         }
         state.in_a_row += 1;
-        let (service, check) = (&owner.0, &target.check);
+        let (service, address, check) = (&owner.0, owner.1, &target.check);
+        let what = format!("{} checks of {}", check.kind, target.at);
         if state.up && state.in_a_row >= check.fall {
             let why = outcome.err().map(|why| format!("{why:#}")).unwrap_or_default();
             log::warn!(
-                "service {service}: real server {} is down: {} {} checks failed in a row (last: {why})",
-                target.at,
-                check.fall,
-                kind(target)
+                "service {service}: real server {address} is down: {} {what} failed in a row (last: {why})",
+                check.fall
             );
         } else if !state.up && state.in_a_row >= check.rise {
-            log::info!(
-                "service {service}: real server {} is up again: {} {} checks passed in a row",
-                target.at,
-                check.rise,
-                kind(target)
-            );
+            log::info!("service {service}: real server {address} is up again: {} {what} passed in a row", check.rise);
         } else {
             return;
         }
@@ -118,10 +112,6 @@ impl Health {
         state.in_a_row = 0;
         self.changed.notify_one();
     }
-}
-
-fn kind(target: &Target) -> String {
-    format!("{:?}", target.check.kind).to_lowercase()
 }
 
 /// The checks of `config`'s real servers, by owner.

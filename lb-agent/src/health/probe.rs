@@ -205,7 +205,7 @@ fn query_id() -> u16 {
 }
 
 /// A recursive query for `name`'s SOA record.
-fn dns_query(id: u16, name: &str) -> Result<Vec<u8>> {
+pub fn dns_query(id: u16, name: &str) -> Result<Vec<u8>> {
     let mut query = Vec::with_capacity(32 + name.len());
     for word in [id, DNS_RECURSION_DESIRED, 1, 0, 0, 0] {
         query.extend(word.to_be_bytes());
@@ -215,6 +215,7 @@ fn dns_query(id: u16, name: &str) -> Result<Vec<u8>> {
         query.push(label.len() as u8);
         query.extend(label.as_bytes());
     }
+    ensure!(query.len() - 12 < 256, "{name:?} is longer than a DNS name can be (255 bytes)");
     query.push(0);
     query.extend(DNS_TYPE_SOA.to_be_bytes());
     query.extend(DNS_CLASS_IN.to_be_bytes());
@@ -227,7 +228,7 @@ fn dns_query(id: u16, name: &str) -> Result<Vec<u8>> {
 async fn exec(check: &Check, at: SocketAddr) -> Result<()> {
     let command = check.command.as_deref().context("an exec check without a command")?;
     let command = command.replace("%a", &at.ip().to_string()).replace("%p", &at.port().to_string());
-    let mut child = Command::new("/bin/sh")
+    let child = Command::new("/bin/sh")
         .args(["-c", &command])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -236,19 +237,25 @@ async fn exec(check: &Check, at: SocketAddr) -> Result<()> {
         .kill_on_drop(true)
         .spawn()
         .context("starting /bin/sh")?;
-    match timeout(check.timeout.0, child.wait()).await {
-        Ok(status) => {
-            let status = status.context("waiting for the command")?;
-            ensure!(status.success(), "the command {status}");
-            Ok(())
-        }
-        Err(_) => {
-            if let Some(pid) = child.id() {
-                // SAFETY: kill(2) on the process group the child leads.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-            }
-            let _ = child.wait().await;
-            bail!("the command did not finish within {}", check.timeout)
+    let mut group = Group(child);
+    let status = timeout(check.timeout.0, group.0.wait())
+        .await
+        .map_err(|_| anyhow!("the command did not finish within {}", check.timeout))?
+        .context("waiting for the command")?;
+    ensure!(status.success(), "the command {status}");
+    Ok(())
+}
+
+/// A command's process group, killed whole when dropped: at its timeout, or when its
+/// check's task ends (a reload changed the check) while it runs.
+struct Group(tokio::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            // SAFETY: kill(2) on the process group the child leads (its pid is not
+            // reused before the child is reaped, which tokio does after this).
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
         }
     }
 }

@@ -53,6 +53,9 @@ fn the_sorry_server_serves_alone_below_the_quorum() {
     let config = config("sorry_server: 198.18.1.99");
     assert_eq!(served(&config, &["198.18.1.11", "198.18.1.12"]), [(13, 3)]);
     assert_eq!(served(&config, &["198.18.1.11", "198.18.1.12", "198.18.1.13"]), [(99, 1)]);
+    // Quiesced, the real servers stay beside it at weight 0, their templates holding.
+    let config = self::config("sorry_server: 198.18.1.99\n    on_failure: quiesce");
+    assert_eq!(served(&config, &["198.18.1.11", "198.18.1.12", "198.18.1.13"]), [(11, 0), (12, 0), (13, 0), (99, 1)]);
     // keepalived's quorum is a sum of healthy weights: 1 + 2 < 4.
     let config = self::config("sorry_server: 198.18.1.99\n    quorum: 4");
     assert_eq!(served(&config, &["198.18.1.11", "198.18.1.12"]), [(99, 1)]);
@@ -66,11 +69,18 @@ fn without_a_sorry_server_the_quorum_changes_nothing() {
 }
 
 #[test]
-fn only_the_checked_real_servers_are_down() {
+fn a_quorum_above_the_total_weight_is_lowered_to_it() {
+    let config = config("sorry_server: 198.18.1.99\n    quorum: 100");
+    assert_eq!(served(&config, &[]), [(11, 1), (12, 2), (13, 3)]);
+    assert_eq!(served(&config, &["198.18.1.11"]), [(99, 1)]);
+}
+
+#[test]
+fn every_checked_real_server_is_a_target_at_its_check_port() {
     let config = config("quorum: 1");
-    let unchecked = Config { services: vec![], ..config.clone() };
-    assert_eq!(serving(&unchecked, &down(&["198.18.1.11"])).services.len(), 0);
     assert_eq!(checker::targets(&config).len(), 3);
+    let unchecked = Config::parse(&CONFIG.replace("    check: { type: tcp }\n", ""), Path::new("lb.yaml")).unwrap();
+    assert!(checker::targets(&unchecked).is_empty());
     let target = &checker::targets(&config)[&("web".to_owned(), "198.18.1.13".parse().unwrap())];
     assert_eq!(target.at, "198.18.1.13:80".parse().unwrap());
 }
