@@ -1,5 +1,5 @@
 //! Builds the eBPF objects (every binary of `lb-ebpf`, with the nightly toolchain, for
-//! the BPF target) so the agent can embed them.
+//! the BPF target) so the agent can embed them, and notes the commit it is built from.
 //!
 //! This is what aya-build 0.2.0's `build_ebpf` does, with one difference: the inner
 //! cargo's output is kept, not echoed. aya-build prints every line of it as a
@@ -29,6 +29,7 @@ fn main() -> Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let workspace = manifest_dir.parent().context("lb-agent/ is in the workspace")?;
     build_ebpf(&workspace.join(EBPF_PACKAGE), &workspace.join("lb-common/src"), &out_dir)?;
+    println!("cargo:rustc-env=LB_GIT_COMMIT={}", git_commit(workspace));
     Ok(())
 }
 
@@ -95,4 +96,26 @@ fn rustflags() -> Result<OsString> {
     Ok([format!("--cfg=bpf_target_arch=\"{arch}\""), "-Cdebuginfo=2".into(), "-Clink-arg=--btf".into()]
         .join("\x1f")
         .into())
+}
+
+/// The commit checked out in `workspace` (uncommitted changes are not noted), or
+/// `unknown` outside a git checkout. The build script runs again when HEAD moves.
+fn git_commit(workspace: &Path) -> String {
+    let git = |args: &[&str]| {
+        let output = Command::new("git").args(args).current_dir(workspace).output().ok()?;
+        let text = String::from_utf8(output.stdout).ok()?;
+        (output.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else { return "unknown".into() };
+    // HEAD itself moves on a checkout; the branch it names, on a commit (in its own
+    // file, or in packed-refs once git packed it).
+    let branch = git(&["symbolic-ref", "--quiet", "HEAD"]);
+    for name in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", name])
+            && Path::new(&path).exists()
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    commit
 }

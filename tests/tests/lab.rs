@@ -85,6 +85,7 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     }
     assert_eq!(metrics.value("lb_dropped_packets_total", &[("reason", "malformed_ip")])?, 0.0);
     ensure!(metrics.get("lb_passed_packets_total", &[("reason", "not_ip")]).is_some(), "pass reasons are exported");
+    director_state_is_exported(&lab, &metrics)?;
 
     let lbctl = |args: &[&str]| lbctl(&lab, args);
     let list = lbctl(&["list", "--stats"])?;
@@ -120,6 +121,27 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     assert!(rx_vlan_offload()?, "and gave the interface its VLAN offload back");
     let links = lab.on_director(&["ip", "link", "show", "dev", "eth0"])?;
     assert!(!links.contains("xdp"), "SIGTERM detached the program: {links}");
+    Ok(())
+}
+
+/// What the director holds, read at scrape time: weights, the table's capacity, the
+/// XDP mode each interface took, the agent's build.
+fn director_state_is_exported(lab: &Lab, metrics: &Samples) -> Result<()> {
+    for (real, weight) in lab.reals.iter().zip(WEIGHTS) {
+        let labels = [("service", "web6"), ("real", &real.ipv6.to_string() as &str)];
+        assert_eq!(metrics.value("lb_real_weight", &labels)?, f64::from(weight));
+    }
+    let capacity = metrics.value("lb_connection_table_capacity", &[])?;
+    assert_eq!(capacity, f64::from(lb_common::CONN_TABLE_SIZE), "the default connection_table_size");
+    assert!(metrics.value("lb_connection_table_entries", &[])? <= capacity);
+    let modes: Vec<_> = metrics.all("lb_interface_xdp_mode").collect();
+    let eth0 = [("interface", "eth0"), ("mode", "driver")].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+    assert_eq!(modes, [(&eth0, 1.0)], "xdp_mode: native, on eth0 only");
+    let builds: Vec<_> = metrics.all("lb_build_info").collect();
+    ensure!(builds.len() == 1 && builds[0].1 == 1.0, "one lb_build_info, of 1: {builds:?}");
+    assert_eq!(builds[0].0["version"], env!("CARGO_PKG_VERSION"));
+    let commit = &builds[0].0["commit"];
+    ensure!(commit == "unknown" || commit.chars().all(|c| c.is_ascii_hexdigit()), "commit {commit:?}");
     Ok(())
 }
 
