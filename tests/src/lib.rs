@@ -1,6 +1,6 @@
 //! What the tests, the demo and the benchmark share: network namespaces, the lab built
 //! from them, packets to feed the data path, a reader of Prometheus text, and the
-//! queries of `deploy/`'s Prometheus files.
+//! queries of `deploy/`'s Prometheus and Grafana files.
 
 pub mod bed;
 pub mod capture;

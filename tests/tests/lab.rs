@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Result, ensure};
 use lb_tests::{
+    deploy,
     lab::{self, Agent, HTTP_PORT, Lab, Reply, UDP_PORT, VIP4, VIP6},
     prometheus::Samples,
 };
@@ -86,6 +87,7 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     assert_eq!(metrics.value("lb_dropped_packets_total", &[("reason", "malformed_ip")])?, 0.0);
     ensure!(metrics.get("lb_passed_packets_total", &[("reason", "not_ip")]).is_some(), "pass reasons are exported");
     director_state_is_exported(&lab, &metrics)?;
+    deploy_uses_only_exported_metrics(&metrics)?;
 
     let lbctl = |args: &[&str]| lbctl(&lab, args);
     let list = lbctl(&["list", "--stats"])?;
@@ -142,6 +144,27 @@ fn director_state_is_exported(lab: &Lab, metrics: &Samples) -> Result<()> {
     assert_eq!(builds[0].0["version"], env!("CARGO_PKG_VERSION"));
     let commit = &builds[0].0["commit"];
     ensure!(commit == "unknown" || commit.chars().all(|c| c.is_ascii_hexdigit()), "commit {commit:?}");
+    Ok(())
+}
+
+/// Every metric the alert rules and the dashboard of deploy/ use is one the agent
+/// exports (in this scrape), Prometheus' own `up`, or one the health-check work adds.
+fn deploy_uses_only_exported_metrics(metrics: &Samples) -> Result<()> {
+    let exported = metrics.names();
+    let dashboard = deploy::dashboard()?;
+    let queries =
+        [deploy::alert_queries()?, deploy::panel_queries(&dashboard)?, deploy::variable_queries(&dashboard)?].concat();
+    let mut used = 0;
+    for query in &queries {
+        for name in deploy::metric_names(&query.expr)? {
+            used += 1;
+            let known = exported.contains(name.as_str())
+                || deploy::PROMETHEUS_OWN.contains(&name.as_str())
+                || deploy::added_by_the_health_check_work(&name);
+            ensure!(known, "{}: {name} is not a metric the agent exports ({})", query.place, query.expr);
+        }
+    }
+    ensure!(queries.len() > 20 && used > queries.len(), "{} queries, {used} names: were they all read?", queries.len());
     Ok(())
 }
 
