@@ -74,6 +74,8 @@ pub struct Dataplane {
     maps: Maps,
     real_loads: Arc<RealLoads>,
     attached: StdHashMap<String, Attachment>,
+    /// The connection table's size, as it was loaded (a reload does not change it).
+    conn_table_capacity: u32,
 }
 
 struct Maps {
@@ -93,7 +95,10 @@ struct Maps {
 
 struct Attachment {
     ifindex: u32,
+    /// As configured (`auto` stays `auto`), to tell whether a reload changes it.
     mode: XdpMode,
+    /// What the kernel took.
+    attached: AttachedMode,
     link: XdpLinkId,
     /// The receive VLAN offload was on, and the agent turned it off.
     restore_rx_vlan: bool,
@@ -138,7 +143,8 @@ impl Dataplane {
             verdict_stats: typed(&mut ebpf, names::VERDICT_STATS)?,
         };
         let real_loads = Arc::new(RealLoads::map(array_data(&ebpf, names::REAL_LOAD)?)?);
-        let dataplane = Self { ebpf, maps, real_loads, attached: StdHashMap::new() };
+        let dataplane =
+            Self { ebpf, maps, real_loads, attached: StdHashMap::new(), conn_table_capacity: conn_table_size };
         // Entries are stamped with it from the first packet on.
         dataplane.clock()?.tick()?;
         Ok(dataplane)
@@ -183,10 +189,10 @@ impl Dataplane {
 
     fn attach_new(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
         let ifindex = ifindex(interface)?;
-        let link = attach_xdp(self.program_mut(), names::INGRESS_PROGRAM, interface, ifindex, mode)?;
+        let (link, attached) = attach_xdp(self.program_mut(), names::INGRESS_PROGRAM, interface, ifindex, mode)?;
         let restore_rx_vlan = see_vlan_tags(interface);
-        log::info!("attached lb_ingress to {interface} (ifindex {ifindex}, {mode:?} mode)");
-        self.attached.insert(interface.to_owned(), Attachment { ifindex, mode, link, restore_rx_vlan });
+        log::info!("attached lb_ingress to {interface} (ifindex {ifindex}, {} mode)", attached.label());
+        self.attached.insert(interface.to_owned(), Attachment { ifindex, mode, attached, link, restore_rx_vlan });
         Ok(())
     }
 
@@ -208,6 +214,16 @@ impl Dataplane {
     /// Names of the attached interfaces.
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.attached.keys().map(String::as_str)
+    }
+
+    /// Each attached interface, and the mode its attachment took.
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachedMode)> {
+        self.attached.iter().map(|(name, attachment)| (name.as_str(), attachment.attached))
+    }
+
+    /// How many entries the connection table holds at most.
+    pub fn conn_table_capacity(&self) -> u32 {
+        self.conn_table_capacity
     }
 
     pub fn attached_ifindexes(&self) -> Vec<u32> {
@@ -486,15 +502,47 @@ fn walk<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, name: &str, mut visit: imp
     Ok(seen)
 }
 
+/// The mode an XDP attachment took: in the driver (native) or in the kernel's generic
+/// path (skb).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Driver,
+    Skb,
+}
+
+impl AttachedMode {
+    /// As the kernel's flags name it (`XDP_FLAGS_DRV_MODE`, `XDP_FLAGS_SKB_MODE`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Driver => "driver",
+            Self::Skb => "skb",
+        }
+    }
+}
+
 /// Attaches `program` (called `name` in messages) to `interface`, whose index is
-/// `ifindex`. `auto` takes the driver's mode when the driver has one.
-pub fn attach_xdp(program: &mut Xdp, name: &str, interface: &str, ifindex: u32, mode: XdpMode) -> Result<XdpLinkId> {
+/// `ifindex`. `auto` takes the driver's mode when the driver has one; the answer says
+/// which mode took.
+pub fn attach_xdp(
+    program: &mut Xdp,
+    name: &str,
+    interface: &str,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<(XdpLinkId, AttachedMode)> {
+    let mut attach = |attached: AttachedMode| {
+        let flags = match attached {
+            AttachedMode::Driver => AyaXdpMode::Driver,
+            AttachedMode::Skb => AyaXdpMode::Skb,
+        };
+        program.attach_to_if_index(ifindex, flags).map(|link| (link, attached))
+    };
     match mode {
-        XdpMode::Native => program.attach_to_if_index(ifindex, AyaXdpMode::Driver),
-        XdpMode::Generic => program.attach_to_if_index(ifindex, AyaXdpMode::Skb),
-        XdpMode::Auto => program.attach_to_if_index(ifindex, AyaXdpMode::Driver).or_else(|err| {
+        XdpMode::Native => attach(AttachedMode::Driver),
+        XdpMode::Generic => attach(AttachedMode::Skb),
+        XdpMode::Auto => attach(AttachedMode::Driver).or_else(|err| {
             log::warn!("{interface}: native XDP unavailable ({err}); attaching {name} in generic mode");
-            program.attach_to_if_index(ifindex, AyaXdpMode::Skb)
+            attach(AttachedMode::Skb)
         }),
     }
     .with_context(|| format!("attaching {name} to {interface} in {mode:?} mode"))

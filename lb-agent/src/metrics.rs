@@ -1,26 +1,35 @@
-//! Prometheus metrics, read from the per-CPU maps at scrape time: nothing is counted
-//! twice and the data path does no extra work for them.
+//! Prometheus metrics, read at scrape time: the data path's per-CPU counters summed,
+//! and the director's state as it is, so nothing is counted twice and the data path
+//! does no extra work for them.
+//!
+//! One scrape takes the director's lock once, to read a [`Scrape`]; the families are
+//! written from it: per service and real server (`services`), of the director as a
+//! whole (`director`), and the real servers' health (`health`).
+
+mod director;
+mod health;
+mod services;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
 use anyhow::{Context, Result};
 use axum::{Router, extract::State, http::header::CONTENT_TYPE, response::IntoResponse, routing::get};
-use lb_common::stats::Verdict;
+use lb_api::ServiceStatus;
+use lb_common::stats::Reason;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
-    registry::Unit,
 };
 use tokio::net::TcpListener;
 
 use crate::{
-    config::Config,
+    control,
+    dataplane::AttachedMode,
     director::{Director, View},
     expiry,
     health::{Owner, checker::Health},
@@ -70,164 +79,71 @@ impl std::fmt::Debug for LbCollector {
 
 impl Collector for LbCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let director = self.director.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (services, reasons) = match (director.status(View::Serving), director.reason_counts()) {
-            (Ok(services), Ok(reasons)) => (services, reasons),
-            (Err(err), _) | (_, Err(err)) => {
-                log::error!("reading counters for a scrape: {err:#}");
-                return Err(std::fmt::Error);
-            }
-        };
-        let configured = configured_reals(director.running_config());
-        drop(director);
-
-        let service_labels = |s: &lb_api::ServiceStatus| [("service", s.name.clone())];
-        for (name, help, value) in TRAFFIC {
-            let help = format!("{help}, for a virtual service.");
-            family(
-                &mut encoder,
-                &format!("lb_service_{name}"),
-                &help,
-                services.iter().map(|s| (service_labels(s), value(&s.stats))),
-            )?;
-        }
-        let reals: Vec<([(&str, String); 2], &lb_api::RealStatus)> = services
-            .iter()
-            .flat_map(|s| s.reals.iter().map(|r| ([("service", s.name.clone()), ("real", r.address.to_string())], r)))
-            .collect();
-        for (name, help, value) in TRAFFIC {
-            let help = format!("{help}, for a real server.");
-            let members = reals.iter().map(|(labels, real)| (labels.clone(), value(&real.stats)));
-            family(&mut encoder, &format!("lb_real_{name}"), &help, members)?;
-        }
-        for (name, help, value) in CONNECTIONS {
-            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (labels, real) in &reals {
-                let count = i64::try_from(value(real)).unwrap_or(i64::MAX);
-                ConstGauge::new(count).encode(metric.encode_family(labels)?)?;
-            }
-        }
-
-        for (name, help, counts) in VERDICTS {
-            let members = reasons.iter().filter(|(reason, _)| counts(reason.verdict()));
-            let members = members.map(|(reason, n)| ([("reason", reason.label().to_owned())], *n));
-            family(&mut encoder, name, help, members)?;
-        }
-
-        let expired = encoder.encode_descriptor(
-            "lb_connections_expired",
-            "Connections removed after their timeout (the two entries of a NAT or Full-NAT connection count once).",
-            None,
-            MetricType::Counter,
-        )?;
-        ConstCounter::new(self.expiry.expired()).encode(expired)?;
-        let entries = encoder.encode_descriptor(
-            "lb_connection_table_entries",
-            "Entries of the connection table at its last walk (two per NAT or Full-NAT connection).",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(i64::try_from(self.expiry.entries()).unwrap_or(i64::MAX)).encode(entries)?;
-        encode_health(&mut encoder, &configured, &self.health)
+        let scrape = Scrape::read(&control::lock(&self.director)).map_err(|err| {
+            log::error!("reading counters for a scrape: {err:#}");
+            std::fmt::Error
+        })?;
+        services::encode(&mut encoder, &scrape.services)?;
+        director::verdicts(&mut encoder, &scrape.reasons)?;
+        director::connection_table(&mut encoder, &self.expiry, scrape.table_capacity)?;
+        director::interfaces(&mut encoder, &scrape.interfaces)?;
+        director::build_info(&mut encoder)?;
+        health::encode(&mut encoder, &scrape.configured, &self.health)
     }
 }
 
-/// Every configured real server, as (service, address), in the configuration's order.
-fn configured_reals(config: Option<&Config>) -> Vec<Owner> {
-    let services = config.iter().flat_map(|config| &config.services);
-    services.flat_map(|service| service.reals.iter().map(|real| (service.name.clone(), real.address))).collect()
+/// What one scrape reads of the director, under its lock.
+struct Scrape {
+    services: Vec<ServiceStatus>,
+    reasons: Vec<(Reason, u64)>,
+    /// Each attached interface and the mode its XDP attachment took.
+    interfaces: Vec<(String, AttachedMode)>,
+    table_capacity: u32,
+    /// Every configured real server, served or not, in the configuration's order.
+    configured: Vec<Owner>,
 }
 
-/// Each configured real server's health (1 when it has no check), and its checks'
-/// durations and failures.
-fn encode_health(encoder: &mut DescriptorEncoder, configured: &[Owner], health: &Health) -> std::fmt::Result {
-    let labels = |(service, address): &Owner| [("service", service.clone()), ("real", address.to_string())];
-    let mut up: HashMap<&Owner, bool> = configured.iter().map(|owner| (owner, true)).collect();
-    let mut checked = Vec::new();
-    health.for_each(|owner, state| {
-        if let Some(up) = up.get_mut(owner) {
-            *up = state.up;
-            checked.push((owner.clone(), state.failures, state.duration.clone()));
-        }
-    });
-    let mut metric = encoder.encode_descriptor(
-        "lb_real_up",
-        "Whether a real server passes its health check (1 when it has none); a real server that fails it is \
-         quiesced or removed, as its service's on_failure says.",
-        None,
-        MetricType::Gauge,
-    )?;
-    for owner in configured {
-        ConstGauge::new(i64::from(up[owner])).encode(metric.encode_family(&labels(owner))?)?;
+impl Scrape {
+    fn read(director: &Director) -> Result<Self> {
+        let dataplane = director.dataplane();
+        Ok(Self {
+            services: director.status(View::Serving)?,
+            reasons: director.reason_counts()?,
+            interfaces: dataplane.attachments().map(|(name, mode)| (name.to_owned(), mode)).collect(),
+            table_capacity: dataplane.conn_table_capacity(),
+            configured: health::configured_reals(director.running_config()),
+        })
     }
-    checked.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut metric = encoder.encode_descriptor(
-        // The encoder appends the unit: lb_health_check_duration_seconds.
-        "lb_health_check_duration",
-        "How long a real server's health checks took, failed ones too.",
-        Some(&Unit::Seconds),
-        MetricType::Histogram,
-    )?;
-    for (owner, _, duration) in &checked {
-        duration.encode(metric.encode_family(&labels(owner))?)?;
-    }
-    family(
-        encoder,
-        "lb_health_check_failures",
-        "Health checks of a real server that failed (each one, not only those that took it down).",
-        checked.iter().map(|(owner, failures, _)| (labels(owner), *failures)),
-    )
 }
 
-/// The per-reason families, by what became of the packets: (name, help, verdicts).
-type Verdicts = (&'static str, &'static str, fn(Verdict) -> bool);
-const VERDICTS: [Verdicts; 3] = [
-    ("lb_dropped_packets", "Packets the data path dropped, by reason.", |verdict| {
-        matches!(verdict, Verdict::Drop | Verdict::Answer)
-    }),
-    ("lb_passed_packets", "Packets the data path left to the kernel, by reason.", |verdict| verdict == Verdict::Pass),
-    (
-        "lb_noted_packets",
-        "Packets the data path forwarded without something they should have had, by reason.",
-        |verdict| verdict == Verdict::Note,
-    ),
-];
+/// A metric's labels: (name, value) pairs.
+type Labels<const N: usize> = [(&'static str, String); N];
 
-/// The connections a real server holds, as ipvsadm counts them: (name, help, value).
-type Connections = (&'static str, &'static str, fn(&lb_api::RealStatus) -> u64);
-const CONNECTIONS: [Connections; 2] = [
-    (
-        "lb_real_active_connections",
-        "Connections of a real server that are established or opening (ipvsadm's ActiveConn).",
-        |real| real.active_conns,
-    ),
-    (
-        "lb_real_inactive_connections",
-        "Other connections a real server holds: closing TCP, UDP (ipvsadm's InActConn).",
-        |real| real.inactive_conns,
-    ),
-];
-
-/// The traffic counters of services and real servers: (name, help, value).
-type Traffic = (&'static str, &'static str, fn(&lb_api::Stats) -> u64);
-const TRAFFIC: [Traffic; 5] = [
-    ("packets", "Packets from clients forwarded", |stats| stats.in_packets),
-    ("bytes", "Bytes (IP packets) from clients forwarded", |stats| stats.in_bytes),
-    ("connections", "New connections scheduled", |stats| stats.conns),
-    ("out_packets", "Replies forwarded back to clients (NAT, Full-NAT)", |stats| stats.out_packets),
-    ("out_bytes", "Bytes (IP packets) of replies forwarded back to clients (NAT, Full-NAT)", |stats| stats.out_bytes),
-];
-
-/// One counter family: `name_total{labels} value` per member.
+/// One family of counters (`kind` Counter) or gauges: `name{labels} value` per member.
 fn family<const N: usize>(
     encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    members: impl Iterator<Item = ([(&'static str, String); N], u64)>,
+    (name, help, kind): (&str, &str, MetricType),
+    members: impl IntoIterator<Item = (Labels<N>, u64)>,
 ) -> std::fmt::Result {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
     for (labels, value) in members {
-        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+        sample(metric.encode_family(&labels)?, kind, value)?;
     }
     Ok(())
+}
+
+/// One value without labels.
+fn single(
+    encoder: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    value: u64,
+) -> std::fmt::Result {
+    sample(encoder.encode_descriptor(name, help, None, kind)?, kind, value)
+}
+
+fn sample(encoder: prometheus_client::encoding::MetricEncoder, kind: MetricType, value: u64) -> std::fmt::Result {
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(encoder),
+        _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(encoder),
+    }
 }

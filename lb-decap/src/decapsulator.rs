@@ -83,8 +83,8 @@ impl Decapsulator {
 
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
         let ifindex = dataplane::ifindex(interface)?;
-        let link = dataplane::attach_xdp(self.program_mut(), names::PROGRAM, interface, ifindex, mode)?;
-        log::info!("attached lb_decap to {interface} (ifindex {ifindex}, {mode:?} mode)");
+        let (link, attached) = dataplane::attach_xdp(self.program_mut(), names::PROGRAM, interface, ifindex, mode)?;
+        log::info!("attached lb_decap to {interface} (ifindex {ifindex}, {} mode)", attached.label());
         self.attached.push((interface.to_owned(), link));
         Ok(())
     }

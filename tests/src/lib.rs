@@ -1,8 +1,10 @@
 //! What the tests, the demo and the benchmark share: network namespaces, the lab built
-//! from them, packets to feed the data path, and a reader of Prometheus text.
+//! from them, packets to feed the data path, a reader of Prometheus text, and the
+//! queries of `deploy/`'s Prometheus and Grafana files.
 
 pub mod bed;
 pub mod capture;
+pub mod deploy;
 pub mod lab;
 pub mod netns;
 pub mod packet;

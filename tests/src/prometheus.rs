@@ -1,7 +1,7 @@
 //! A reader of the Prometheus text exposition format, enough to check what the agent
 //! serves: samples by name and labels. Comments and `# EOF` are skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
 
@@ -28,6 +28,11 @@ impl Samples {
     /// Like [`Samples::get`], but a missing sample is an error naming it.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
         self.get(name, labels).with_context(|| format!("no sample {name}{labels:?} in the metrics"))
+    }
+
+    /// The names of every sample (a counter's with its `_total`).
+    pub fn names(&self) -> BTreeSet<&str> {
+        self.0.iter().map(|(name, _, _)| name.as_str()).collect()
     }
 
     /// Every sample of `name`.

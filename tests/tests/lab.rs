@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Result, ensure};
 use lb_tests::{
+    deploy,
     lab::{self, Agent, HTTP_PORT, Lab, Reply, UDP_PORT, VIP4, VIP6},
     prometheus::Samples,
 };
@@ -89,6 +90,7 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     }
     assert_eq!(metrics.value("lb_dropped_packets_total", &[("reason", "malformed_ip")])?, 0.0);
     ensure!(metrics.get("lb_passed_packets_total", &[("reason", "not_ip")]).is_some(), "pass reasons are exported");
+    director_state_is_exported(&lab, &metrics)?;
 
     let lbctl = |args: &[&str]| lbctl(&lab, args);
     let list = lbctl(&["list", "--stats"])?;
@@ -124,6 +126,46 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     assert!(rx_vlan_offload()?, "and gave the interface its VLAN offload back");
     let links = lab.on_director(&["ip", "link", "show", "dev", "eth0"])?;
     assert!(!links.contains("xdp"), "SIGTERM detached the program: {links}");
+    Ok(())
+}
+
+/// What the director holds, read at scrape time: weights, the table's capacity, the
+/// XDP mode each interface took, the agent's build.
+fn director_state_is_exported(lab: &Lab, metrics: &Samples) -> Result<()> {
+    for (real, weight) in lab.reals.iter().zip(WEIGHTS) {
+        let labels = [("service", "web6"), ("real", &real.ipv6.to_string() as &str)];
+        assert_eq!(metrics.value("lb_real_weight", &labels)?, f64::from(weight));
+    }
+    let capacity = metrics.value("lb_connection_table_capacity", &[])?;
+    assert_eq!(capacity, f64::from(lb_common::CONN_TABLE_SIZE), "the default connection_table_size");
+    assert!(metrics.value("lb_connection_table_entries", &[])? <= capacity);
+    let modes: Vec<_> = metrics.all("lb_interface_xdp_mode").collect();
+    let eth0 = [("interface", "eth0"), ("mode", "driver")].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+    assert_eq!(modes, [(&eth0, 1.0)], "xdp_mode: native, on eth0 only");
+    let builds: Vec<_> = metrics.all("lb_build_info").collect();
+    ensure!(builds.len() == 1 && builds[0].1 == 1.0, "one lb_build_info, of 1: {builds:?}");
+    assert_eq!(builds[0].0["version"], env!("CARGO_PKG_VERSION"));
+    let commit = &builds[0].0["commit"];
+    ensure!(commit == "unknown" || commit.chars().all(|c| c.is_ascii_hexdigit()), "commit {commit:?}");
+    Ok(())
+}
+
+/// Every metric the alert rules and the dashboard of deploy/ use is one the agent
+/// exports (in this scrape, of an agent with health checks), or Prometheus' own `up`.
+fn deploy_uses_only_exported_metrics(metrics: &Samples) -> Result<()> {
+    let exported = metrics.names();
+    let dashboard = deploy::dashboard()?;
+    let queries =
+        [deploy::alert_queries()?, deploy::panel_queries(&dashboard)?, deploy::variable_queries(&dashboard)?].concat();
+    let mut used = 0;
+    for query in &queries {
+        for name in deploy::metric_names(&query.expr)? {
+            used += 1;
+            let known = exported.contains(name.as_str()) || deploy::PROMETHEUS_OWN.contains(&name.as_str());
+            ensure!(known, "{}: {name} is not a metric the agent exports ({})", query.place, query.expr);
+        }
+    }
+    ensure!(queries.len() > 20 && used > queries.len(), "{} queries, {used} names: were they all read?", queries.len());
     Ok(())
 }
 
@@ -605,6 +647,7 @@ fn health_checks_take_failed_real_servers_out_under_load_and_bring_them_back() -
     let rs1_labels = [("service", "web4"), ("real", &rs1.to_string() as &str)];
     assert!(metrics.value("lb_health_check_failures_total", &rs1_labels)? >= 2.0);
     assert!(metrics.value("lb_health_check_duration_seconds_count", &rs1_labels)? >= 4.0);
+    deploy_uses_only_exported_metrics(&metrics)?;
     let log = agent.log_text();
     for said in [format!("real server {rs1} is down"), format!("real server {rs1} is up again")] {
         assert!(log.contains(&said), "the agent's log says {said:?}:\n{log}");

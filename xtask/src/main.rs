@@ -35,8 +35,9 @@ enum Task {
     Demo,
     /// ns per packet of lb_ingress beside a trivial XDP forwarder. As root.
     Bench,
-    /// Build, then install the binaries, the systemd unit, the real-server script and an
-    /// example configuration (kept if one exists) under --root (default /).
+    /// Build, then install the binaries, the systemd unit, the real-server script, an
+    /// example configuration (kept if one exists), and the Prometheus and Grafana files
+    /// (in /usr/local/share/lb) under --root (default /).
     Install {
         #[arg(long, default_value = "/")]
         root: PathBuf,
