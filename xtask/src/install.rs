@@ -79,9 +79,10 @@ mod tests {
         dir
     }
 
-    /// Stand-ins for the release binaries, so the test needs no build.
-    fn binaries() -> PathBuf {
-        let bin = scratch("bin");
+    /// Stand-ins for the release binaries, so the test needs no build (a directory per
+    /// test: tests run at once).
+    fn binaries(test: &str) -> PathBuf {
+        let bin = scratch(&format!("{test}-bin"));
         for name in ["lb-agent", "lbctl", "lb-decap"] {
             fs::write(bin.join(name), format!("#!/bin/sh\n# {name}\n")).expect("a stand-in binary");
         }
@@ -94,7 +95,7 @@ mod tests {
 
     #[test]
     fn places_binaries_unit_configuration_real_server_script_and_monitoring_files() {
-        let (root, bin) = (scratch("root"), binaries());
+        let (root, bin) = (scratch("root"), binaries("root"));
         install(&root, &bin, &deploy()).expect("installing");
         let expected = [
             ("usr/local/sbin/lb-agent", 0o755),
@@ -126,7 +127,7 @@ mod tests {
 
     #[test]
     fn keeps_an_existing_configuration() {
-        let (root, bin) = (scratch("kept"), binaries());
+        let (root, bin) = (scratch("kept"), binaries("kept"));
         fs::create_dir_all(root.join("etc/lb")).expect("etc/lb");
         fs::write(root.join("etc/lb/lb.yaml"), "# mine\n").expect("a configuration");
         install(&root, &bin, &deploy()).expect("installing");
