@@ -38,18 +38,21 @@ pub struct Control {
     /// Held by each change from the configuration it starts from to the one it leaves,
     /// so two never interleave.
     turn: tokio::sync::Mutex<()>,
-    /// The health checks of the running configuration.
+    /// The health checks of the running configuration, and what they find.
     checkers: Mutex<Checkers>,
+    health: Arc<Health>,
 }
 
 impl Control {
     pub fn new(director: Arc<Mutex<Director>>, neighbours: Neighbours, path: PathBuf) -> Self {
-        Self { director, neighbours, path, turn: tokio::sync::Mutex::new(()), checkers: Mutex::default() }
+        let health = Arc::new(Health::default());
+        let checkers = Mutex::new(Checkers::new(health.clone()));
+        Self { director, neighbours, path, turn: tokio::sync::Mutex::new(()), checkers, health }
     }
 
     /// The real servers' health, as their checks find it.
     pub fn health(&self) -> Arc<Health> {
-        lock(&self.checkers).health()
+        self.health.clone()
     }
 
     /// The director, also after a panic elsewhere: its state stays consistent between
@@ -163,7 +166,7 @@ impl Control {
         let _turn = self.turn.lock().await;
         let mut director = self.director();
         let Some(config) = director.running_config() else { return };
-        let down = self.health().down(config);
+        let down = self.health.down(config);
         if let Err(err) = director.set_down(down) {
             log::error!("updating the data path for the real servers' health: {err:#}");
         }
@@ -225,7 +228,7 @@ impl Control {
                 _ => {}
             }
         }
-        let down = self.health().down(&config);
+        let down = self.health.down(&config);
         self.director().apply(config.clone(), links, down)?;
         lock(&self.checkers).follow(&config);
         Ok(())

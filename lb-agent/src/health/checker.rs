@@ -18,7 +18,10 @@ use tokio::{
 };
 
 use super::{Down, Owner, probe};
-use crate::config::{Check, Config};
+use crate::{
+    config::{Check, Config},
+    control,
+};
 
 /// The buckets of `lb_health_check_duration_seconds`: from a LAN's round trip to a
 /// slow page's.
@@ -57,7 +60,7 @@ impl State {
 
 impl Health {
     fn states(&self) -> MutexGuard<'_, HashMap<Owner, State>> {
-        self.states.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        control::lock(&self.states)
     }
 
     /// Returns when a real server went down or up since the last call.
@@ -79,8 +82,13 @@ impl Health {
         }
     }
 
+    /// Starts counting `owner`'s checks anew, from the state it reached (up if new).
+    pub(super) fn start(&self, owner: &Owner) {
+        self.states().entry(owner.clone()).or_insert_with(State::new).in_a_row = 0;
+    }
+
     /// Counts one check's outcome; says so when it turns the real server down or up.
-    fn record(&self, owner: &Owner, target: &Target, took: Duration, outcome: anyhow::Result<()>) {
+    pub(super) fn record(&self, owner: &Owner, target: &Target, took: Duration, outcome: anyhow::Result<()>) {
         let mut states = self.states();
         let Some(state) = states.get_mut(owner) else { return };
         state.duration.observe(took.as_secs_f64());
@@ -128,15 +136,15 @@ pub fn targets(config: &Config) -> HashMap<Owner, Target> {
 }
 
 /// The running tasks, one per checked real server.
-#[derive(Default)]
 pub struct Checkers {
     health: Arc<Health>,
     tasks: HashMap<Owner, (Target, AbortHandle)>,
 }
 
 impl Checkers {
-    pub fn health(&self) -> Arc<Health> {
-        self.health.clone()
+    /// Checkers that keep their findings in `health`.
+    pub fn new(health: Arc<Health>) -> Self {
+        Self { health, tasks: HashMap::new() }
     }
 
     /// Checks what `config` asks to: a real server whose check is unchanged keeps its
@@ -155,7 +163,7 @@ impl Checkers {
         });
         self.health.states().retain(|owner, _| self.tasks.contains_key(owner) || targets.contains_key(owner));
         for (owner, target) in targets {
-            self.health.states().entry(owner.clone()).or_insert_with(State::new).in_a_row = 0;
+            self.health.start(&owner);
             let task = tokio::spawn(run(owner.clone(), target.clone(), self.health.clone()));
             self.tasks.insert(owner, (target, task.abort_handle()));
         }

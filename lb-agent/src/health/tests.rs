@@ -76,6 +76,31 @@ fn a_quorum_above_the_total_weight_is_lowered_to_it() {
 }
 
 #[test]
+fn fall_failures_in_a_row_take_a_real_server_down_and_rise_successes_bring_it_back() {
+    let config = config("quorum: 1");
+    let health = checker::Health::default();
+    let owner: Owner = ("web".to_owned(), "198.18.1.12".parse().unwrap());
+    let target = checker::targets(&config)[&owner].clone();
+    let (rise, fall) = (target.check.rise, target.check.fall);
+    health.start(&owner);
+    let check = |healthy: bool| {
+        let outcome = if healthy { Ok(()) } else { Err(anyhow::anyhow!("refused")) };
+        health.record(&owner, &target, std::time::Duration::from_millis(1), outcome);
+        health.down(&config).contains("web", owner.1)
+    };
+    // A success between failures starts the count again.
+    let failed: Vec<bool> = (0..fall - 1).map(|_| check(false)).collect();
+    assert!(!failed.contains(&true) && !check(true), "{fall} failures are needed in a row");
+    let down: Vec<bool> = (0..fall).map(|_| check(false)).collect();
+    assert_eq!(down.last(), Some(&true), "down after {fall} in a row: {down:?}");
+    assert!(check(false) && (0..rise - 1).all(|_| check(true)), "still down before {rise} successes");
+    assert!(!check(true), "up after {rise} successes");
+    let mut failures = 0;
+    health.for_each(|_, state| failures = state.failures);
+    assert_eq!(failures, u64::from(2 * fall));
+}
+
+#[test]
 fn every_checked_real_server_is_a_target_at_its_check_port() {
     let config = config("quorum: 1");
     assert_eq!(checker::targets(&config).len(), 3);
