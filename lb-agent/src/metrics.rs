@@ -119,6 +119,11 @@ impl Scrape {
 /// A metric's labels: (name, value) pairs.
 type Labels<const N: usize> = [(&'static str, String); N];
 
+/// A real server's labels: its service and its address.
+fn real_labels(service: &str, address: std::net::IpAddr) -> Labels<2> {
+    [("service", service.to_owned()), ("real", address.to_string())]
+}
+
 /// One family of counters (`kind` Counter) or gauges: `name{labels} value` per member.
 fn family<const N: usize>(
     encoder: &mut DescriptorEncoder,

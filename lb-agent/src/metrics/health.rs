@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use super::{Labels, family};
+use super::{Labels, family, real_labels};
 use crate::{
     config::Config,
     health::{Owner, checker::Health},
@@ -22,7 +22,7 @@ pub(super) fn configured_reals(config: Option<&Config>) -> Vec<Owner> {
 }
 
 fn labels((service, address): &Owner) -> Labels<2> {
-    [("service", service.clone()), ("real", address.to_string())]
+    real_labels(service, *address)
 }
 
 /// Each configured real server's health (1 when it has no check), and its checks'

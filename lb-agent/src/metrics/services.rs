@@ -4,7 +4,7 @@
 use lb_api::{RealStatus, ServiceStatus, Stats};
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{Labels, family};
+use super::{Labels, family, real_labels};
 
 /// The traffic counters of services and real servers: (name, help, value).
 type Traffic = (&'static str, &'static str, fn(&Stats) -> u64);
@@ -40,10 +40,8 @@ pub(super) fn encode(encoder: &mut DescriptorEncoder, services: &[ServiceStatus]
         let members = services.iter().map(|s| (service_labels(s), value(&s.stats)));
         family(encoder, (&format!("lb_service_{name}"), &help, MetricType::Counter), members)?;
     }
-    let reals: Vec<(Labels<2>, &RealStatus)> = services
-        .iter()
-        .flat_map(|s| s.reals.iter().map(|r| ([("service", s.name.clone()), ("real", r.address.to_string())], r)))
-        .collect();
+    let reals: Vec<(Labels<2>, &RealStatus)> =
+        services.iter().flat_map(|s| s.reals.iter().map(|r| (real_labels(&s.name, r.address), r))).collect();
     for (name, help, value) in TRAFFIC {
         let help = format!("{help}, for a real server.");
         let members = reals.iter().map(|(labels, real)| (labels.clone(), value(&real.stats)));
