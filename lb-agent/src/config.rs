@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 pub use self::check::{Check, CheckType, DEFAULT_QUERY, DEFAULT_STATUS, Interval, OnFailure, Status};
 
 pub const DEFAULT_PATH: &str = "/etc/lb/lb.yaml";
+/// Where a host's BPF file system is, and the agent's pins in it.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 /// mh's table size if a service names none: Katran's and Google's Maglev's, room for
 /// some 650 real servers at the paper's 100 buckets each (IPVS builds in 4093).
 pub const DEFAULT_MH_TABLE_SIZE: u32 = 65537;
@@ -44,6 +46,11 @@ pub struct Config {
     /// Read at start only.
     #[serde(default = "default_connection_table_size", skip_serializing_if = "is_default_connection_table_size")]
     pub connection_table_size: u32,
+    /// Where the maps and the XDP links are pinned (in a BPF file system), so that
+    /// forwarding and the connection table outlive the agent: a restarted agent adopts
+    /// them. Read at start only.
+    #[serde(default = "default_pin_path", skip_serializing_if = "is_default_pin_path")]
+    pub pin_path: PathBuf,
     /// The outer source address of tunnelled (`tun`) packets, at most one per IP
     /// version: one address or a list. By default, for each real server, the
     /// director's address that the route to it prefers (`ip route get`'s `src`).
@@ -573,6 +580,9 @@ impl Config {
         if self.connection_table_size != new.connection_table_size {
             fields.push("connection_table_size");
         }
+        if self.pin_path != new.pin_path {
+            fields.push("pin_path");
+        }
         fields
     }
 }
@@ -689,6 +699,14 @@ fn default_metrics_listen() -> SocketAddr {
 
 fn default_api_socket() -> PathBuf {
     PathBuf::from(lb_api::DEFAULT_SOCKET)
+}
+
+fn default_pin_path() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_PATH)
+}
+
+fn is_default_pin_path(path: &Path) -> bool {
+    path == default_pin_path()
 }
 
 fn default_connection_table_size() -> u32 {

@@ -11,12 +11,16 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
     util::nr_cpus,
 };
 use aya_log::{EbpfLogger, Level};
 use lb_common::{
-    TAIL_CALL_TOA,
+    LAYOUT, TAIL_CALL_TOA,
     conn::{Conn, FlowKey},
     interface::{Interface, InterfaceKey},
     locality::{Locality, LocalityKey},
@@ -27,9 +31,13 @@ use lb_common::{
     stats::{Counters, Reason},
 };
 
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
 use crate::{config::XdpMode, offload, sched::Slots};
 
+mod pins;
 mod real_load;
+pub use pins::{Pins, Saved, SavedAttachment, detach};
 pub use real_load::{Limits, RealLoads};
 
 /// The object `lb-ebpf` builds, embedded at compile time.
@@ -76,6 +84,8 @@ pub struct Dataplane {
     attached: StdHashMap<String, Attachment>,
     /// The connection table's size, as it was loaded (a reload does not change it).
     conn_table_capacity: u32,
+    /// Where the maps and links are pinned (the agent's); none in test beds.
+    pins: Option<Pins>,
 }
 
 struct Maps {
@@ -99,9 +109,16 @@ struct Attachment {
     mode: XdpMode,
     /// What the kernel took.
     attached: AttachedMode,
-    link: XdpLinkId,
+    link: Held,
     /// The receive VLAN offload was on, and the agent turned it off.
     restore_rx_vlan: bool,
+}
+
+/// Who holds an attachment's link: the program (it ends with the process), or its pin
+/// (it outlives the process, until unpinned).
+enum Held {
+    Program(XdpLinkId),
+    Pin(PinnedLink),
 }
 
 /// What the connection table, the persistence templates and lblc's and lblcr's
@@ -116,12 +133,74 @@ impl Dataplane {
     /// Loads `lb_ingress` and its maps into the kernel, with room for `conn_table_size`
     /// connections and the program's own log at `log_level`; nothing is attached yet.
     pub fn load(conn_table_size: u32, log_level: EbpfLogLevel) -> Result<Self> {
+        Self::load_with(None, conn_table_size, log_level)
+    }
+
+    /// Like [`Dataplane::load`], with every map pinned under `pin_path` (see `pins`):
+    /// the maps an earlier agent pinned there are adopted, and the program replaces
+    /// its in the links it left, which are then this one's. Answers the director's
+    /// part of the state that agent saved, when there are maps to adopt.
+    pub fn load_pinned<D: DeserializeOwned>(
+        pin_path: &std::path::Path,
+        conn_table_size: u32,
+        log_level: EbpfLogLevel,
+    ) -> Result<(Self, Option<D>)> {
+        let pins = Pins::open(pin_path)?;
+        let saved = pins.load_state::<D>()?;
+        let (maps, links) = (pins.pinned_maps(), pins.pinned_links()?);
+        let saved = match (maps.is_empty(), saved) {
+            (true, Some(_)) => {
+                log::warn!("no maps are pinned at {}: ignoring the state saved for them", pins.dir().display());
+                None
+            }
+            (false, None) if links.is_empty() => {
+                log::warn!(
+                    "{}: maps pinned by an agent that stopped before it attached anything; starting afresh",
+                    pins.dir().display()
+                );
+                pins.remove_maps()?;
+                None
+            }
+            (false, None) => bail!(
+                "{} holds an attached program's maps but no saved state tells what their ids stand for (was {}                  cleared?): take the director out of service with `lb-agent --detach` (its connections are dropped),                  then start again",
+                pins.dir().display(),
+                "/run/lb"
+            ),
+            (_, saved) => saved,
+        };
+        pins.check_layout(LB_OBJECT)?;
+        let dir = pins.dir().to_owned();
+        let mut dataplane = Self::load_with(Some(pins), conn_table_size, log_level)?;
+        let Some(saved) = saved else {
+            log::info!("maps pinned at {} (layout {LAYOUT})", dir.display());
+            return Ok((dataplane, None));
+        };
+        dataplane.adopt(saved.attachments)?;
+        log::info!(
+            "adopted the maps pinned at {} with {} connection entries",
+            dir.display(),
+            dataplane.walk_conns(|_, _| {})?
+        );
+        if dataplane.conn_table_capacity != conn_table_size {
+            log::warn!(
+                "connection_table_size {conn_table_size}: the pinned table holds {} and is kept (a new size takes \
+                 a director taken out of service: lb-agent --detach)",
+                dataplane.conn_table_capacity
+            );
+        }
+        Ok((dataplane, Some(saved.director)))
+    }
+
+    fn load_with(pins: Option<Pins>, conn_table_size: u32, log_level: EbpfLogLevel) -> Result<Self> {
         let level = log_level as u8;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::CONNS, conn_table_size)
-            .override_global(aya_log::LEVEL, &level, true)
-            .load(LB_OBJECT)
-            .context("loading the eBPF object")?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::CONNS, conn_table_size).override_global(aya_log::LEVEL, &level, true);
+        if let Some(pins) = &pins {
+            for name in names::PINNED {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader.load(LB_OBJECT).context("loading the eBPF object")?;
         let program: &mut Xdp = ebpf
             .program_mut(names::INGRESS_PROGRAM)
             .ok_or_else(|| anyhow!("the object has no program {}", names::INGRESS_PROGRAM))?
@@ -143,8 +222,9 @@ impl Dataplane {
             verdict_stats: typed(&mut ebpf, names::VERDICT_STATS)?,
         };
         let real_loads = Arc::new(RealLoads::map(array_data(&ebpf, names::REAL_LOAD)?)?);
-        let dataplane =
-            Self { ebpf, maps, real_loads, attached: StdHashMap::new(), conn_table_capacity: conn_table_size };
+        // A pinned table keeps the size it was made with.
+        let conn_table_capacity = maps.conns.map().info().context("reading CONNS's size")?.max_entries();
+        let dataplane = Self { ebpf, maps, real_loads, attached: StdHashMap::new(), conn_table_capacity, pins };
         // Entries are stamped with it from the first packet on.
         dataplane.clock()?.tick()?;
         Ok(dataplane)
@@ -190,6 +270,10 @@ impl Dataplane {
     fn attach_new(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
         let ifindex = ifindex(interface)?;
         let (link, attached) = attach_xdp(self.program_mut(), names::INGRESS_PROGRAM, interface, ifindex, mode)?;
+        let link = match self.pins.as_ref().map(|pins| pins.link(interface)) {
+            Some(path) => Held::Pin(self.pin_link(link, &path)?),
+            None => Held::Program(link),
+        };
         let restore_rx_vlan = see_vlan_tags(interface);
         log::info!("attached lb_ingress to {interface} (ifindex {ifindex}, {} mode)", attached.label());
         self.attached.insert(interface.to_owned(), Attachment { ifindex, mode, attached, link, restore_rx_vlan });
@@ -198,9 +282,12 @@ impl Dataplane {
 
     pub fn detach(&mut self, interface: &str) -> Result<()> {
         if let Some(attachment) = self.attached.remove(interface) {
-            self.program_mut()
-                .detach(attachment.link)
-                .with_context(|| format!("detaching lb_ingress from {interface}"))?;
+            match attachment.link {
+                Held::Program(link) => self.program_mut().detach(link).map_err(anyhow::Error::from),
+                // The link ends, and the program leaves the interface, with its pin.
+                Held::Pin(link) => link.unpin().map(drop).map_err(anyhow::Error::from),
+            }
+            .with_context(|| format!("detaching lb_ingress from {interface}"))?;
             if attachment.restore_rx_vlan
                 && let Err(err) = offload::set_rx_vlan_offload(interface, true)
             {
@@ -209,6 +296,84 @@ impl Dataplane {
             log::info!("detached lb_ingress from {interface}");
         }
         Ok(())
+    }
+
+    /// Pins `link`, which the program hands over, at `path` (replacing a pin left by a
+    /// link that ended with its interface).
+    fn pin_link(&mut self, link: XdpLinkId, path: &std::path::Path) -> Result<PinnedLink> {
+        let link = FdLink::try_from(self.program_mut().take_link(link)?)
+            .context("the kernel attached lb_ingress without a BPF link, which cannot be pinned")?;
+        if path.exists() {
+            std::fs::remove_file(path).with_context(|| format!("removing the stale {}", path.display()))?;
+        }
+        link.pin(path).with_context(|| format!("pinning {}", path.display()))
+    }
+
+    /// Takes over the links an earlier agent pinned, as it saved them: this program
+    /// replaces its in each (atomically: every packet meets one or the other). A link
+    /// whose interface has gone, or that the state does not name, is removed.
+    fn adopt(&mut self, saved: Vec<SavedAttachment>) -> Result<()> {
+        let pins = self.pins.as_ref().context("adopting links without pins")?;
+        let links: Vec<(String, std::path::PathBuf)> =
+            pins.pinned_links()?.into_iter().map(|interface| (interface.clone(), pins.link(&interface))).collect();
+        for (interface, path) in links {
+            let Some(saved) = saved.iter().find(|saved| saved.interface == interface) else {
+                log::warn!("{}: a link the saved state does not name; removing it", path.display());
+                PinnedLink::from_pin(&path)?.unpin()?;
+                continue;
+            };
+            match self.replace_program(&path) {
+                Ok(link) => {
+                    log::info!("replaced the program attached to {interface} ({} mode)", saved.attached.label());
+                    let attachment = Attachment {
+                        ifindex: saved.ifindex,
+                        mode: saved.mode,
+                        attached: saved.attached,
+                        link: Held::Pin(link),
+                        restore_rx_vlan: saved.restore_rx_vlan,
+                    };
+                    self.attached.insert(interface, attachment);
+                }
+                Err(err) => {
+                    log::warn!("{interface}: cannot take over its link ({err:#}); removing it");
+                    PinnedLink::from_pin(&path)?.unpin()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts this program in the link pinned at `path` (`bpf_link_update`).
+    fn replace_program(&mut self, path: &std::path::Path) -> Result<PinnedLink> {
+        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(path)?)).context("not an XDP link")?;
+        let program = self.program_mut();
+        let id = program.attach_to_link(link).context("replacing the program in the link")?;
+        // The pin holds the link; the program's descriptor of it is not needed.
+        drop(program.take_link(id)?);
+        Ok(PinnedLink::from_pin(path)?)
+    }
+
+    /// Saves the attachments and `director` (the director's account of the ids) where
+    /// the next agent finds them; nothing without pins.
+    pub fn save_state<D: Serialize>(&self, director: D) -> Result<()> {
+        let Some(pins) = &self.pins else { return Ok(()) };
+        let attachments = self
+            .attached
+            .iter()
+            .map(|(interface, attachment)| SavedAttachment {
+                interface: interface.clone(),
+                ifindex: attachment.ifindex,
+                mode: attachment.mode,
+                attached: attachment.attached,
+                restore_rx_vlan: attachment.restore_rx_vlan,
+            })
+            .collect();
+        pins.save_state(&Saved { layout: LAYOUT, attachments, director })
+    }
+
+    /// Where the maps are pinned, if they are.
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pins.as_ref().map(Pins::dir)
     }
 
     /// Names of the attached interfaces.
@@ -297,6 +462,31 @@ impl Dataplane {
                 Ok((reason, per_cpu.iter().sum()))
             })
             .collect()
+    }
+
+    /// The devices `INTERFACES` holds (read back by an agent that adopted the maps).
+    pub fn interfaces(&self) -> Result<StdHashMap<InterfaceKey, Interface>> {
+        entries(&self.maps.interfaces, names::INTERFACES)
+    }
+
+    /// The services `SERVICES` holds.
+    pub fn services(&self) -> Result<StdHashMap<ServiceKey, Service>> {
+        entries(&self.maps.services, names::SERVICES)
+    }
+
+    /// Real server `id`'s entry in `REALS`.
+    pub fn real(&self, id: u32) -> Result<RealServer> {
+        self.maps.reals.get(&id, 0).context("reading REALS")
+    }
+
+    /// The sequence `SCHED_RING` holds in `slots`.
+    pub fn sequence(&self, slots: &Slots) -> Result<Vec<u32>> {
+        slots.clone().map(|slot| self.maps.sched_ring.get(&slot, 0).context("reading SCHED_RING")).collect()
+    }
+
+    /// The Full-NAT local addresses `LOCAL_ADDRESSES` holds in `slots`.
+    pub fn local_addresses(&self, slots: std::ops::Range<u32>) -> Result<Vec<[u8; 16]>> {
+        slots.map(|slot| self.maps.local_addresses.get(&slot, 0).context("reading LOCAL_ADDRESSES")).collect()
     }
 
     /// Calls `visit` with every entry of the connection table.
@@ -502,9 +692,22 @@ fn walk<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, name: &str, mut visit: imp
     Ok(seen)
 }
 
+/// Every entry of a hash map (`name`).
+fn entries<K: Pod + Eq + std::hash::Hash, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &str,
+) -> Result<StdHashMap<K, V>> {
+    let mut entries = StdHashMap::new();
+    walk(map, name, |key, value| {
+        entries.insert(*key, *value);
+    })?;
+    Ok(entries)
+}
+
 /// The mode an XDP attachment took: in the driver (native) or in the kernel's generic
 /// path (skb).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachedMode {
     Driver,
     Skb,

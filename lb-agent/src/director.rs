@@ -28,6 +28,7 @@ use lb_common::{
     },
     stats::{Counters, Reason},
 };
+pub use saved::SavedDirector;
 
 use crate::{
     config::{Config, Endpoint, Match, Protocol, Real, SchedulerFlag, Timeouts, VirtualService, edit},
@@ -39,6 +40,8 @@ use crate::{
     registry::Registry,
     sched::{self, Candidate, Hashing, Ring, Slots},
 };
+
+mod saved;
 
 /// How long a released id or ring slot waits before it is reused: far longer than any
 /// packet that read the old maps can still be in the program (microseconds), and no
@@ -189,6 +192,7 @@ impl Director {
         self.commit(plan)?;
         self.detach_others(&serving)?;
         self.running = Some(Running { config, links, down, serving });
+        self.save();
         Ok(())
     }
 
@@ -223,15 +227,6 @@ impl Director {
             }
             _ => Ok(()),
         }
-    }
-
-    /// Detaches the program from every interface (at shutdown).
-    pub fn detach_all(&mut self) -> Result<()> {
-        let attached: Vec<String> = self.dataplane.attached().map(str::to_owned).collect();
-        for name in attached {
-            self.dataplane.detach(&name)?;
-        }
-        Ok(())
     }
 
     /// Attaches to the interfaces of `config` that are not attached (in that mode); on

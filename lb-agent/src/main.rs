@@ -1,6 +1,8 @@
-//! `lb-agent`: loads the XDP data path, attaches it, fills its maps from the
-//! configuration, follows the real servers' links, serves metrics and the control
-//! socket, and reloads on SIGHUP. SIGTERM or SIGINT detaches and exits.
+//! `lb-agent`: loads the XDP data path (adopting the maps and links an earlier agent
+//! pinned), attaches it, fills its maps from the configuration, follows the real
+//! servers' links, serves metrics and the control socket, and reloads on SIGHUP.
+//! SIGTERM or SIGINT exits and leaves the data path forwarding, pinned, for the next
+//! agent; `lb-agent --detach` takes the director out of service.
 
 use std::{
     path::PathBuf,
@@ -15,9 +17,10 @@ use lb_agent::{
     api::{self, ControlSocket},
     config::{self, Config},
     control::{self, Control},
-    dataplane::{Dataplane, EbpfLogLevel},
-    director::Director,
+    dataplane::{self, Dataplane, EbpfLogLevel},
+    director::{Director, SavedDirector},
     expiry::{self, Expiry},
+    health::Down,
     metrics,
     neighbour::{self, Neighbours, Solicit},
     systemd,
@@ -43,6 +46,11 @@ struct Args {
     /// field at fault when not (as `nginx -t` or `keepalived -t`).
     #[arg(long)]
     check: bool,
+    /// Take the director out of service: detach the program from every interface and
+    /// remove the pinned maps (the connection table with them) and the saved state.
+    /// Refused while an agent runs on these pins: stop it first.
+    #[arg(long, conflicts_with = "check")]
+    detach: bool,
 }
 
 /// How often the real servers' links are checked and stale ones re-probed, besides
@@ -85,20 +93,44 @@ async fn run(args: Args) -> Result<()> {
         println!("{}: ok ({})", args.config.display(), control::summary(&config));
         return Ok(());
     }
-    let mut dataplane = Dataplane::load(config.connection_table_size, args.ebpf_log_level)?;
+    if args.detach {
+        return take_out_of_service(&config.pin_path);
+    }
+    let (mut dataplane, saved) =
+        Dataplane::load_pinned::<SavedDirector>(&config.pin_path, config.connection_table_size, args.ebpf_log_level)?;
+    let pin_dir = dataplane.pin_dir().map(|dir| dir.display().to_string()).unwrap_or_default();
     let mut tasks = JoinSet::new();
     if args.ebpf_log_level != EbpfLogLevel::Off {
         tasks.spawn(ebpf_log(dataplane.logger(log::logger())?));
     }
     tasks.spawn(expiry::keep_time(dataplane.clock()?));
     let expiry = Expiry::new(&dataplane)?;
-    let director = Arc::new(Mutex::new(Director::new(dataplane)));
-    let control = Arc::new(Control::new(director, Neighbours::connect()?, args.config));
+    let (director, down) = match saved {
+        Some(saved) => Director::adopt(dataplane, saved)?,
+        None => (Director::new(dataplane), Down::default()),
+    };
+    let control = Arc::new(Control::new(Arc::new(Mutex::new(director)), Neighbours::connect()?, args.config));
+    control.health().seed(&down);
     let served = serve(&control, config, signals, tasks, expiry).await;
     systemd::notify("STOPPING=1");
-    log::info!("stopping: detaching from every interface");
-    let detached = control.director().detach_all();
-    served.and(detached)
+    log::info!(
+        "stopping: lb_ingress stays attached and its maps pinned at {pin_dir}, forwarding as they are until an \
+         agent adopts them (lb-agent --detach takes the director out of service)"
+    );
+    served
+}
+
+/// `--detach`: removes the links (the program leaves every interface), the pinned maps
+/// and the saved state.
+fn take_out_of_service(pin_path: &std::path::Path) -> Result<()> {
+    let done = dataplane::detach(pin_path)?;
+    if done.is_empty() {
+        println!("nothing is pinned at {}: the director is out of service", pin_path.display());
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// Applies the first configuration, then serves until asked to stop.

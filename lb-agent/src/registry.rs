@@ -9,12 +9,22 @@ use std::{
     time::Instant,
 };
 
+use serde::{Deserialize, Serialize};
+
 #[derive(Clone, Debug)]
 pub struct Registry<K> {
     ids: HashMap<K, u32>,
     /// Retired ids, with when they were retired.
     retired: HashMap<u32, Instant>,
     free: Vec<u32>,
+}
+
+/// What a registry knows, as the agent saves it for the next (see `director::saved`).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct SavedRegistry<K> {
+    /// Every owner's id, retired ones too.
+    pub ids: Vec<(K, u32)>,
+    pub retired: Vec<u32>,
 }
 
 /// An id handed out, and whether it is new to its owner (its counters start at zero).
@@ -27,6 +37,27 @@ pub struct Assigned {
 impl<K: Clone + Eq + Hash> Registry<K> {
     pub fn new(capacity: u32) -> Self {
         Self { ids: HashMap::new(), retired: HashMap::new(), free: (0..capacity).rev().collect() }
+    }
+
+    /// The registry `saved` describes; its retired ids count as retired `now`.
+    pub fn restore(capacity: u32, saved: SavedRegistry<K>, now: Instant) -> Self {
+        let ids: HashMap<K, u32> = saved.ids.into_iter().filter(|&(_, id)| id < capacity).collect();
+        let taken: HashSet<u32> = ids.values().copied().collect();
+        let retired = saved.retired.into_iter().filter(|id| taken.contains(id)).map(|id| (id, now)).collect();
+        Self { ids, retired, free: (0..capacity).rev().filter(|id| !taken.contains(id)).collect() }
+    }
+
+    pub fn save(&self) -> SavedRegistry<K> {
+        let mut ids: Vec<(K, u32)> = self.ids.iter().map(|(owner, &id)| (owner.clone(), id)).collect();
+        ids.sort_by_key(|&(_, id)| id);
+        let mut retired: Vec<u32> = self.retired.keys().copied().collect();
+        retired.sort_unstable();
+        SavedRegistry { ids, retired }
+    }
+
+    /// Every id in use, retired ones too.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ids.values().copied()
     }
 
     pub fn get(&self, owner: &K) -> Option<u32> {
@@ -103,5 +134,22 @@ mod tests {
         registry.reclaim(&HashSet::new(), later);
         assert_eq!(registry.assign(&"c").unwrap(), Assigned { id: 0, fresh: true });
         assert_eq!(registry.active().count(), 2);
+    }
+
+    #[test]
+    fn a_restored_registry_gives_the_same_ids_and_keeps_retired_ones_away() {
+        let t0 = Instant::now();
+        let mut registry = Registry::new(3);
+        for owner in ["a", "b", "c"] {
+            registry.assign(&owner).unwrap();
+        }
+        registry.retire(&"b", t0);
+        let saved = registry.save();
+        assert_eq!(saved, SavedRegistry { ids: vec![("a", 0), ("b", 1), ("c", 2)], retired: vec![1] });
+        let mut restored = Registry::restore(3, saved, t0);
+        assert_eq!(restored.assign(&"c").unwrap(), Assigned { id: 2, fresh: false });
+        assert_eq!(restored.assign(&"d"), None, "b's id stays retired, not free");
+        restored.reclaim(&HashSet::new(), t0 + Duration::from_secs(2));
+        assert_eq!(restored.assign(&"d").unwrap(), Assigned { id: 1, fresh: true });
     }
 }

@@ -53,6 +53,12 @@ pub const TAIL_CALLS_LEN: u32 = 1;
 /// `lb_toa`: Full-NAT's TOA option, and the SYN-ACK's MSS that leaves room for it.
 pub const TAIL_CALL_TOA: u32 = 0;
 
+/// The version of the maps' layout: their names, kinds, keys and values, and what
+/// `lb_ingress` and `lb_toa` pass each other. An agent adopts only maps pinned by an
+/// agent of the same layout (they live under `pin_path`, in `layout-LAYOUT`), so a
+/// change to any of them must raise it.
+pub const LAYOUT: u32 = 1;
+
 /// Names of the maps and programs in the object, shared so neither side spells them twice.
 pub mod names {
     pub const INGRESS_PROGRAM: &str = "lb_ingress";
@@ -72,4 +78,31 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const VERDICT_STATS: &str = "VERDICT_STATS";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const OPENING: &str = "OPENING";
+    pub const TOA_WORK: &str = "TOA_WORK";
+
+    /// Every map of `lb_ingress` and `lb_toa`: all are pinned, so that a restarted
+    /// agent's program shares every one with the program it replaces (the old
+    /// `lb_ingress` tail-calls the new `lb_toa` for a moment: `TOA_WORK` too).
+    pub const PINNED: [&str; 18] = [
+        TAIL_CALLS,
+        INTERFACES,
+        SERVICES,
+        REALS,
+        SCHED_RING,
+        SCHED_CURSOR,
+        CONNS,
+        PERSIST,
+        LOCALITY,
+        REAL_LOAD,
+        CLOCK,
+        LOCAL_ADDRESSES,
+        SERVICE_STATS,
+        REAL_STATS,
+        VERDICT_STATS,
+        FRAGMENTS,
+        OPENING,
+        TOA_WORK,
+    ];
 }

@@ -153,6 +153,7 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("{SCRATCH}{prefix}"));
         fs::create_dir_all(&dir)?;
         fs::write(dir.join("big.bin"), big_file())?;
+        mount_bpf_fs(&dir)?;
 
         let switch = Netns::create(format!("{prefix}-switch"))?;
         for bridge in ["br0", "br1"] {
@@ -457,6 +458,12 @@ impl Lab {
         self.dir.join("lb.sock")
     }
 
+    /// The agent's `pin_path`: in the lab's own BPF file system, so labs never share
+    /// pins, and none outlive the lab.
+    pub fn pin_path(&self) -> PathBuf {
+        self.dir.join("bpffs/lb")
+    }
+
     /// Starts `lb-agent` on the director with `yaml`, and waits until it answers.
     pub fn start_agent(&self, yaml: &str) -> Result<Agent> {
         self.start_agent_with(yaml, &[])
@@ -465,13 +472,33 @@ impl Lab {
     /// Like [`Lab::start_agent`], with more command-line arguments.
     pub fn start_agent_with(&self, yaml: &str, args: &[&str]) -> Result<Agent> {
         let config = self.dir.join("lb.yaml");
-        fs::write(&config, yaml)?;
-        let log_path = self.dir.join("lb-agent.log");
-        let log = fs::File::create(&log_path)?;
+        fs::write(&config, self.with_pin_path(yaml))?;
+        self.run_agent(&binary("lb-agent")?, &config, &self.api_socket(), args)
+    }
+
+    /// `yaml` with the lab's `pin_path` (last, so a file's first lines stay its own),
+    /// unless it names one.
+    pub fn with_pin_path(&self, yaml: &str) -> String {
+        if yaml.lines().any(|line| line.starts_with("pin_path:")) {
+            yaml.to_owned()
+        } else {
+            let newline = if yaml.is_empty() || yaml.ends_with('\n') { "" } else { "\n" };
+            format!("{yaml}{newline}pin_path: {}\n", self.pin_path().display())
+        }
+    }
+
+    /// Starts `agent` (an lb-agent binary) on the director with the configuration file
+    /// `config`, and waits until it answers on `socket`. It logs to `config` with the
+    /// extension `log` (appending: each agent's own part is its [`Agent::log_text`]).
+    /// The returned agent takes the director out of service (`--detach`) when dropped.
+    pub fn run_agent(&self, agent: &Path, config: &Path, socket: &Path, args: &[&str]) -> Result<Agent> {
+        let log_path = config.with_extension("log");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let before = fs::metadata(&log_path)?.len() as usize;
         let child = self
             .director
             .netns
-            .command(&binary("lb-agent")?.to_string_lossy())
+            .command(&agent.to_string_lossy())
             .args(["--config", &config.to_string_lossy()])
             .args(args)
             .env("RUST_LOG", "info,netlink_packet_route=error")
@@ -480,13 +507,14 @@ impl Lab {
             .stdin(Stdio::null())
             .spawn()
             .context("starting lb-agent")?;
-        let mut agent = Agent { child, config, log: log_path };
-        let socket = self.api_socket();
+        let detach = Some(self.director.netns.command(&agent.to_string_lossy()));
+        let mut agent = Agent { child, config: config.to_owned(), log: log_path, log_start: before, detach };
         wait_until(Duration::from_secs(15), "lb-agent to answer on its socket", || {
             if let Some(status) = agent.child.try_wait()? {
+                agent.detach = None;
                 bail!("lb-agent exited ({status}):\n{}", agent.log_text());
             }
-            Ok(lb_api::call(&socket, &lb_api::Request::List).is_ok())
+            Ok(lb_api::call(socket, &lb_api::Request::List).is_ok())
         })?;
         Ok(agent)
     }
@@ -494,6 +522,14 @@ impl Lab {
     /// Runs a command on the director (metrics with curl, lbctl, ...); returns stdout.
     pub fn on_director(&self, argv: &[&str]) -> Result<String> {
         Ok(String::from_utf8_lossy(&self.director.netns.run(argv)?.stdout).into_owned())
+    }
+
+    /// The id of the XDP program attached to the director's eth0.
+    pub fn xdp_program(&self) -> Result<u32> {
+        let link = self.on_director(&["ip", "-details", "link", "show", "dev", "eth0"])?;
+        let at = link.find("prog/xdp id ").map(|at| at + "prog/xdp id ".len());
+        let id = at.and_then(|at| link[at..].split_whitespace().next()?.parse().ok());
+        id.ok_or_else(|| anyhow!("no XDP program on eth0:\n{link}"))
     }
 
     /// The agent's /metrics, fetched with curl on the director.
@@ -509,7 +545,7 @@ impl Drop for Lab {
             let _ = server.kill();
             let _ = server.wait();
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        remove_scratch(&self.dir);
     }
 }
 
@@ -544,11 +580,16 @@ impl KeptAlive {
     }
 }
 
-/// A running `lb-agent`; stopped with SIGTERM when dropped.
+/// A running `lb-agent`. Dropped, it is stopped with SIGTERM and the director taken
+/// out of service (`lb-agent --detach`), so the next test starts afresh.
 pub struct Agent {
     child: Child,
     pub config: PathBuf,
+    /// The lab's agents' log: this one's from `log_start` on.
     pub log: PathBuf,
+    log_start: usize,
+    /// The same binary, in the director's namespace, for `--detach` (once).
+    detach: Option<Command>,
 }
 
 impl Agent {
@@ -566,8 +607,23 @@ impl Agent {
         Ok(outcome)
     }
 
+    /// What this agent logged.
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.get(self.log_start..).unwrap_or_default().to_owned()
+    }
+
+    /// Stops the agent (SIGTERM; the data path stays) and runs `lb-agent --detach`;
+    /// returns the latter's output.
+    pub fn take_out_of_service(mut self) -> Result<String> {
+        self.detach()
+    }
+
+    fn detach(&mut self) -> Result<String> {
+        self.terminate()?;
+        let Some(mut detach) = self.detach.take() else { return Ok(String::new()) };
+        let output = netns::run(detach.args(["--config", &self.config.to_string_lossy(), "--detach"]))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     pub fn signal(&self, signal: i32) -> Result<()> {
@@ -577,8 +633,10 @@ impl Agent {
         Ok(())
     }
 
-    /// Stops the agent with SIGTERM and returns its exit status.
+    /// Stops the agent with SIGTERM and returns its exit status. The data path stays
+    /// pinned, forwarding, for the next agent (whose drop takes it out of service).
     pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.detach = None;
         self.terminate()
     }
 
@@ -601,7 +659,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.terminate();
+        if let Err(err) = self.detach() {
+            eprintln!("taking the lab's director out of service: {err:#}");
+        }
     }
 }
 
@@ -746,9 +806,26 @@ pub fn remove_orphans() {
     netns::remove_orphans();
     for name in netns::names_in(std::env::temp_dir()) {
         if name.starts_with(SCRATCH) && netns::is_orphan(&name) {
-            let _ = fs::remove_dir_all(std::env::temp_dir().join(name));
+            remove_scratch(&std::env::temp_dir().join(name));
         }
     }
+}
+
+/// Mounts a BPF file system of the lab's own at `dir/bpffs` (for the agent's pins).
+fn mount_bpf_fs(dir: &Path) -> Result<()> {
+    let mount_point = dir.join("bpffs");
+    fs::create_dir_all(&mount_point)?;
+    netns::run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&mount_point))
+        .context("mounting the lab's BPF file system")?;
+    Ok(())
+}
+
+/// Removes a lab's scratch folder: its BPF file system (with any pins left in it),
+/// the agent's state saved for those pins, and the folder.
+fn remove_scratch(dir: &Path) {
+    let _ = Command::new("umount").arg("--lazy").arg(dir.join("bpffs")).stderr(Stdio::null()).status();
+    let _ = fs::remove_dir_all(Path::new("/run/lb/state").join(dir.strip_prefix("/").unwrap_or(dir)));
+    let _ = fs::remove_dir_all(dir);
 }
 
 /// Polls `check` until it holds or `timeout` passes.

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -119,13 +119,12 @@ fn direct_routing_spreads_real_tcp_connections_by_weight_and_counts_them() -> Re
     let fin_wait = connections.lines().filter(|line| line.starts_with("TCP 0") && line.contains(" FIN_WAIT ")).count();
     assert_eq!(fin_wait, 600, "web4's and web6's:\n{connections}");
 
-    let log = agent.log.clone();
-    let status = agent.stop()?;
-    assert!(status.success(), "lb-agent exits cleanly on SIGTERM: {status}");
-    assert!(std::fs::read_to_string(log)?.contains("detached lb_ingress from eth0"), "it detached itself");
-    assert!(rx_vlan_offload()?, "and gave the interface its VLAN offload back");
+    let detached = agent.take_out_of_service()?;
+    assert!(detached.contains("detached lb_ingress from eth0"), "{detached}");
+    assert!(rx_vlan_offload()?, "lb-agent --detach gave the interface its VLAN offload back");
     let links = lab.on_director(&["ip", "link", "show", "dev", "eth0"])?;
-    assert!(!links.contains("xdp"), "SIGTERM detached the program: {links}");
+    assert!(!links.contains("xdp"), "--detach removed the program: {links}");
+    assert!(!lab.pin_path().exists(), "and the pins");
     Ok(())
 }
 
@@ -652,5 +651,145 @@ fn health_checks_take_failed_real_servers_out_under_load_and_bring_them_back() -
     for said in [format!("real server {rs1} is down"), format!("real server {rs1} is up again")] {
         assert!(log.contains(&said), "the agent's log says {said:?}:\n{log}");
     }
+    Ok(())
+}
+
+/// Connections held open through the restarts, half to each VIP.
+const HELD: usize = 300;
+
+/// Restarts keep every connection. SIGTERM leaves the program attached and its maps
+/// pinned, forwarding alone; the next agent adopts the maps (the connection table
+/// with them) and replaces the program inside the link; so does a new binary of the
+/// same layout. Through it all, 300 held connections stay with their real servers and
+/// a steady stream of new ones succeeds. A second agent with its own pins and socket
+/// disturbs none of it; one on the same pins, or of another layout, is refused.
+#[test]
+fn restarts_and_a_new_binary_keep_every_connection_and_new_ones_succeed() -> Result<()> {
+    let (_one, lab) = lab();
+    let agent = lab.start_agent(&lab.config("wrr", &WEIGHTS))?;
+    let (binary, config, socket) = (lab::binary("lb-agent")?, agent.config.clone(), lab.api_socket());
+    let vips = [SocketAddr::new(IpAddr::V4(VIP4), HTTP_PORT), SocketAddr::new(IpAddr::V6(VIP6), HTTP_PORT)];
+    let mut held = Vec::new();
+    for i in 0..HELD {
+        let mut connection = lab.connect(vips[i % 2])?;
+        let real = connection.get()?;
+        held.push((connection, real));
+    }
+    let program = || lab.xdp_program();
+    let first = program()?;
+
+    let stop = AtomicBool::new(false);
+    let (opened, failed) = (AtomicUsize::new(0), Mutex::new(Vec::new()));
+    let (last, agent) = std::thread::scope(|scope| -> Result<(u32, Agent)> {
+        scope.spawn(|| {
+            for vip in vips.iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match lab.connect(*vip).and_then(|mut connection| connection.get()) {
+                    Ok(_) => opened.fetch_add(1, Ordering::Relaxed),
+                    Err(err) => {
+                        failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(format!("{vip}: {err:#}"));
+                        0
+                    }
+                };
+            }
+        });
+        let stopped = agent.stop()?;
+        ensure!(stopped.success(), "lb-agent exits cleanly on SIGTERM: {stopped}");
+        ensure!(program()? == first, "the program stays attached without its agent");
+        answer_as_before(&mut held, "with no agent running")?;
+        let opened_alone = opened.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(500));
+        ensure!(opened.load(Ordering::Relaxed) > opened_alone, "new connections are served with no agent running");
+
+        let agent = lab.run_agent(&binary, &config, &socket, &[])?;
+        let log = agent.log_text();
+        ensure!(log.contains("adopted the maps pinned at"), "{log}");
+        ensure!(log.contains("replaced the program attached to eth0"), "{log}");
+        let second = program()?;
+        ensure!(second != first, "the new agent's program replaced the old one in place ({first} → {second})");
+        answer_as_before(&mut held, "after a restart")?;
+
+        let new_binary = lab.dir.join("lb-agent.new");
+        std::fs::copy(&binary, &new_binary)?;
+        agent.stop()?;
+        let agent = lab.run_agent(&new_binary, &config, &socket, &[])?;
+        let third = program()?;
+        ensure!(third != second, "the new binary's program is attached");
+        answer_as_before(&mut held, "after the binary was replaced")?;
+        two_agents_on_one_host_keep_apart(&lab, &binary)?;
+        answer_as_before(&mut held, "beside a second agent")?;
+        stop.store(true, Ordering::Relaxed);
+        Ok((third, agent))
+    })?;
+    let failed = failed.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    ensure!(failed.is_empty(), "{} new connections failed: {failed:?}", failed.len());
+    let opened = opened.into_inner();
+    ensure!(opened >= 100, "a steady stream of new connections: {opened}");
+
+    // The connection table was kept: the held connections are counted, as active.
+    let list = lbctl(&lab, &["-L", "-n"])?;
+    let active: usize = list
+        .lines()
+        .filter(|line| line.starts_with("  -> "))
+        .filter_map(|line| line.split_whitespace().nth(4)?.parse::<usize>().ok())
+        .sum();
+    ensure!(active >= HELD, "{active} active connections, {HELD} of them held:\n{list}");
+
+    // An agent of another layout's pins is refused before it touches anything.
+    agent.stop()?;
+    std::fs::create_dir(lab.pin_path().join("layout-999"))?;
+    let refused = lab.run_agent(&binary, &config, &socket, &[]).err().map(|err| format!("{err:#}")).unwrap_or_default();
+    ensure!(refused.contains("another layout (999;"), "{refused}");
+    ensure!(refused.contains("lb-agent --detach"), "{refused}");
+    ensure!(program()? == last, "the refused agent changed nothing");
+    answer_as_before(&mut held, "after an agent of another layout was refused")?;
+    let detached =
+        lab.on_director(&[&*binary.to_string_lossy(), "--config", &*config.to_string_lossy(), "--detach"])?;
+    ensure!(detached.contains("detached lb_ingress from eth0"), "{detached}");
+    ensure!(!lab.on_director(&["ip", "link", "show", "dev", "eth0"])?.contains("xdp"), "--detach removed the program");
+    ensure!(!lab.pin_path().exists(), "and every layout's pins: {detached}");
+    Ok(())
+}
+
+/// Every held connection answers again, from the real server it had.
+fn answer_as_before(held: &mut [(lab::KeptAlive, String)], when: &str) -> Result<()> {
+    for (i, (connection, real)) in held.iter_mut().enumerate() {
+        let now = connection.get().map_err(|err| err.context(format!("held connection {i}, {when}")))?;
+        ensure!(now == *real, "held connection {i} moved from {real} to {now} {when}");
+    }
+    Ok(())
+}
+
+/// A second agent beside the first, with a pin_path, api_socket and metrics_listen of
+/// its own (on the director's loopback, no services), runs and is taken out of service
+/// without touching the first; one on the first's pins is refused.
+fn two_agents_on_one_host_keep_apart(lab: &Lab, binary: &std::path::Path) -> Result<()> {
+    let program = lab.xdp_program()?;
+    let (config, socket) = (lab.dir.join("second.yaml"), lab.dir.join("second.sock"));
+    let pins = lab.dir.join("bpffs/second");
+    let yaml = format!(
+        "interfaces: [{{ name: lo, xdp_mode: generic }}]\npin_path: {}\napi_socket: {}\nmetrics_listen: \
+         127.0.0.1:9799\n",
+        pins.display(),
+        socket.display()
+    );
+    std::fs::write(&config, &yaml)?;
+    let second = lab.run_agent(binary, &config, &socket, &[])?;
+    ensure!(pins.join(format!("layout-{}", lb_common::LAYOUT)).join("xdp-lo").exists(), "the second agent's own pins");
+    std::fs::write(&config, yaml.replace(&pins.display().to_string(), &lab.pin_path().display().to_string()))?;
+    let refused = lab
+        .run_agent(binary, &config, &lab.dir.join("third.sock"), &[])
+        .err()
+        .map(|err| format!("{err:#}"))
+        .unwrap_or_default();
+    ensure!(refused.contains("another lb-agent holds the pins"), "{refused}");
+    std::fs::write(&config, &yaml)?;
+    let detached = second.take_out_of_service()?;
+    ensure!(detached.contains("detached lb_ingress from lo"), "{detached}");
+    ensure!(!pins.exists(), "the second agent's pins are gone");
+    ensure!(lab.xdp_program()? == program, "the first agent's program is where it was");
+    ensure!(lb_api::call(&lab.api_socket(), &lb_api::Request::List).is_ok(), "the first agent still answers");
     Ok(())
 }

@@ -76,6 +76,16 @@ fn timeouts_left_out_keep_ipvs_defaults() {
 }
 
 #[test]
+fn pin_path_is_the_hosts_bpf_file_system_by_default_and_must_be_absolute() {
+    assert_eq!(parse(EXAMPLE).unwrap().pin_path, std::path::Path::new("/sys/fs/bpf/lb"));
+    let config = parse(&format!("pin_path: /sys/fs/bpf/lb-second\n{EXAMPLE}")).unwrap();
+    assert_eq!(config.pin_path, std::path::Path::new("/sys/fs/bpf/lb-second"));
+    let err = refused(&format!("pin_path: bpf/lb\n{EXAMPLE}"));
+    assert_eq!((err.line, err.field.as_str()), (Some(1), "pin_path"));
+    assert!(err.message.contains("not an absolute path"), "{err}");
+}
+
+#[test]
 fn a_zero_or_unknown_timeout_names_its_line() {
     let err = refused(&format!("{EXAMPLE}timeouts:\n  tcp: 900\n  tcp_fin: 0\n  udp: 300\n"));
     assert_eq!((err.line, err.field.as_str()), (Some(17), "timeouts.tcp_fin"));
@@ -287,7 +297,8 @@ fn restart_only_fields_are_named() {
     assert!(old.restart_only_changes(&new).is_empty(), "timeouts are the agent's own: a reload changes them");
     new.metrics_listen = "127.0.0.1:1".parse().unwrap();
     new.connection_table_size = 4096;
-    assert_eq!(old.restart_only_changes(&new), vec!["metrics_listen", "connection_table_size"]);
+    new.pin_path = "/sys/fs/bpf/other".into();
+    assert_eq!(old.restart_only_changes(&new), vec!["metrics_listen", "connection_table_size", "pin_path"]);
 }
 
 #[test]

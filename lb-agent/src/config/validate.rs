@@ -36,6 +36,9 @@ pub fn check(config: &Config) -> Result<(), Invalid> {
             format!("{} is too small (at least {MIN_CONNECTION_TABLE})", config.connection_table_size),
         ));
     }
+    if !config.pin_path.is_absolute() {
+        return Err(invalid("pin_path", format!("{} is not an absolute path", config.pin_path.display())));
+    }
     check_timeouts(config)?;
     if config.services.len() > MAX_SERVICES as usize {
         return Err(invalid("services", format!("at most {MAX_SERVICES} services fit")));

@@ -75,6 +75,15 @@ impl Health {
         Down(down.collect())
     }
 
+    /// Starts the real servers of `down` down (an earlier agent found them so): they
+    /// serve again after `rise` passed checks, as they would have.
+    pub fn seed(&self, down: &Down) {
+        let mut states = self.states();
+        for owner in &down.0 {
+            states.insert(owner.clone(), State { up: false, ..State::new() });
+        }
+    }
+
     /// Calls `each` with every checked real server's state.
     pub fn for_each(&self, mut each: impl FnMut(&Owner, &State)) {
         for (owner, state) in self.states().iter() {

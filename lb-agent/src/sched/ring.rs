@@ -23,6 +23,25 @@ impl Ring {
         Self { free: Vec::from([whole]), released: Vec::new() }
     }
 
+    /// A ring of `size` slots whose runs `taken` are in use (a restarted agent's, from
+    /// the sequences the maps hold).
+    pub fn with_taken(size: u32, taken: impl IntoIterator<Item = Slots>) -> Self {
+        let mut taken: Vec<Slots> = taken.into_iter().filter(|run| run.start < run.end).collect();
+        taken.sort_by_key(|run| run.start);
+        let mut free = Vec::new();
+        let mut next = 0;
+        for run in taken {
+            if run.start > next {
+                free.push(next..run.start);
+            }
+            next = next.max(run.end);
+        }
+        if next < size {
+            free.push(next..size);
+        }
+        Self { free, released: Vec::new() }
+    }
+
     /// The first free run of `len` slots.
     pub fn allocate(&mut self, len: u32) -> Option<Slots> {
         let index = self.free.iter().position(|run| run.end - run.start >= len)?;

@@ -132,6 +132,15 @@ fn ring_reuses_released_slots_only_once_they_are_old_enough() {
     assert_eq!(ring.allocate(10), Some(0..10), "neighbouring runs merge");
 }
 
+#[test]
+fn a_ring_rebuilt_from_the_runs_in_use_allocates_around_them() {
+    let mut ring = Ring::with_taken(10, [6..8, 0..2, 3..3]);
+    assert_eq!(ring.allocate(5), None, "free are 2..6 and 8..10");
+    assert_eq!(ring.allocate(4), Some(2..6));
+    assert_eq!(ring.allocate(2), Some(8..10));
+    assert_eq!(ring.allocate(1), None);
+}
+
 fn mh(candidates: &[Candidate], size: u32, fallback: bool) -> Vec<u32> {
     sequence(Scheduler::Mh, Hashing { fallback, mh_table_size: size }, candidates)
 }

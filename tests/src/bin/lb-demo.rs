@@ -2,13 +2,18 @@
 //! running lb-agent, three real servers weighted 1:2:3), real HTTP over IPv4 and IPv6,
 //! and what each part saw. Everything is removed at the end, on error and on Ctrl-C.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use anyhow::{Context, Result};
-use lb_tests::lab::{self, Lab, VIP4, VIP6};
+use lb_tests::lab::{self, Agent, HTTP_PORT, Lab, VIP4, VIP6};
 
 const WEIGHTS: [u32; 3] = [1, 2, 3];
 const REQUESTS: usize = 300;
+/// Connections the client holds open while the agent restarts.
+const HELD: usize = 60;
 
 fn main() {
     ctrlc::set_handler(|| {
@@ -74,6 +79,8 @@ fn demo() -> Result<()> {
         counters.replies_from_director.packets
     );
 
+    let agent = restart_under_held_connections(&lab, agent)?;
+
     println!("The agent's /metrics (excerpt):\n");
     let metrics = lab.metrics()?;
     for line in metrics.lines().filter(|line| is_highlight(line)) {
@@ -88,9 +95,46 @@ fn demo() -> Result<()> {
         println!("{}", indent(&lab.on_director(&command)?));
     }
 
-    agent.stop().context("stopping lb-agent")?;
-    println!("lb-agent stopped (SIGTERM) and detached; removing the lab.");
+    let detached = agent.take_out_of_service().context("taking the director out of service")?;
+    println!("lb-agent stopped (SIGTERM), then `lb-agent --detach`:\n{}", indent(&detached));
+    println!("Removing the lab.");
     Ok(())
+}
+
+/// Restarts the agent while the client holds connections open, and shows that each
+/// carries on with its real server: the program stays attached while no agent runs,
+/// and the next agent adopts its pinned maps and replaces it in place.
+fn restart_under_held_connections(lab: &Lab, agent: Agent) -> Result<Agent> {
+    println!("Restarting lb-agent while the client holds {HELD} keep-alive connections open:");
+    let mut held = Vec::new();
+    for i in 0..HELD {
+        let vip = if i % 2 == 0 { IpAddr::V4(VIP4) } else { IpAddr::V6(VIP6) };
+        let mut connection = lab.connect(SocketAddr::new(vip, HTTP_PORT))?;
+        let real = connection.get()?;
+        held.push((connection, real));
+    }
+    let before = lab.xdp_program()?;
+    let config = agent.config.clone();
+    agent.stop().context("stopping lb-agent")?;
+    let alone = answered_as_before(&mut held);
+    println!("  SIGTERM: lb-agent exited; XDP program {} still on eth0", lab.xdp_program()?);
+    println!("  {alone} of {HELD} held connections answered by their real servers with no agent running");
+    let agent = lab.run_agent(&lab::binary("lb-agent")?, &config, &lab.api_socket(), &[])?;
+    let log = agent.log_text();
+    let adopted = log.lines().find_map(|line| Some(&line[line.find("adopted ")?..])).unwrap_or("(nothing adopted)");
+    println!("  lb-agent started again: {adopted}");
+    println!("  the program in eth0's link went from id {before} to {} in place", lab.xdp_program()?);
+    let kept = answered_as_before(&mut held);
+    println!("  {kept} of {HELD} held connections answered again by the same real server\n");
+    Ok(agent)
+}
+
+/// How many of the held connections answer a request from the real server they had.
+fn answered_as_before(held: &mut [(lab::KeptAlive, String)]) -> usize {
+    held.iter_mut()
+        .map(|(connection, real)| connection.get().ok().as_ref() == Some(&*real))
+        .filter(|&same| same)
+        .count()
 }
 
 fn is_highlight(line: &str) -> bool {

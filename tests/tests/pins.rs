@@ -1,0 +1,116 @@
+//! The agent's pins, in a BPF file system of the test's own: maps pinned at the first
+//! load and adopted at the next with the state saved for them, one agent at a time on
+//! them, pins of another layout refused (another version's directory, or a map of the
+//! same name that differs), and `--detach`'s clean-up. End to end, with real traffic
+//! through restarts: `lab.rs`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, ensure};
+use aya::EbpfLoader;
+use lb_agent::dataplane::{self, DECAP_OBJECT, Dataplane, EbpfLogLevel};
+use lb_common::{LAYOUT, names};
+use serde_json::{Value, json};
+
+/// A BPF file system mounted for one test, unmounted (with whatever is pinned in it)
+/// when dropped.
+struct BpfFs {
+    mount_point: PathBuf,
+}
+
+impl BpfFs {
+    fn mount(name: &str) -> Result<Self> {
+        let mount_point = std::env::temp_dir().join(format!("lb-pins-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&mount_point)?;
+        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&mount_point).status()?;
+        ensure!(status.success(), "mounting a BPF file system (as root?)");
+        Ok(Self { mount_point })
+    }
+
+    fn pin_path(&self) -> PathBuf {
+        self.mount_point.join("lb")
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = dataplane::detach(&self.pin_path());
+        let _ = Command::new("umount").arg("--lazy").arg(&self.mount_point).status();
+        let _ = std::fs::remove_dir(&self.mount_point);
+    }
+}
+
+fn load(pin_path: &Path) -> Result<(Dataplane, Option<Value>)> {
+    Dataplane::load_pinned::<Value>(pin_path, 4096, EbpfLogLevel::Off)
+}
+
+fn layout_dir(pin_path: &Path) -> PathBuf {
+    pin_path.join(format!("layout-{LAYOUT}"))
+}
+
+#[test]
+fn maps_pinned_at_the_first_load_are_adopted_with_the_saved_state() -> Result<()> {
+    let bpf_fs = BpfFs::mount("adopt")?;
+    let pin_path = bpf_fs.pin_path();
+    let (first, saved) = load(&pin_path)?;
+    ensure!(saved.is_none(), "nothing to adopt at first");
+    for name in names::PINNED {
+        ensure!(layout_dir(&pin_path).join(name).exists(), "{name} is pinned");
+    }
+    first.save_state(json!({ "ids": [1, 2, 3] }))?;
+    let clock = first.clock()?.read()?;
+
+    let refused = load(&pin_path).err().map(|err| format!("{err:#}")).unwrap_or_default();
+    ensure!(refused.contains("another lb-agent holds the pins"), "one agent on the pins at a time: {refused}");
+    drop(first);
+
+    let (second, saved) = load(&pin_path)?;
+    ensure!(saved == Some(json!({ "ids": [1, 2, 3] })), "the director's saved state: {saved:?}");
+    ensure!(second.clock()?.read()? >= clock, "the same CLOCK, ticked again");
+    drop(second);
+
+    let done = dataplane::detach(&pin_path)?;
+    ensure!(done.iter().any(|line| line.starts_with("removed the pinned maps")), "{done:?}");
+    ensure!(!pin_path.exists(), "--detach removed the pins");
+    Ok(())
+}
+
+#[test]
+fn maps_left_without_a_saved_state_and_nothing_attached_are_replaced() -> Result<()> {
+    let bpf_fs = BpfFs::mount("leftover")?;
+    let pin_path = bpf_fs.pin_path();
+    drop(load(&pin_path)?);
+    let (_dataplane, saved) = load(&pin_path).context("an agent that never saved leaves nothing to adopt")?;
+    ensure!(saved.is_none());
+    Ok(())
+}
+
+#[test]
+fn pins_of_another_layout_are_refused_and_left_alone() -> Result<()> {
+    let bpf_fs = BpfFs::mount("layout")?;
+    let pin_path = bpf_fs.pin_path();
+    let other = pin_path.join(format!("layout-{}", LAYOUT + 1));
+    std::fs::create_dir_all(&other)?;
+    let refused = load(&pin_path).err().map(|err| format!("{err:#}")).unwrap_or_default();
+    ensure!(refused.contains(&format!("another layout ({};", LAYOUT + 1)), "{refused}");
+    ensure!(refused.contains("lb-agent --detach"), "the instruction: {refused}");
+    ensure!(other.exists() && !layout_dir(&pin_path).exists(), "nothing was touched");
+    std::fs::remove_dir(&other)?;
+
+    // The same version, but a map that is not what this agent's object defines (a
+    // change that forgot to raise LAYOUT): refused, naming the map.
+    let (dataplane, _) = load(&pin_path)?;
+    dataplane.save_state(json!(null))?;
+    drop(dataplane);
+    let reals = layout_dir(&pin_path).join(names::REALS);
+    std::fs::remove_file(&reals)?;
+    let mut decap = EbpfLoader::new().load(DECAP_OBJECT)?;
+    decap.map_mut(lb_common::decap::names::VIPS).context("DECAP_VIPS")?.pin(&reals)?;
+    let refused = load(&pin_path).err().map(|err| format!("{err:#}")).unwrap_or_default();
+    ensure!(refused.contains("REALS's kind is"), "{refused}");
+    ensure!(refused.contains("not of this agent's layout"), "{refused}");
+    Ok(())
+}
