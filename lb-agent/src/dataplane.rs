@@ -86,6 +86,8 @@ pub struct Dataplane {
     conn_table_capacity: u32,
     /// Where the maps and links are pinned (the agent's); none in test beds.
     pins: Option<Pins>,
+    /// How far `CLOCK` runs behind the kernel's clock (see [`Clock`]).
+    clock_behind: u32,
 }
 
 struct Maps {
@@ -112,6 +114,19 @@ struct Attachment {
     link: Held,
     /// The receive VLAN offload was on, and the agent turned it off.
     restore_rx_vlan: bool,
+}
+
+/// Why a pinned link could not take this program.
+enum ReplaceError {
+    /// Its device is gone (`ENOLINK`): the link has ended.
+    Defunct,
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ReplaceError {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Other(err)
+    }
 }
 
 /// Who holds an attachment's link: the program (it ends with the process), or its pin
@@ -162,7 +177,9 @@ impl Dataplane {
                 None
             }
             (false, None) => bail!(
-                "{} holds an attached program's maps but no saved state tells what their ids stand for (was {}                  cleared?): take the director out of service with `lb-agent --detach` (its connections are dropped),                  then start again",
+                "{} holds an attached program's maps but no saved state tells what their ids stand for (was {} \
+                 cleared?): take the director out of service with `lb-agent --detach` (its connections are dropped), \
+                 then start again",
                 pins.dir().display(),
                 "/run/lb"
             ),
@@ -176,11 +193,7 @@ impl Dataplane {
             return Ok((dataplane, None));
         };
         dataplane.adopt(saved.attachments)?;
-        log::info!(
-            "adopted the maps pinned at {} with {} connection entries",
-            dir.display(),
-            dataplane.walk_conns(|_, _| {})?
-        );
+        log::info!("adopted the maps pinned at {}", dir.display());
         if dataplane.conn_table_capacity != conn_table_size {
             log::warn!(
                 "connection_table_size {conn_table_size}: the pinned table holds {} and is kept (a new size takes \
@@ -224,7 +237,15 @@ impl Dataplane {
         let real_loads = Arc::new(RealLoads::map(array_data(&ebpf, names::REAL_LOAD)?)?);
         // A pinned table keeps the size it was made with.
         let conn_table_capacity = maps.conns.map().info().context("reading CONNS's size")?.max_entries();
-        let dataplane = Self { ebpf, maps, real_loads, attached: StdHashMap::new(), conn_table_capacity, pins };
+        let mut dataplane =
+            Self { ebpf, maps, real_loads, attached: StdHashMap::new(), conn_table_capacity, pins, clock_behind: 0 };
+        // An adopted clock goes on from where it stopped: the entries the data path
+        // stamped while no agent ran were stamped then, and the time without an agent
+        // must not count as idle time (a long stop would age them all at once).
+        let stopped_at = dataplane.clock()?.read()?;
+        if stopped_at != 0 {
+            dataplane.clock_behind = kernel_seconds()?.saturating_sub(stopped_at);
+        }
         // Entries are stamped with it from the first packet on.
         dataplane.clock()?.tick()?;
         Ok(dataplane)
@@ -311,46 +332,67 @@ impl Dataplane {
 
     /// Takes over the links an earlier agent pinned, as it saved them: this program
     /// replaces its in each (atomically: every packet meets one or the other). A link
-    /// whose interface has gone, or that the state does not name, is removed.
+    /// that the state does not name, whose interface has gone or is no longer called
+    /// so, is removed (the apply attaches anew where the configuration says). Any other
+    /// failure stops the agent and leaves the link, forwarding, as it was.
     fn adopt(&mut self, saved: Vec<SavedAttachment>) -> Result<()> {
         let pins = self.pins.as_ref().context("adopting links without pins")?;
         let links: Vec<(String, std::path::PathBuf)> =
             pins.pinned_links()?.into_iter().map(|interface| (interface.clone(), pins.link(&interface))).collect();
         for (interface, path) in links {
-            let Some(saved) = saved.iter().find(|saved| saved.interface == interface) else {
-                log::warn!("{}: a link the saved state does not name; removing it", path.display());
+            let saved = saved.iter().find(|saved| saved.interface == interface);
+            let Some(saved) = saved.filter(|saved| ifindex(&interface).ok() == Some(saved.ifindex)) else {
+                log::warn!(
+                    "{}: its interface is gone or renamed (or unknown to the saved state); removing the link",
+                    path.display()
+                );
                 PinnedLink::from_pin(&path)?.unpin()?;
                 continue;
             };
-            match self.replace_program(&path) {
-                Ok(link) => {
-                    log::info!("replaced the program attached to {interface} ({} mode)", saved.attached.label());
-                    let attachment = Attachment {
-                        ifindex: saved.ifindex,
-                        mode: saved.mode,
-                        attached: saved.attached,
-                        link: Held::Pin(link),
-                        restore_rx_vlan: saved.restore_rx_vlan,
-                    };
-                    self.attached.insert(interface, attachment);
-                }
-                Err(err) => {
-                    log::warn!("{interface}: cannot take over its link ({err:#}); removing it");
+            let link = match self.replace_program(&path) {
+                Ok(link) => link,
+                Err(ReplaceError::Defunct) => {
+                    log::warn!("{interface}: its link ended with the device; removing it");
                     PinnedLink::from_pin(&path)?.unpin()?;
+                    continue;
                 }
-            }
+                Err(ReplaceError::Other(err)) => {
+                    return Err(err.context(format!(
+                        "{interface}: cannot replace the program in its pinned link {} (left as it is, forwarding)",
+                        path.display()
+                    )));
+                }
+            };
+            log::info!("replaced the program attached to {interface} ({} mode)", saved.attached.label());
+            let attachment = Attachment {
+                ifindex: saved.ifindex,
+                mode: saved.mode,
+                attached: saved.attached,
+                link: Held::Pin(link),
+                restore_rx_vlan: saved.restore_rx_vlan,
+            };
+            self.attached.insert(interface, attachment);
         }
         Ok(())
     }
 
     /// Puts this program in the link pinned at `path` (`bpf_link_update`).
-    fn replace_program(&mut self, path: &std::path::Path) -> Result<PinnedLink> {
-        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(path)?)).context("not an XDP link")?;
+    fn replace_program(&mut self, path: &std::path::Path) -> Result<PinnedLink, ReplaceError> {
+        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(path).map_err(anyhow::Error::from)?))
+            .context("not an XDP link")?;
         let program = self.program_mut();
-        let id = program.attach_to_link(link).context("replacing the program in the link")?;
+        let id = match program.attach_to_link(link) {
+            Ok(id) => id,
+            Err(aya::programs::ProgramError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::ENOLINK) =>
+            {
+                return Err(ReplaceError::Defunct);
+            }
+            Err(err) => return Err(anyhow::Error::from(err).context("bpf_link_update").into()),
+        };
         // The pin holds the link; the program's descriptor of it is not needed.
-        drop(program.take_link(id)?);
-        Ok(PinnedLink::from_pin(path)?)
+        drop(program.take_link(id).map_err(anyhow::Error::from)?);
+        Ok(PinnedLink::from_pin(path).map_err(anyhow::Error::from)?)
     }
 
     /// Saves the attachments and `director` (the director's account of the ids) where
@@ -552,7 +594,7 @@ impl Dataplane {
     /// A handle of its own on the data path's clock (`CLOCK`).
     pub fn clock(&self) -> Result<Clock> {
         let map = own_handle(array_data(&self.ebpf, names::CLOCK)?, names::CLOCK)?;
-        Ok(Clock { map: Array::try_from(map).context("CLOCK is not an array")? })
+        Ok(Clock { map: Array::try_from(map).context("CLOCK is not an array")?, behind: self.clock_behind })
     }
 
     fn program_mut(&mut self) -> &mut Xdp {
@@ -640,18 +682,27 @@ fn own_handle(data: &MapData, name: &str) -> Result<Map> {
     Ok(Map::from_map_data(MapData::from_fd(fd)?)?)
 }
 
-/// The data path's clock (`CLOCK`): seconds of CLOCK_MONOTONIC_COARSE, which the agent
-/// writes every second, so no packet has to ask the kernel.
+/// The data path's clock (`CLOCK`): seconds of CLOCK_MONOTONIC_COARSE (less the time
+/// the data path forwarded without an agent), which the agent writes every second, so
+/// no packet has to ask the kernel.
 pub struct Clock {
     map: Array<MapData, u32>,
+    /// How far it runs behind the kernel's: the seconds no agent ran while the data
+    /// path forwarded on (see [`Dataplane::load_pinned`]).
+    behind: u32,
 }
 
 impl Clock {
-    /// Sets the clock to the kernel's time; answers it.
+    /// Sets the clock to the time it should show; answers it.
     pub fn tick(&mut self) -> Result<u32> {
-        let now = kernel_seconds()?;
+        let now = self.expected()?;
         self.map.set(0, now, 0).context("writing CLOCK")?;
         Ok(now)
+    }
+
+    /// The time the clock should show now: the kernel's, less the time no agent ran.
+    pub fn expected(&self) -> Result<u32> {
+        Ok(kernel_seconds()?.saturating_sub(self.behind))
     }
 
     /// The time the data path stamps entries with now.
@@ -740,15 +791,27 @@ pub fn attach_xdp(
         };
         program.attach_to_if_index(ifindex, flags).map(|link| (link, attached))
     };
-    match mode {
+    let attached = match mode {
         XdpMode::Native => attach(AttachedMode::Driver),
         XdpMode::Generic => attach(AttachedMode::Skb),
         XdpMode::Auto => attach(AttachedMode::Driver).or_else(|err| {
             log::warn!("{interface}: native XDP unavailable ({err}); attaching {name} in generic mode");
             attach(AttachedMode::Skb)
         }),
-    }
-    .with_context(|| format!("attaching {name} to {interface} in {mode:?} mode"))
+    };
+    attached.map_err(|err| {
+        let taken = matches!(&err, aya::programs::ProgramError::SyscallError(call)
+            if matches!(call.io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)));
+        let err = anyhow::Error::from(err).context(format!("attaching {name} to {interface} in {mode:?} mode"));
+        if taken {
+            err.context(format!(
+                "{interface} has an XDP program already (`ip link show {interface}`): another program's, or an \
+                 agent's pinned under another pin_path, which `lb-agent --detach --pin-path THAT_PATH` removes"
+            ))
+        } else {
+            err
+        }
+    })
 }
 
 /// Turns the receive VLAN offload of `interface` off, so tags stay in the frames

@@ -188,11 +188,16 @@ impl Director {
     pub fn apply(&mut self, config: Config, links: Links, down: Down) -> Result<()> {
         let serving = health::serving(&config, &down);
         let plan = self.plan(&serving, &links)?;
+        // Written ahead: whatever the maps name from here on, an agent started after
+        // this one (even if this one dies midway) knows whose it is.
+        self.save(&plan.ids, &down).context("saving the agent's state before changing the maps")?;
         self.attach(&serving)?;
         self.commit(plan)?;
         self.detach_others(&serving)?;
+        if let Err(err) = self.save(&self.ids, &down) {
+            log::error!("saving the agent's state: {err:#}; an agent started after this one adopts the maps as before");
+        }
         self.running = Some(Running { config, links, down, serving });
-        self.save();
         Ok(())
     }
 

@@ -37,7 +37,7 @@ use lb_common::{
 
 use crate::{
     config::Timeouts,
-    dataplane::{Clock, ConnTable, Dataplane, LocalityTable, RealLoads, Table, TemplateTable, kernel_seconds},
+    dataplane::{Clock, ConnTable, Dataplane, LocalityTable, RealLoads, Table, TemplateTable},
 };
 
 pub mod locality;
@@ -150,7 +150,7 @@ impl Expiry {
         // fallen behind the kernel's (its ticker stalled), entries stamped before it
         // catches up would look older than they are: no walk until it has.
         let clock = self.clock.read()?;
-        let kernel = kernel_seconds()?;
+        let kernel = self.clock.expected()?;
         if kernel > clock + 1 {
             log::warn!("the data path's clock is {} s behind; ageing waits for it", kernel - clock);
             return Ok(Sweep::default());

@@ -51,6 +51,10 @@ struct Args {
     /// Refused while an agent runs on these pins: stop it first.
     #[arg(long, conflicts_with = "check")]
     detach: bool,
+    /// With --detach: the pin_path to clear, instead of the configuration's (one the
+    /// configuration no longer names, or with no configuration at all).
+    #[arg(long, requires = "detach")]
+    pin_path: Option<PathBuf>,
 }
 
 /// How often the real servers' links are checked and stale ones re-probed, besides
@@ -88,13 +92,17 @@ async fn run(args: Args) -> Result<()> {
         terminate: signal(SignalKind::terminate())?,
         interrupt: signal(SignalKind::interrupt())?,
     };
+    if args.detach {
+        let pin_path = match args.pin_path {
+            Some(pin_path) => pin_path,
+            None => Config::load(&args.config).context("reading pin_path (or name it: --pin-path)")?.pin_path,
+        };
+        return take_out_of_service(&pin_path);
+    }
     let config = Config::load(&args.config)?;
     if args.check {
         println!("{}: ok ({})", args.config.display(), control::summary(&config));
         return Ok(());
-    }
-    if args.detach {
-        return take_out_of_service(&config.pin_path);
     }
     let (mut dataplane, saved) =
         Dataplane::load_pinned::<SavedDirector>(&config.pin_path, config.connection_table_size, args.ebpf_log_level)?;

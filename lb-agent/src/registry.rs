@@ -39,12 +39,17 @@ impl<K: Clone + Eq + Hash> Registry<K> {
         Self { ids: HashMap::new(), retired: HashMap::new(), free: (0..capacity).rev().collect() }
     }
 
-    /// The registry `saved` describes; its retired ids count as retired `now`.
-    pub fn restore(capacity: u32, saved: SavedRegistry<K>, now: Instant) -> Self {
+    /// The registry `saved` describes; its retired ids count as retired `now`. An id
+    /// `in_use` (named by a connection entry, say) that no owner has (a state saved
+    /// before the maps changed) is held as retired too, never handed out while in use.
+    pub fn restore(capacity: u32, saved: SavedRegistry<K>, in_use: &HashSet<u32>, now: Instant) -> Self {
         let ids: HashMap<K, u32> = saved.ids.into_iter().filter(|&(_, id)| id < capacity).collect();
-        let taken: HashSet<u32> = ids.values().copied().collect();
-        let retired = saved.retired.into_iter().filter(|id| taken.contains(id)).map(|id| (id, now)).collect();
-        Self { ids, retired, free: (0..capacity).rev().filter(|id| !taken.contains(id)).collect() }
+        let owned: HashSet<u32> = ids.values().copied().collect();
+        let unowned = in_use.iter().copied().filter(|id| *id < capacity && !owned.contains(id));
+        let retired: HashMap<u32, Instant> =
+            saved.retired.into_iter().filter(|id| owned.contains(id)).chain(unowned).map(|id| (id, now)).collect();
+        let free = (0..capacity).rev().filter(|id| !owned.contains(id) && !retired.contains_key(id)).collect();
+        Self { ids, retired, free }
     }
 
     pub fn save(&self) -> SavedRegistry<K> {
@@ -146,10 +151,13 @@ mod tests {
         registry.retire(&"b", t0);
         let saved = registry.save();
         assert_eq!(saved, SavedRegistry { ids: vec![("a", 0), ("b", 1), ("c", 2)], retired: vec![1] });
-        let mut restored = Registry::restore(3, saved, t0);
+        let mut restored = Registry::restore(4, saved, &HashSet::from([3]), t0);
         assert_eq!(restored.assign(&"c").unwrap(), Assigned { id: 2, fresh: false });
-        assert_eq!(restored.assign(&"d"), None, "b's id stays retired, not free");
-        restored.reclaim(&HashSet::new(), t0 + Duration::from_secs(2));
+        assert_eq!(restored.assign(&"d"), None, "b's id stays retired, and 3, unowned, is in use");
+        restored.reclaim(&HashSet::from([3]), t0 + Duration::from_secs(2));
         assert_eq!(restored.assign(&"d").unwrap(), Assigned { id: 1, fresh: true });
+        assert_eq!(restored.assign(&"e"), None, "3 is still in use");
+        restored.reclaim(&HashSet::new(), t0 + Duration::from_secs(2));
+        assert_eq!(restored.assign(&"e").unwrap(), Assigned { id: 3, fresh: true });
     }
 }

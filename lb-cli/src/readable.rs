@@ -227,7 +227,13 @@ fn service(socket: &Path, action: ServiceAction) -> Result<()> {
             fields.retain(|_, value| !value.is_null());
             Change::AddService { service: fields }
         }
-        ServiceAction::Edit { name, settings } => {
+        ServiceAction::Edit { name, mut settings } => {
+            // A new timeout alone keeps the netmask, as an edit keeps every key it does
+            // not name.
+            if settings.persistence.is_some() && settings.netmask.is_none() {
+                let (configured, _) = services(socket, &Request::Configured)?;
+                settings.netmask = configured.into_iter().find(|service| service.name == name).and_then(|s| s.netmask);
+            }
             Change::EditService { service: ServiceRef::Name(name), set: settings.fields()? }
         }
         ServiceAction::Del { name } => Change::DeleteService { service: ServiceRef::Name(name) },

@@ -508,7 +508,9 @@ impl Lab {
             .spawn()
             .context("starting lb-agent")?;
         let detach = Some(self.director.netns.command(&agent.to_string_lossy()));
-        let mut agent = Agent { child, config: config.to_owned(), log: log_path, log_start: before, detach };
+        let text = fs::read_to_string(config)?;
+        let pin_path = text.lines().find(|line| line.starts_with("pin_path:")).map(str::to_owned);
+        let mut agent = Agent { child, config: config.to_owned(), log: log_path, log_start: before, detach, pin_path };
         wait_until(Duration::from_secs(15), "lb-agent to answer on its socket", || {
             if let Some(status) = agent.child.try_wait()? {
                 agent.detach = None;
@@ -590,13 +592,21 @@ pub struct Agent {
     log_start: usize,
     /// The same binary, in the director's namespace, for `--detach` (once).
     detach: Option<Command>,
+    /// The configuration's `pin_path:` line, kept in the files it is reloaded with.
+    pin_path: Option<String>,
 }
 
 impl Agent {
-    /// Writes a new configuration and sends SIGHUP; waits until the agent's log shows
-    /// the reload's outcome and returns the lines it logged for it.
+    /// Writes a new configuration (keeping the pin_path it started with, unless the new one
+    /// names one) and sends SIGHUP; waits until the agent's log shows the reload's outcome
+    /// and returns the lines it logged for it.
     pub fn reload(&self, yaml: &str) -> Result<String> {
-        fs::write(&self.config, yaml)?;
+        match &self.pin_path {
+            Some(line) if !yaml.lines().any(|other| other.starts_with("pin_path:")) => {
+                fs::write(&self.config, format!("{}\n{line}\n", yaml.trim_end()))?
+            }
+            _ => fs::write(&self.config, yaml)?,
+        }
         let before = self.log_text().len();
         self.signal(libc::SIGHUP)?;
         let mut outcome = String::new();

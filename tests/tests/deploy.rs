@@ -4,7 +4,8 @@
 //! address, and the dashboard is importable, its queries PromQL. (That every metric
 //! they name is one the agent exports is checked against a real scrape, in the lab:
 //! `tests/lab.rs`.) No root needed; promtool comes from Debian's `prometheus` package,
-//! which `cargo xtask setup` installs.
+//! which `cargo xtask setup` installs. And the systemd unit: `systemd-analyze verify`
+//! accepts it, and it keeps what a restart needs (the state saved for the pinned maps).
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
@@ -136,6 +137,26 @@ fn the_dashboards_queries_are_promql() -> Result<()> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "promtool refuses a query of {DASHBOARD}:\n{text}\n{rules}");
     assert!(text.contains(&format!("SUCCESS: {} rules found", queries.len())), "{text}");
+    Ok(())
+}
+
+/// The unit as `cargo xtask install` places it, verified by systemd with the binaries'
+/// paths pointed at ones that exist here.
+#[test]
+fn systemd_accepts_the_unit_and_it_keeps_the_state_of_the_pins_across_stops() -> Result<()> {
+    let unit = std::fs::read_to_string(deploy::path("deploy/lb-agent.service"))?;
+    for kept in ["RuntimeDirectoryPreserve=yes", "Type=notify", "ExecReload=/bin/kill -HUP $MAINPID"] {
+        assert!(unit.lines().any(|line| line == kept), "the unit has {kept}");
+    }
+    assert!(!unit.contains("ExecStop"), "stopping must leave the data path forwarding: no ExecStop");
+    let dir = tempdir()?;
+    let path = dir.join("lb-agent.service");
+    std::fs::write(&path, unit.replace("/usr/local/sbin/lb-agent", "/bin/true"))?;
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.context("running systemd-analyze (Debian's systemd package)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify:\n{text}");
     Ok(())
 }
 

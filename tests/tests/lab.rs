@@ -335,6 +335,9 @@ fn persistence_keeps_a_client_network_together_and_a_firewall_mark_service_its_p
     assert_eq!(neighbours, HashMap::from([(first.clone(), 10)]), "the same /24, the same real server");
     let list = lbctl(&lab, &["list"])?;
     assert!(list.contains("TCP  203.0.113.10:80 rr persistent 3 mask 255.255.255.0\n"), "{list}");
+    lbctl(&lab, &["service", "edit", "web4", "--persistence", "3"])?;
+    let list = lbctl(&lab, &["list"])?;
+    assert!(list.contains("TCP  203.0.113.10:80 rr persistent 3 mask 255.255.255.0\n"), "a new timeout keeps the mask");
     // Quiet for longer than the timeout, its connections closed and expired: the
     // template goes, and the client is scheduled afresh (rr's next).
     std::thread::sleep(std::time::Duration::from_secs(10));
@@ -695,6 +698,7 @@ fn restarts_and_a_new_binary_keep_every_connection_and_new_ones_succeed() -> Res
                 };
             }
         });
+        let counted = real_connections(&lab)?;
         let stopped = agent.stop()?;
         ensure!(stopped.success(), "lb-agent exits cleanly on SIGTERM: {stopped}");
         ensure!(program()? == first, "the program stays attached without its agent");
@@ -703,6 +707,10 @@ fn restarts_and_a_new_binary_keep_every_connection_and_new_ones_succeed() -> Res
         std::thread::sleep(Duration::from_millis(500));
         ensure!(opened.load(Ordering::Relaxed) > opened_alone, "new connections are served with no agent running");
 
+        // The configuration changes while no agent runs: web4's weights, and the UDP
+        // services make way for a new one (new ids and ring slots beside the adopted).
+        let changed = lab.with_pin_path(&changed_while_stopped(&lab.config("wrr", &WEIGHTS)));
+        std::fs::write(&config, &changed)?;
         let agent = lab.run_agent(&binary, &config, &socket, &[])?;
         let log = agent.log_text();
         ensure!(log.contains("adopted the maps pinned at"), "{log}");
@@ -710,6 +718,14 @@ fn restarts_and_a_new_binary_keep_every_connection_and_new_ones_succeed() -> Res
         let second = program()?;
         ensure!(second != first, "the new agent's program replaced the old one in place ({first} → {second})");
         answer_as_before(&mut held, "after a restart")?;
+        for (real, before) in &counted {
+            let now = real_connections(&lab)?.remove(real).unwrap_or_default();
+            ensure!(now >= *before, "{real:?}'s connections counter went on from {before} (now {now}): ids kept");
+        }
+        ensure!(lab.http_get(&url(IpAddr::V4(VIP4)).replace(":80/", ":8080/"), 6)?.len() == 6, "the new service");
+        // The adopted maps were read back: what the file no longer has is taken out.
+        let dns4 = SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT);
+        ensure!(lab.udp_query(40053, dns4).is_err(), "dns4, removed while no agent ran, is no longer forwarded");
 
         let new_binary = lab.dir.join("lb-agent.new");
         std::fs::copy(&binary, &new_binary)?;
@@ -728,14 +744,19 @@ fn restarts_and_a_new_binary_keep_every_connection_and_new_ones_succeed() -> Res
     let opened = opened.into_inner();
     ensure!(opened >= 100, "a steady stream of new connections: {opened}");
 
-    // The connection table was kept: the held connections are counted, as active.
-    let list = lbctl(&lab, &["-L", "-n"])?;
-    let active: usize = list
-        .lines()
-        .filter(|line| line.starts_with("  -> "))
-        .filter_map(|line| line.split_whitespace().nth(4)?.parse::<usize>().ok())
-        .sum();
-    ensure!(active >= HELD, "{active} active connections, {HELD} of them held:\n{list}");
+    // The connection table was kept: once the ager has counted it (the stream's last
+    // connections closing), the held connections are the active ones.
+    let mut list = String::new();
+    lab::wait_until(Duration::from_secs(15), "the held connections to be the active ones", || {
+        list = lbctl(&lab, &["-L", "-n"])?;
+        let active: usize = list
+            .lines()
+            .filter(|line| line.starts_with("  -> "))
+            .filter_map(|line| line.split_whitespace().nth(4)?.parse::<usize>().ok())
+            .sum();
+        Ok(active == HELD)
+    })
+    .map_err(|err| err.context(list.clone()))?;
 
     // An agent of another layout's pins is refused before it touches anything.
     agent.stop()?;
@@ -751,6 +772,31 @@ fn restarts_and_a_new_binary_keep_every_connection_and_new_ones_succeed() -> Res
     ensure!(!lab.on_director(&["ip", "link", "show", "dev", "eth0"])?.contains("xdp"), "--detach removed the program");
     ensure!(!lab.pin_path().exists(), "and every layout's pins: {detached}");
     Ok(())
+}
+
+/// `yaml` (the lab's standard configuration) with web4's first weight doubled, the UDP
+/// services gone and a new service on port 8080 of the IPv4 VIP.
+fn changed_while_stopped(yaml: &str) -> String {
+    let start = yaml.find("services:\n").expect("a services list") + "services:\n".len();
+    let (head, services) = yaml.split_at(start);
+    let kept: Vec<String> = services
+        .split("  - name: ")
+        .filter(|service| !service.is_empty() && !service.starts_with("dns"))
+        .map(|service| format!("  - name: {service}"))
+        .collect();
+    let web4 = kept.iter().find(|service| service.starts_with("  - name: web4")).expect("web4").clone();
+    let web4_8080 = web4.replacen("web4", "web4-8080", 1).replacen("port: 80\n", "port: 8080\n", 1);
+    format!("{head}{}{}{web4_8080}", web4.replacen("weight: 1 }", "weight: 2 }", 1), kept[1..].concat())
+}
+
+/// Each real server's `lb_real_connections_total`, by service and address.
+fn real_connections(lab: &Lab) -> Result<HashMap<(String, String), f64>> {
+    let metrics = Samples::parse(&lab.metrics()?)?;
+    let counted = metrics.all("lb_real_connections_total").map(|(labels, value)| {
+        let label = |name: &str| labels.get(name).cloned().unwrap_or_default();
+        ((label("service"), label("real")), value)
+    });
+    Ok(counted.collect())
 }
 
 /// Every held connection answers again, from the real server it had.

@@ -65,6 +65,9 @@ fn maps_pinned_at_the_first_load_are_adopted_with_the_saved_state() -> Result<()
 
     let refused = load(&pin_path).err().map(|err| format!("{err:#}")).unwrap_or_default();
     ensure!(refused.contains("another lb-agent holds the pins"), "one agent on the pins at a time: {refused}");
+    let refused = dataplane::detach(&pin_path).err().map(|err| format!("{err:#}")).unwrap_or_default();
+    ensure!(refused.contains("stop it first"), "no --detach under a running agent: {refused}");
+    ensure!(layout_dir(&pin_path).join(names::CONNS).exists(), "a refused --detach removes nothing");
     drop(first);
 
     let (second, saved) = load(&pin_path)?;

@@ -10,11 +10,23 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const NIGHTLY_LLVM_MAJOR: &str = "22";
 /// The lab and the tests: iproute2 (ip, bridge), ethtool, nginx (real servers), curl
 /// and wrk (clients), nftables (counting in the client), tcpdump (debugging),
-/// bpftool (inspecting maps), openssl (certificates for https checks), prometheus (its promtool checks deploy/'s scrape
-/// configuration and alert rules; on a host where systemd runs, the package also
-/// starts a Prometheus server of its own on port 9090).
-const PACKAGES: &[&str] =
-    &["iproute2", "ethtool", "nginx-light", "curl", "wrk", "nftables", "tcpdump", "bpftool", "prometheus", "openssl"];
+/// bpftool (inspecting maps), openssl (certificates for https checks), prometheus (its
+/// promtool checks deploy/'s scrape configuration and alert rules; on a host where
+/// systemd runs, the package also starts a Prometheus server of its own on port 9090),
+/// systemd (systemd-analyze verifies the unit).
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "nginx-light",
+    "curl",
+    "wrk",
+    "nftables",
+    "tcpdump",
+    "bpftool",
+    "prometheus",
+    "openssl",
+    "systemd",
+];
 
 pub fn ensure() -> Result<()> {
     nightly()?;

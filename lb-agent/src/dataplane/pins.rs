@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use aya::{maps::MapInfo, programs::links::PinnedLink};
 use lb_common::{LAYOUT, names};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -29,7 +29,7 @@ use crate::{config::XdpMode, offload};
 /// Where the saved states live, each under its pin directory's own path.
 const STATE_ROOT: &str = "/run/lb/state";
 /// The BPF file system's `statfs` magic.
-const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 /// Where a host mounts its BPF file system; mounted by the agent if it is not.
 const SYS_FS_BPF: &str = "/sys/fs/bpf";
 /// A pinned link's name: `xdp-` and the interface's.
@@ -73,12 +73,12 @@ impl Pins {
         fs::create_dir_all(&dir).with_context(|| format!("creating the pin directory {}", dir.display()))?;
         let state = state_dir(&dir);
         fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
-        let lock = lock(&state).map_err(|err| {
-            err.context(format!(
+        let lock = lock(&state)?.ok_or_else(|| {
+            anyhow!(
                 "another lb-agent holds the pins at {} (two agents on one host need a pin_path and an api_socket \
                  each)",
                 dir.display()
-            ))
+            )
         })?;
         Ok(Self { dir, state, _lock: lock })
     }
@@ -287,10 +287,11 @@ fn ensure_bpf_fs(pin_path: &Path) -> Result<()> {
     )
 }
 
-/// Whether this process has a mount namespace other than the host's (init's).
+/// Whether this process has a mount namespace other than the host's (init's), as far
+/// as it may tell (reading init's takes CAP_SYS_PTRACE).
 fn own_mount_namespace() -> bool {
-    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-    namespace("self") != namespace("1")
+    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt"));
+    matches!((namespace("self"), namespace("1")), (Ok(own), Ok(host)) if own != host)
 }
 
 fn is_bpf_fs(path: &Path) -> Result<bool> {
@@ -300,7 +301,7 @@ fn is_bpf_fs(path: &Path) -> Result<bool> {
     if unsafe { libc::statfs(name.as_ptr(), &mut stat) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", path.display()));
     }
-    Ok(stat.f_type as libc::c_long == BPF_FS_MAGIC)
+    Ok(stat.f_type as u32 == BPF_FS_MAGIC)
 }
 
 fn mount_bpf_fs(path: &Path) -> Result<()> {
@@ -314,8 +315,8 @@ fn mount_bpf_fs(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive `flock` on `dir`'s lock file, or an error if another process has it.
-fn lock(dir: &Path) -> Result<File> {
+/// An exclusive `flock` on `dir`'s lock file; `None` if another process has it.
+fn lock(dir: &Path) -> Result<Option<File>> {
     let path = dir.join("lock");
     let file = fs::OpenOptions::new()
         .write(true)
@@ -326,9 +327,13 @@ fn lock(dir: &Path) -> Result<File> {
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", path.display()));
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(err).with_context(|| format!("locking {}", path.display()));
     }
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// `lb-agent --detach`: takes the director out of service. Every layout's links under
@@ -340,9 +345,11 @@ pub fn detach(pin_path: &Path) -> Result<Vec<String>> {
     for (_, dir) in layouts(pin_path)? {
         let state = state_dir(&dir);
         let _lock = if state.exists() {
-            Some(lock(&state).map_err(|err| {
-                err.context(format!("an lb-agent runs on {}: stop it first (systemctl stop lb-agent)", dir.display()))
-            })?)
+            let held = lock(&state)?;
+            if held.is_none() {
+                bail!("an lb-agent runs on {}: stop it first (systemctl stop lb-agent)", dir.display());
+            }
+            held
         } else {
             None
         };
