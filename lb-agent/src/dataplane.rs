@@ -4,6 +4,7 @@
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
     os::fd::AsFd,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -37,7 +38,8 @@ use crate::{config::XdpMode, offload, sched::Slots};
 
 mod pins;
 mod real_load;
-pub use pins::{Pins, Saved, SavedAttachment, detach};
+pub use pins::detach;
+use pins::{Pins, Saved, SavedAttachment};
 pub use real_load::{Limits, RealLoads};
 
 /// The object `lb-ebpf` builds, embedded at compile time.
@@ -156,7 +158,7 @@ impl Dataplane {
     /// its in the links it left, which are then this one's. Answers the director's
     /// part of the state that agent saved, when there are maps to adopt.
     pub fn load_pinned<D: DeserializeOwned>(
-        pin_path: &std::path::Path,
+        pin_path: &Path,
         conn_table_size: u32,
         log_level: EbpfLogLevel,
     ) -> Result<(Self, Option<D>)> {
@@ -177,11 +179,10 @@ impl Dataplane {
                 None
             }
             (false, None) => bail!(
-                "{} holds an attached program's maps but no saved state tells what their ids stand for (was {} \
-                 cleared?): take the director out of service with `lb-agent --detach` (its connections are dropped), \
-                 then start again",
-                pins.dir().display(),
-                "/run/lb"
+                "{} holds an attached program's maps but no saved state tells what their ids stand for (was \
+                 /run/lb cleared?): take the director out of service with `lb-agent --detach` (its connections are \
+                 dropped), then start again",
+                pins.dir().display()
             ),
             (_, saved) => saved,
         };
@@ -321,7 +322,7 @@ impl Dataplane {
 
     /// Pins `link`, which the program hands over, at `path` (replacing a pin left by a
     /// link that ended with its interface).
-    fn pin_link(&mut self, link: XdpLinkId, path: &std::path::Path) -> Result<PinnedLink> {
+    fn pin_link(&mut self, link: XdpLinkId, path: &Path) -> Result<PinnedLink> {
         let link = FdLink::try_from(self.program_mut().take_link(link)?)
             .context("the kernel attached lb_ingress without a BPF link, which cannot be pinned")?;
         if path.exists() {
@@ -337,7 +338,7 @@ impl Dataplane {
     /// failure stops the agent and leaves the link, forwarding, as it was.
     fn adopt(&mut self, saved: Vec<SavedAttachment>) -> Result<()> {
         let pins = self.pins.as_ref().context("adopting links without pins")?;
-        let links: Vec<(String, std::path::PathBuf)> =
+        let links: Vec<(String, PathBuf)> =
             pins.pinned_links()?.into_iter().map(|interface| (interface.clone(), pins.link(&interface))).collect();
         for (interface, path) in links {
             let saved = saved.iter().find(|saved| saved.interface == interface);
@@ -377,7 +378,7 @@ impl Dataplane {
     }
 
     /// Puts this program in the link pinned at `path` (`bpf_link_update`).
-    fn replace_program(&mut self, path: &std::path::Path) -> Result<PinnedLink, ReplaceError> {
+    fn replace_program(&mut self, path: &Path) -> Result<PinnedLink, ReplaceError> {
         let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(path).map_err(anyhow::Error::from)?))
             .context("not an XDP link")?;
         let program = self.program_mut();
@@ -414,7 +415,7 @@ impl Dataplane {
     }
 
     /// Where the maps are pinned, if they are.
-    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+    pub fn pin_dir(&self) -> Option<&Path> {
         self.pins.as_ref().map(Pins::dir)
     }
 
