@@ -479,12 +479,7 @@ impl Lab {
     /// `yaml` with the lab's `pin_path` (last, so a file's first lines stay its own),
     /// unless it names one.
     pub fn with_pin_path(&self, yaml: &str) -> String {
-        if yaml.lines().any(|line| line.starts_with("pin_path:")) {
-            yaml.to_owned()
-        } else {
-            let newline = if yaml.is_empty() || yaml.ends_with('\n') { "" } else { "\n" };
-            format!("{yaml}{newline}pin_path: {}\n", self.pin_path().display())
-        }
+        with_pin_line(yaml, &format!("pin_path: {}", self.pin_path().display()))
     }
 
     /// Starts `agent` (an lb-agent binary) on the director with the configuration file
@@ -602,10 +597,8 @@ impl Agent {
     /// and returns the lines it logged for it.
     pub fn reload(&self, yaml: &str) -> Result<String> {
         match &self.pin_path {
-            Some(line) if !yaml.lines().any(|other| other.starts_with("pin_path:")) => {
-                fs::write(&self.config, format!("{}\n{line}\n", yaml.trim_end()))?
-            }
-            _ => fs::write(&self.config, yaml)?,
+            Some(line) => fs::write(&self.config, with_pin_line(yaml, line))?,
+            None => fs::write(&self.config, yaml)?,
         }
         let before = self.log_text().len();
         self.signal(libc::SIGHUP)?;
@@ -819,6 +812,15 @@ pub fn remove_orphans() {
             remove_scratch(&std::env::temp_dir().join(name));
         }
     }
+}
+
+/// `yaml` with `line` (a `pin_path:` line) last, unless it names a pin_path already.
+fn with_pin_line(yaml: &str, line: &str) -> String {
+    if yaml.lines().any(|other| other.starts_with("pin_path:")) {
+        return yaml.to_owned();
+    }
+    let newline = if yaml.is_empty() || yaml.ends_with('\n') { "" } else { "\n" };
+    format!("{yaml}{newline}{line}\n")
 }
 
 /// Mounts a BPF file system of the lab's own at `dir/bpffs` (for the agent's pins).
