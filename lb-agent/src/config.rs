@@ -7,6 +7,7 @@ mod check;
 pub mod edit;
 mod locate;
 pub mod rewrite;
+pub mod sync;
 mod validate;
 
 use std::{
@@ -60,6 +61,9 @@ pub struct Config {
     /// at once.
     #[serde(default, skip_serializing_if = "Timeouts::is_ipvs")]
     pub timeouts: Timeouts,
+    /// Connection synchronisation with the other directors (IPVS's sync daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<sync::Sync>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<VirtualService>,
 }

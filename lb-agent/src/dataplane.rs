@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
     programs::{
         Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
@@ -30,6 +30,7 @@ use lb_common::{
     real::{RealLoad, RealServer},
     service::{NO_REAL, SchedCursor, Service, ServiceKey},
     stats::{Counters, Reason},
+    sync::SyncSettings,
 };
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -592,6 +593,20 @@ impl Dataplane {
         self.real_loads.clone()
     }
 
+    /// Handles of its own on what the data path announces to the sync peers by
+    /// (`SYNC_EVENTS`), and on how it does (`SYNC_SETTINGS`).
+    pub fn sync_events(&self) -> Result<(RingBuf<MapData>, SyncSwitch)> {
+        let events = match self.ebpf.map(names::SYNC_EVENTS) {
+            Some(Map::RingBuf(data)) => own_handle(data, names::SYNC_EVENTS)?,
+            _ => bail!("the object has no ring buffer {}", names::SYNC_EVENTS),
+        };
+        let settings = own_handle(array_data(&self.ebpf, names::SYNC_SETTINGS)?, names::SYNC_SETTINGS)?;
+        Ok((
+            RingBuf::try_from(events).context("SYNC_EVENTS is not a ring buffer")?,
+            SyncSwitch(Array::try_from(settings).context("SYNC_SETTINGS is not an array")?),
+        ))
+    }
+
     /// A handle of its own on the data path's clock (`CLOCK`).
     pub fn clock(&self) -> Result<Clock> {
         let map = own_handle(array_data(&self.ebpf, names::CLOCK)?, names::CLOCK)?;
@@ -655,6 +670,11 @@ impl<K: Pod, V: Pod> Table<K, V> {
         }
     }
 
+    /// Writes the entry of `key`, new or not.
+    pub fn insert(&mut self, key: &K, value: &V) -> Result<()> {
+        self.map.insert(key, value, 0).with_context(|| format!("writing {}", self.name))
+    }
+
     /// Removes the entry of `key`; answers false when it was gone already (the data
     /// path or the table's eviction removed it first).
     pub fn remove(&mut self, key: &K) -> Result<bool> {
@@ -681,6 +701,15 @@ fn array_data<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
 fn own_handle(data: &MapData, name: &str) -> Result<Map> {
     let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating {name}'s descriptor"))?;
     Ok(Map::from_map_data(MapData::from_fd(fd)?)?)
+}
+
+/// How the data path announces connections to the sync peers (`SYNC_SETTINGS`).
+pub struct SyncSwitch(Array<MapData, SyncSettings>);
+
+impl SyncSwitch {
+    pub fn set(&mut self, settings: SyncSettings) -> Result<()> {
+        self.0.set(0, settings, 0).context("writing SYNC_SETTINGS")
+    }
 }
 
 /// The data path's clock (`CLOCK`): seconds of CLOCK_MONOTONIC_COARSE (less the time

@@ -13,6 +13,7 @@ use std::{
     collections::{HashMap, HashSet},
     hash::Hash,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,6 +30,7 @@ use lb_common::{
     stats::{Counters, Reason},
 };
 pub use saved::SavedDirector;
+use tokio::sync::watch;
 
 use crate::{
     config::{Config, Endpoint, Match, Protocol, Real, SchedulerFlag, Timeouts, VirtualService, edit},
@@ -39,6 +41,7 @@ use crate::{
     neighbour::{Link, Links},
     registry::Registry,
     sched::{self, Candidate, Hashing, Ring, Slots},
+    sync,
 };
 
 mod saved;
@@ -56,6 +59,8 @@ pub struct Director {
     ids: Ids,
     written: Written,
     running: Option<Running>,
+    /// Where the sync daemon hears of each configuration applied.
+    sync: Option<watch::Sender<sync::Orders>>,
 }
 
 /// Which of the running configurations a status shows.
@@ -131,7 +136,7 @@ impl Director {
             ring: Ring::new(SCHED_RING_SLOTS),
             last_weights: HashMap::new(),
         };
-        Self { dataplane, ids, written: Written::default(), running: None }
+        Self { dataplane, ids, written: Written::default(), running: None, sync: None }
     }
 
     pub fn dataplane(&self) -> &Dataplane {
@@ -198,7 +203,30 @@ impl Director {
             log::error!("saving the agent's state: {err:#}; an agent started after this one adopts the maps as before");
         }
         self.running = Some(Running { config, links, down, serving });
+        self.publish_sync();
         Ok(())
+    }
+
+    /// Has the sync daemon follow every configuration applied from now on.
+    pub fn tell_sync(&mut self, orders: watch::Sender<sync::Orders>) {
+        self.sync = Some(orders);
+        self.publish_sync();
+    }
+
+    /// Tells the sync daemon what runs: `sync:`, the timeouts, and what the maps hold.
+    fn publish_sync(&self) {
+        let Some(orders) = &self.sync else { return };
+        let config = self.running_config();
+        orders.send_replace(sync::Orders {
+            sync: config.and_then(|config| config.sync.clone()),
+            timeouts: self.timeouts(),
+            directory: Arc::new(self.sync_directory()),
+        });
+    }
+
+    /// What the maps hold, as the sync daemon translates by it.
+    pub fn sync_directory(&self) -> sync::Directory {
+        sync::Directory::new(self.written.services.clone(), self.written.reals.clone())
     }
 
     /// Like [`Director::apply`], for the maps alone, every real server healthy: the

@@ -35,9 +35,12 @@ use lb_common::{
     state,
 };
 
+use tokio::sync::mpsc;
+
 use crate::{
     config::Timeouts,
     dataplane::{Clock, ConnTable, Dataplane, LocalityTable, RealLoads, Table, TemplateTable},
+    sync::refresh,
 };
 
 pub mod locality;
@@ -59,6 +62,10 @@ pub struct Expiry {
     clock: Clock,
     real_loads: Arc<RealLoads>,
     counts: Arc<Counts>,
+    /// Where connections due for a refresh go (the sync daemon), and the time of the
+    /// last walk.
+    refreshes: Option<mpsc::Sender<Vec<(FlowKey, Conn)>>>,
+    last_walk: Option<u32>,
 }
 
 /// What the ager counted, for the metrics.
@@ -133,7 +140,14 @@ impl Expiry {
             clock: dataplane.clock()?,
             real_loads: dataplane.real_loads(),
             counts: Arc::default(),
+            refreshes: None,
+            last_walk: None,
         })
+    }
+
+    /// Has every walk hand the connections due for a refresh to the sync daemon.
+    pub fn refresh_to(&mut self, refreshes: mpsc::Sender<Vec<(FlowKey, Conn)>>) {
+        self.refreshes = Some(refreshes);
     }
 
     pub fn counts(&self) -> Arc<Counts> {
@@ -168,8 +182,15 @@ impl Expiry {
         // connection: only the others are looked at again.
         let mut candidates = Vec::new();
         let mut controlling = HashSet::new();
+        let mut refreshed = Vec::new();
+        let last_walk = self.last_walk.replace(now).filter(|_| self.refreshes.is_some());
         let entries = self.table.walk(|key, conn| {
             let stale = idle(now, conn) > timeouts.of(key.protocol, conn.state);
+            if let Some(last) = last_walk
+                && refresh::due(key, conn, timeouts, last, now)
+            {
+                refreshed.push((*key, *conn));
+            }
             // A connection is counted by its client entry (a reply entry whose client
             // entry is gone carries no more client packets).
             if !conn.is_reply() {
@@ -200,6 +221,10 @@ impl Expiry {
             }
         }
         self.reconcile(&counted, &held);
+        if let Some(refreshes) = self.refreshes.as_ref().filter(|_| !refreshed.is_empty()) {
+            // A daemon that is behind misses a round; the next period's slot comes.
+            let _ = refreshes.try_send(refreshed);
+        }
         let templates_expired = self.expire_templates(now, &ageing.persistence, &controlling)?;
         let (localities_expired, replicas_erased) = self.expire_localities(now, &ageing.locality)?;
         self.counts.entries.store(entries, Ordering::Relaxed);

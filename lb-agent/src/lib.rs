@@ -16,4 +16,5 @@ pub mod neighbour;
 pub mod offload;
 pub mod registry;
 pub mod sched;
+pub mod sync;
 pub mod systemd;

@@ -23,7 +23,7 @@ use lb_agent::{
     health::Down,
     metrics,
     neighbour::{self, Neighbours, Solicit},
-    systemd,
+    sync, systemd,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -56,6 +56,9 @@ struct Args {
     #[arg(long, requires = "detach")]
     pin_path: Option<PathBuf>,
 }
+
+/// Walks' worth of refreshes the sync daemon may be behind by.
+const SYNC_REFRESH_QUEUE: usize = 4;
 
 /// How often the real servers' links are checked and stale ones re-probed, besides
 /// the neighbour events that report changes at once.
@@ -112,14 +115,21 @@ async fn run(args: Args) -> Result<()> {
         tasks.spawn(ebpf_log(dataplane.logger(log::logger())?));
     }
     tasks.spawn(expiry::keep_time(dataplane.clock()?));
-    let expiry = Expiry::new(&dataplane)?;
-    let (director, down) = match saved {
+    let mut expiry = Expiry::new(&dataplane)?;
+    let daemon = sync::Daemon::new(&dataplane)?;
+    let sync_counts = daemon.counts();
+    let (refresh_to, refreshes) = tokio::sync::mpsc::channel(SYNC_REFRESH_QUEUE);
+    expiry.refresh_to(refresh_to);
+    let (mut director, down) = match saved {
         Some(saved) => Director::adopt(dataplane, saved)?,
         None => (Director::new(dataplane), Down::default()),
     };
+    let (orders, sync_orders) = tokio::sync::watch::channel(sync::Orders::default());
+    director.tell_sync(orders);
+    tasks.spawn(daemon.run(sync_orders, refreshes));
     let control = Arc::new(Control::new(Arc::new(Mutex::new(director)), Neighbours::connect()?, args.config));
     control.health().seed(&down);
-    let served = serve(&control, config, signals, tasks, expiry).await;
+    let served = serve(&control, config, signals, tasks, expiry, sync_counts).await;
     systemd::notify("STOPPING=1");
     log::info!(
         "stopping: lb_ingress stays attached and its maps pinned at {pin_dir}, forwarding as they are until an \
@@ -148,6 +158,7 @@ async fn serve(
     mut signals: Signals,
     mut tasks: JoinSet<Result<()>>,
     expiry: Expiry,
+    sync_counts: Arc<sync::Counts>,
 ) -> Result<()> {
     let (metrics_listen, api_socket, api_group) =
         (config.metrics_listen, config.api_socket.clone(), config.api_group.clone());
@@ -157,7 +168,13 @@ async fn serve(
     // Both sockets are bound before systemd hears the agent is ready.
     let metrics_listener = metrics::bind(metrics_listen).await?;
     let socket = Arc::new(ControlSocket::bind(api_socket, &api_group)?);
-    tasks.spawn(metrics::serve(metrics_listener, control.director_handle(), expiry.counts(), control.health()));
+    tasks.spawn(metrics::serve(
+        metrics_listener,
+        control.director_handle(),
+        expiry.counts(),
+        control.health(),
+        sync_counts,
+    ));
     let running = control.clone();
     tasks.spawn(expiry.run(move || running.director().ageing()));
     tasks.spawn(api::serve(socket, control.clone()));

@@ -4,11 +4,13 @@
 //!
 //! One scrape takes the director's lock once, to read a [`Scrape`]; the families are
 //! written from it: per service and real server (`services`), of the director as a
-//! whole (`director`), and the real servers' health (`health`).
+//! whole (`director`), the real servers' health (`health`), and connection
+//! synchronisation (`sync`).
 
 mod director;
 mod health;
 mod services;
+mod sync;
 
 use std::{
     net::SocketAddr,
@@ -50,9 +52,10 @@ pub async fn serve(
     director: Arc<Mutex<Director>>,
     expiry: Arc<expiry::Counts>,
     health: Arc<Health>,
+    sync: Arc<crate::sync::Counts>,
 ) -> Result<()> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(LbCollector { director, expiry, health }));
+    registry.register_collector(Box::new(LbCollector { director, expiry, health, sync }));
     let app = Router::new().route("/metrics", get(scrape)).with_state(Arc::new(registry));
     axum::serve(listener, app).await.context("serving metrics")
 }
@@ -69,6 +72,7 @@ struct LbCollector {
     director: Arc<Mutex<Director>>,
     expiry: Arc<expiry::Counts>,
     health: Arc<Health>,
+    sync: Arc<crate::sync::Counts>,
 }
 
 impl std::fmt::Debug for LbCollector {
@@ -88,6 +92,7 @@ impl Collector for LbCollector {
         director::connection_table(&mut encoder, &self.expiry, scrape.table_capacity)?;
         director::interfaces(&mut encoder, &scrape.interfaces)?;
         director::build_info(&mut encoder)?;
+        sync::encode(&mut encoder, &self.sync)?;
         health::encode(&mut encoder, &scrape.configured, &self.health)
     }
 }

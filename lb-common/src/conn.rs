@@ -61,7 +61,10 @@ pub struct Conn {
     /// The connection's TCP state (`state::*`, IPVS's table), the same in both entries
     /// of a NAT or Full-NAT connection; `state::NONE` for UDP.
     pub state: u8,
-    pub _pad: u8,
+    /// The client's packets seen, counted up to `sync::SYNC_THRESHOLD` in a client
+    /// entry (a connection without states is announced to the sync peers at that
+    /// packet); a reply's entry holds its client entry's first count.
+    pub packets: u8,
     /// When a packet of the flow was last seen, in seconds of the kernel's monotonic
     /// clock; the agent ages entries by it.
     pub last_seen: u32,
@@ -92,6 +95,56 @@ impl Conn {
     pub const fn awaits_toa(&self, data: bool) -> bool {
         let sent = if data { CONN_TOA_DONE } else { CONN_TOA_DONE | CONN_TOA_ACK };
         self.flags & (CONN_TOA | sent) == CONN_TOA
+    }
+}
+
+impl Conn {
+    /// Works out what the rewrites of a new NAT or Full-NAT connection change in its
+    /// packets' checksums (`address_delta`, `port_delta`): the same for every packet of
+    /// the flow, so each entry holds it and its packets only add it. The client's
+    /// packets of `flow` lose their destination (and, for Full-NAT, their source) for
+    /// this entry's; the replies get back what those took away, so `reply`'s changes
+    /// are the client's negated (in one's complement, every bit flipped). An IPv4
+    /// address's unused twelve bytes are zero on both sides, which adds nothing. The
+    /// data path opening a connection and the agent installing a synced one both
+    /// write them so.
+    #[inline(always)]
+    pub fn set_deltas(&mut self, flow: &FlowKey, reply: &mut Conn) {
+        let mut addresses = ones::replace(0, &flow.dst, &self.dst);
+        let mut ports = ones::replace(0, &flow.dst_port, &self.dst_port);
+        if self.forwarding == Forwarding::Fnat as u8 {
+            addresses = ones::replace(addresses, &flow.src, &self.src);
+            ports = ones::replace(ports, &flow.src_port, &self.src_port);
+        }
+        let all = ones::fold(u32::from(addresses) + u32::from(ports));
+        (self.address_delta, self.port_delta) = (addresses, all);
+        (reply.address_delta, reply.port_delta) = (!addresses, !all);
+    }
+}
+
+/// One's complement sums (RFC 1071, RFC 1624) of 16-bit words in the machine's byte
+/// order, as `bpf_csum_diff` sums: a one's complement sum is the same in either order,
+/// so a checksum field read and written in that order takes them as they are.
+mod ones {
+    /// `sum` with the change of replacing the `N` bytes `old` by `new` added (RFC 1624,
+    /// eqn. 3's `~m + m'`); `N` even.
+    #[inline(always)]
+    pub fn replace<const N: usize>(sum: u16, old: &[u8; N], new: &[u8; N]) -> u16 {
+        let mut sum = u32::from(sum);
+        let mut i = 0;
+        while i < N {
+            sum += u32::from(!u16::from_ne_bytes([old[i], old[i + 1]]))
+                + u32::from(u16::from_ne_bytes([new[i], new[i + 1]]));
+            i += 2;
+        }
+        fold(sum)
+    }
+
+    /// A 32-bit one's complement sum folded to 16 bits.
+    #[inline(always)]
+    pub fn fold(sum: u32) -> u16 {
+        let sum = (sum & 0xffff) + (sum >> 16);
+        ((sum & 0xffff) + (sum >> 16)) as u16
     }
 }
 

@@ -15,6 +15,7 @@ pub mod real;
 pub mod service;
 pub mod state;
 pub mod stats;
+pub mod sync;
 
 #[cfg(feature = "user")]
 mod pod;
@@ -57,7 +58,7 @@ pub const TAIL_CALL_TOA: u32 = 0;
 /// `lb_ingress` and `lb_toa` pass each other. An agent adopts only maps pinned by an
 /// agent of the same layout (they live under `pin_path`, in `layout-LAYOUT`), so a
 /// change to any of them must raise it.
-pub const LAYOUT: u32 = 1;
+pub const LAYOUT: u32 = 2;
 
 /// Names of the maps and programs in the object, shared so neither side spells them twice.
 pub mod names {
@@ -81,11 +82,13 @@ pub mod names {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const OPENING: &str = "OPENING";
     pub const TOA_WORK: &str = "TOA_WORK";
+    pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
+    pub const SYNC_SETTINGS: &str = "SYNC_SETTINGS";
 
     /// Every map of `lb_ingress` and `lb_toa`: all are pinned, so that a restarted
     /// agent's program shares every one with the program it replaces (the old
     /// `lb_ingress` tail-calls the new `lb_toa` for a moment: `TOA_WORK` too).
-    pub const PINNED: [&str; 18] = [
+    pub const PINNED: [&str; 20] = [
         TAIL_CALLS,
         INTERFACES,
         SERVICES,
@@ -104,5 +107,7 @@ pub mod names {
         FRAGMENTS,
         OPENING,
         TOA_WORK,
+        SYNC_EVENTS,
+        SYNC_SETTINGS,
     ];
 }

@@ -12,6 +12,7 @@ use crate::{
     real::RealServer,
     service::{SchedCursor, Service, ServiceKey},
     stats::Counters,
+    sync::SyncSettings,
 };
 
 unsafe impl aya::Pod for ServiceKey {}
@@ -29,3 +30,4 @@ unsafe impl aya::Pod for PersistKey {}
 unsafe impl aya::Pod for Persist {}
 unsafe impl aya::Pod for LocalityKey {}
 unsafe impl aya::Pod for Locality {}
+unsafe impl aya::Pod for SyncSettings {}

@@ -143,6 +143,9 @@ reasons! {
     /// removed: it ended at this packet, which went on as a new flow's (IPVS's
     /// `expire_nodest_conn`).
     NodestExpired = 25, "nodest_expired", note;
+    /// A connection the sync peers should have learnt of found the ring to the agent
+    /// full (the agent is behind); they learn of it at its next change or refresh.
+    SyncRingFull = 26, "sync_ring_full", note;
 }
 
 // Each reason's slot is its place in `ALL`, so the agent reads the slots in order.

@@ -23,7 +23,7 @@ const SOURCES: [&str; 11] = [
 ];
 
 /// `LAYOUT` and the fingerprint of `SOURCES` it was weighed for.
-const RECORDED: (u32, u64) = (1, 0x6d4a3ac203b6a498);
+const RECORDED: (u32, u64) = (2, 0xfd9ae039668cc3fe);
 
 /// FNV-1a over each file's code lines, trimmed.
 fn fingerprint() -> u64 {

@@ -4,17 +4,19 @@
 //! they open and change state.
 
 use lb_common::{
-    IPPROTO_TCP,
+    IPPROTO_TCP, IPPROTO_UDP,
     conn::{Conn, FlowKey, client_key, reply_key},
     real::{Forwarding, RealLoad},
     state::{self, Direction, ESTABLISHED},
     stats::Reason,
+    sync::{SYNC_THRESHOLD, announces},
 };
 
 use crate::{
     atomic,
     maps::{CLOCK, CONNS, REAL_LOAD},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    sync::{self, lb_sync_announce},
 };
 
 /// The entry of a known flow, in the map (its packets refresh it in place).
@@ -32,11 +34,16 @@ pub fn lookup(flow: &FlowKey) -> Option<&'static mut Conn> {
 pub fn touch(conn: &mut Conn, packet: &Packet) {
     let now = now();
     if conn.last_seen != now {
+        let quiet = now.wrapping_sub(conn.last_seen);
         conn.last_seen = now;
+        sync::after_quiet(&packet.flow, conn, quiet);
     }
     // An established connection's plain segments leave it established in every
     // table: decided without looking.
     let steady = conn.state == ESTABLISHED && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK;
+    if packet.flow.protocol == IPPROTO_UDP && conn.packets < SYNC_THRESHOLD {
+        count_packet(conn, &packet.flow);
+    }
     if packet.flow.protocol != IPPROTO_TCP || steady {
         return;
     }
@@ -62,9 +69,39 @@ fn change_state(conn: &mut Conn, flow: &FlowKey, state: u8) {
     conn.state = state;
     // Both entries of a NAT or Full-NAT connection hold its state, so the next segment
     // either way starts from it.
-    let partner = if conn.is_reply() { client_key(flow, conn) } else { reply_key(flow, conn) };
-    if let Some(partner) = partner.and_then(|key| lookup(&key)) {
-        partner.state = state;
+    let partner_key = if conn.is_reply() { client_key(flow, conn) } else { reply_key(flow, conn) };
+    let Some(partner_key) = partner_key else {
+        announce(flow, conn, state);
+        return;
+    };
+    let Some(partner) = lookup(&partner_key) else { return };
+    partner.state = state;
+    if conn.is_reply() {
+        announce(&partner_key, partner, state);
+    } else {
+        announce(flow, conn, state);
+    }
+}
+
+/// Tells the sync peers of the connection whose client entry is `conn` at `flow`, if
+/// its new `state` is one they must learn of.
+#[inline(always)]
+fn announce(flow: &FlowKey, conn: &Conn, state: u8) {
+    if announces(flow.protocol, state) {
+        lb_sync_announce(flow, conn);
+    }
+}
+
+/// Counts a stateless connection's client packet, the sync threshold's one announced.
+/// A function of its own: it runs on a connection's first packets only.
+#[inline(never)]
+fn count_packet(conn: &mut Conn, flow: &FlowKey) {
+    if conn.is_reply() {
+        return;
+    }
+    conn.packets += 1;
+    if conn.packets == SYNC_THRESHOLD {
+        lb_sync_announce(flow, conn);
     }
 }
 
@@ -163,7 +200,7 @@ pub fn plain(real: u32, service: u32, forwarding: u8, protocol: u8) -> Conn {
         forwarding,
         flags: 0,
         state: state::opening(protocol),
-        _pad: 0,
+        packets: 1,
         last_seen: now(),
         src: [0; 16],
         dst: [0; 16],

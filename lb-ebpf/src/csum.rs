@@ -54,11 +54,6 @@ impl Delta {
         Self(u32::from(bits))
     }
 
-    #[inline(always)]
-    pub fn bits(self) -> u16 {
-        self.0 as u16
-    }
-
     /// The change of replacing the `N` bytes `old` by `new` (`N` even, the bytes at an
     /// even offset of the summed data), summed here rather than by `bpf_csum_diff`, for
     /// bytes that are not in the frame.

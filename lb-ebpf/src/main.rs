@@ -21,6 +21,7 @@ mod persist;
 mod sched;
 mod service;
 mod stats;
+mod sync;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},

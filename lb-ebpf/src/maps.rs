@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
     CONN_TABLE_SIZE, LOCAL_ADDRESS_SLOTS, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS, TAIL_CALLS_LEN,
@@ -15,6 +15,7 @@ use lb_common::{
     real::{RealLoad, RealServer},
     service::{SchedCursor, Service, ServiceKey},
     stats::{Counters, Reason},
+    sync::{SYNC_RING_BYTES, SyncSettings},
 };
 
 /// The director's devices, by (attached interface, VLAN): what a frame that is the
@@ -70,6 +71,15 @@ pub static REAL_LOAD: Array<RealLoad> = Array::with_max_entries(MAX_REALS, BPF_F
 /// packet's time.
 #[map]
 pub static CLOCK: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Connections to announce to the sync peers (`lb_common::sync::SyncEvent`), which the
+/// agent drains while it is a sync master.
+#[map]
+pub static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(SYNC_RING_BYTES, 0);
+
+/// `[0]`: how the data path announces connections.
+#[map]
+pub static SYNC_SETTINGS: Array<SyncSettings> = Array::with_max_entries(1, 0);
 
 /// The ports of datagrams whose first fragment was forwarded, for the fragments that
 /// follow (which carry no ports).

@@ -40,6 +40,9 @@ pub fn check(config: &Config) -> Result<(), Invalid> {
         return Err(invalid("pin_path", format!("{} is not an absolute path", config.pin_path.display())));
     }
     check_timeouts(config)?;
+    if let Some(sync) = &config.sync {
+        super::sync::check(sync)?;
+    }
     if config.services.len() > MAX_SERVICES as usize {
         return Err(invalid("services", format!("at most {MAX_SERVICES} services fit")));
     }

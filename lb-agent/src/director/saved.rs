@@ -49,7 +49,7 @@ impl Director {
             last_weights: saved.last_weights.into_iter().collect(),
         };
         let down = Down(saved.down.into_iter().collect());
-        Ok((Self { dataplane, ids, written, running: None }, down))
+        Ok((Self { dataplane, ids, written, running: None, sync: None }, down))
     }
 
     /// Saves what the next agent needs to adopt the maps: `ids` (those the maps name,

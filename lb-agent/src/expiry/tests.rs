@@ -42,7 +42,7 @@ fn entry(forwarding: Forwarding, flags: u8, last_seen: u32, src: (&str, u16), ds
         flags,
         // Established, for TCP; a UDP connection's state is not looked at.
         state: ESTABLISHED,
-        _pad: 0,
+        packets: 1,
         last_seen,
         src: bytes(src.0),
         dst: bytes(dst.0),

@@ -52,26 +52,11 @@ fn rewritten_ends(entry: &Conn) -> (bool, bool) {
     (entry.is_reply() || fnat, !entry.is_reply() || fnat)
 }
 
-/// Works out what the rewrites of a new connection change in its packets' checksums
-/// (`Conn::address_delta`, `Conn::port_delta`): the same for every packet of the
-/// flow, so each entry holds it and its packets only add it. The client's packets of
-/// `flow` lose their destination (and, for Full-NAT, their source) for `conn`'s; the
-/// replies get back what those took away, so the reply's changes are the client's
-/// negated (in one's complement, every bit flipped). An IPv4 address's unused twelve
-/// bytes are zero on both sides, which adds nothing. A function of its own: in
-/// Full-NAT's search for a local port, LLVM would otherwise keep parts of it across
-/// the tries, on the stack.
+/// `Conn::set_deltas`, a function of its own: in Full-NAT's search for a local port,
+/// LLVM would otherwise keep parts of it across the tries, on the stack.
 #[inline(never)]
 pub fn set_deltas(flow: &FlowKey, conn: &mut Conn, reply: &mut Conn) {
-    let mut addresses = Delta::default().replace_bytes(&flow.dst, &conn.dst);
-    let mut ports = Delta::default().replace(flow.dst_port, conn.dst_port);
-    if conn.forwarding == Forwarding::Fnat as u8 {
-        addresses = addresses.replace_bytes(&flow.src, &conn.src);
-        ports = ports.replace(flow.src_port, conn.src_port);
-    }
-    let all = addresses.and(ports);
-    (conn.address_delta, conn.port_delta) = (addresses.bits(), all.bits());
-    (reply.address_delta, reply.port_delta) = (!addresses.bits(), !all.bits());
+    conn.set_deltas(flow, reply);
 }
 
 /// How much of a packet a rewrite changes.
