@@ -59,6 +59,11 @@ pub enum Change {
     DeleteReal { service: ServiceRef, real: RealRef },
     /// ipvsadm --set: the keys of `set` replace the timeouts'.
     SetTimeouts { set: Map<String, Value> },
+    /// ipvsadm --start-daemon: `state` (`master` or `backup`) runs besides what runs; the
+    /// keys of `set` (`interface`, `syncid`, `group`, `port`) replace the `sync:` block's.
+    StartDaemon { state: String, set: Map<String, Value> },
+    /// ipvsadm --stop-daemon: `state`'s daemon stops.
+    StopDaemon { state: String },
     /// A whole configuration (YAML, as the file) replaces the running one.
     Replace { yaml: String },
 }

@@ -42,7 +42,7 @@ fn execute(socket: &Path, invocation: &Invocation) -> Result<(), Refusal> {
             done(socket, &Request::Change { changes: restore(&input)? })?;
         }
         Command::StartDaemon | Command::StopDaemon => {
-            return Err(refused(2, "connection synchronisation (the sync daemon) is not supported yet"));
+            done(socket, &Request::Change { changes: vec![changes::daemon(invocation)?] })?;
         }
         _ => done(socket, &Request::Change { changes: vec![changes::change(invocation)?] })?,
     }
@@ -82,7 +82,11 @@ fn list(socket: &Path, invocation: &Invocation) -> Result<(), Refusal> {
         return Ok(());
     }
     if invocation.has(opt::DAEMON) {
-        // No sync daemon runs: ipvsadm prints nothing.
+        let yaml = match call(socket, &Request::Config, 1)? {
+            Response::Config { yaml } => yaml,
+            other => return Err(unexpected(other, 1)),
+        };
+        print!("{}", list::daemons(&yaml).map_err(|err| refused(1, err))?);
         return Ok(());
     }
     changes::refuse_unsupported(invocation)?;

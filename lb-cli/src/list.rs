@@ -199,6 +199,34 @@ pub fn endpoint(address: IpAddr, port: u16) -> String {
     }
 }
 
+/// `-L --daemon`: a line per sync daemon that runs, as ipvsadm prints them, from the
+/// running configuration's `sync:` block (YAML).
+pub fn daemons(config: &str) -> Result<String, String> {
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(config).map_err(|err| format!("reading the configuration: {err}"))?;
+    let Some(sync) = config.get("sync") else { return Ok(String::new()) };
+    let text = |key: &str, default: &str| match sync.get(key) {
+        Some(serde_yaml::Value::String(value)) => value.clone(),
+        Some(serde_yaml::Value::Number(value)) => value.to_string(),
+        _ => default.to_owned(),
+    };
+    let role = text("role", "none");
+    let settings = format!(
+        "mcast={}, syncid={}, group={}, port={}",
+        text("interface", ""),
+        text("syncid", "0"),
+        text("group", "224.0.0.81"),
+        text("port", "8848")
+    );
+    let states: &[&str] = match role.as_str() {
+        "master" => &["master"],
+        "backup" => &["backup"],
+        "both" => &["master", "backup"],
+        _ => &[],
+    };
+    Ok(states.iter().map(|state| format!("{state} sync daemon ({settings})\n")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use lb_api::RealStatus;

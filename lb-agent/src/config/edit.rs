@@ -8,7 +8,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use lb_api::{Change, Map, RealRef, ServiceRef, Value};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Config, Real, VirtualService, validate};
+use super::{
+    Config, Real, VirtualService,
+    sync::{Role, Sync},
+    validate,
+};
 
 /// `config` with every change made, in order, and checked as a whole.
 pub fn apply(config: &Config, changes: &[Change]) -> Result<Config> {
@@ -68,9 +72,39 @@ fn apply_one(mut config: Config, change: &Change) -> Result<Config> {
             target.reals.remove(at);
         }
         Change::SetTimeouts { set } => config.timeouts = merged(&config.timeouts, set).context("timeouts")?,
+        Change::StartDaemon { state, set } => config.sync = Some(started(config.sync.take(), state, set)?),
+        Change::StopDaemon { state } => {
+            let mut sync = config.sync.take().context("no sync daemon runs")?;
+            sync.role = sync.role.without(daemon_state(state)?);
+            config.sync = Some(sync);
+        }
         Change::Replace { yaml } => return Ok(Config::parse(yaml, Path::new("(the configuration given)"))?),
     }
     Ok(config)
+}
+
+/// The `sync:` block once `state`'s daemon starts with the settings `set`: a new block
+/// needs its interface (ipvsadm's `--mcast-interface`); the rest keeps IPVS's defaults.
+fn started(sync: Option<Sync>, state: &str, set: &Map<String, Value>) -> Result<Sync> {
+    let state = daemon_state(state)?;
+    let mut sync = match sync {
+        Some(sync) => merged(&sync, set).context("sync")?,
+        None => {
+            let mut fields = set.clone();
+            fields.insert("role".into(), Value::String(state.to_string()));
+            read(Value::Object(fields)).context("sync (a new sync daemon needs --mcast-interface)")?
+        }
+    };
+    sync.role = sync.role.with(state);
+    Ok(sync)
+}
+
+fn daemon_state(state: &str) -> Result<Role> {
+    match state {
+        "master" => Ok(Role::Master),
+        "backup" => Ok(Role::Backup),
+        other => bail!("`{other}` is not a sync daemon's state: master or backup"),
+    }
 }
 
 /// A service from an `add`: named after its address when it has no name (ipvsadm's

@@ -40,6 +40,36 @@ pub fn service_ref(service: &Service) -> ServiceRef {
     }
 }
 
+/// `--start-daemon` / `--stop-daemon`: the sync daemon's state, and for a start the
+/// settings written (`--mcast-interface`, `--syncid`, `--mcast-group`, `--mcast-port`).
+pub fn daemon(invocation: &Invocation) -> Result<Change, Refusal> {
+    for (option, what) in [
+        (opt::MCAST_TTL, "--mcast-ttl (sync datagrams go one hop)"),
+        (opt::SYNC_MAXLEN, "--sync-maxlen (a datagram holds at most 15 connections, 1384 bytes)"),
+    ] {
+        if invocation.has(option) {
+            return Err(refusal(format!("{what} is not supported by this load balancer")));
+        }
+    }
+    let state = invocation.values.first().cloned().unwrap_or_default();
+    if !matches!(state.as_str(), "master" | "backup") {
+        return Err(refusal(format!("invalid daemon state `{state}`: master or backup")));
+    }
+    if invocation.command == Some(Command::StopDaemon) {
+        return Ok(Change::StopDaemon { state });
+    }
+    let mut set = Map::new();
+    for (key, value) in &invocation.daemon {
+        let value = match *key {
+            "syncid" => json!(value.parse::<u8>().map_err(|_| refusal(format!("--syncid {value}: 0 to 255")))?),
+            "port" => json!(value.parse::<u16>().map_err(|_| refusal(format!("--mcast-port {value}: a port")))?),
+            _ => json!(value),
+        };
+        set.insert((*key).to_owned(), value);
+    }
+    Ok(Change::StartDaemon { state, set })
+}
+
 /// What ipvsadm can ask and this load balancer cannot do (yet), said plainly.
 pub fn refuse_unsupported(invocation: &Invocation) -> Result<(), Refusal> {
     let unsupported = [
@@ -180,6 +210,23 @@ mod tests {
     fn change_of(line: &str) -> Change {
         let args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         change(&parse(&args).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn start_and_stop_daemon_say_the_state_and_settings() {
+        let args = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let daemon_of = |line: &str| daemon(&parse(&args(line)).unwrap());
+        let Ok(Change::StartDaemon { state, set }) =
+            daemon_of("--start-daemon master --mcast-interface eth1 --syncid 7 --mcast-group 239.255.77.1")
+        else {
+            panic!()
+        };
+        assert_eq!(state, "master");
+        assert_eq!(Value::Object(set), json!({ "interface": "eth1", "syncid": 7, "group": "239.255.77.1" }));
+        assert_eq!(daemon_of("--stop-daemon backup"), Ok(Change::StopDaemon { state: "backup".into() }));
+        assert!(daemon_of("--start-daemon primary").unwrap_err().message.contains("master or backup"));
+        assert!(daemon_of("--start-daemon master --syncid 300").unwrap_err().message.contains("0 to 255"));
+        assert!(daemon_of("--start-daemon master --mcast-ttl 2").unwrap_err().message.contains("one hop"));
     }
 
     #[test]

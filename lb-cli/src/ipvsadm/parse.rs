@@ -213,6 +213,8 @@ pub struct Invocation {
     pub tunnel_type: Option<String>,
     /// `--set`'s three timeouts, `--start-daemon`'s role.
     pub values: Vec<String>,
+    /// `--start-daemon`'s settings: (the `sync:` block's key, the value written).
+    pub daemon: Vec<(&'static str, String)>,
 }
 
 impl Invocation {
@@ -411,6 +413,10 @@ fn read_option(invocation: &mut Invocation, option: &str, words: &mut Words) -> 
             opt::SCHED_FLAGS => invocation.sched_flags = Some(value),
             opt::TUN_TYPE => invocation.tunnel_type = Some(value),
             opt::MATCH => invocation.matches.push(value),
+            opt::MCAST_INTERFACE => invocation.daemon.push(("interface", value)),
+            opt::SYNCID => invocation.daemon.push(("syncid", value)),
+            opt::MCAST_GROUP => invocation.daemon.push(("group", value)),
+            opt::MCAST_PORT => invocation.daemon.push(("port", value)),
             _ => {}
         }
         return Ok(());

@@ -4,7 +4,7 @@ use lb_api::{Change, Map, RealRef, ServiceRef, Value};
 use serde_json::json;
 
 use super::apply;
-use crate::config::{Config, Scheduler};
+use crate::config::{Config, Scheduler, sync::Role};
 
 const RUNNING: &str = "\
 interfaces: [{ name: eth0 }]
@@ -117,4 +117,30 @@ fn where_the_socket_and_metrics_are_is_not_lbctls_to_change() {
     let moved = RUNNING.replace("interfaces:", "api_group: users\ninterfaces:");
     let refused = refusal(&[Change::Replace { yaml: moved }]);
     assert_eq!(refused, "api_group is set in the configuration file by root, not through lbctl");
+}
+
+#[test]
+fn start_and_stop_daemon_change_the_sync_role_as_ipvsadm_does() {
+    let dir = std::env::temp_dir().join(format!("lb-edit-sync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("sync.key");
+    std::fs::write(&key, "00112233445566778899aabbccddeeff").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let start = |state: &str, set: Value| Change::StartDaemon { state: state.into(), set: fields(set) };
+    let stop = |state: &str| Change::StopDaemon { state: state.into() };
+    let first = start("master", json!({ "interface": "eth1", "syncid": 7, "key_file": key }));
+    let config = apply(&running(), &[first]).unwrap();
+    let sync = config.sync.clone().unwrap();
+    assert_eq!((sync.role, sync.interface.as_str(), sync.syncid, sync.port), (Role::Master, "eth1", 7, 8848));
+    let both = apply(&config, &[start("backup", json!({}))]).unwrap();
+    assert_eq!(both.sync.as_ref().unwrap().role, Role::Both);
+    let backup = apply(&both, &[stop("master")]).unwrap();
+    assert_eq!(backup.sync.as_ref().unwrap().role, Role::Backup);
+    assert_eq!(apply(&backup, &[stop("backup")]).unwrap().sync.unwrap().role, Role::None);
+    let without_interface = refusal(&[start("master", json!({}))]);
+    assert!(without_interface.contains("--mcast-interface"), "{without_interface}");
+    assert!(refusal(&[stop("master")]).contains("no sync daemon runs"));
+    let without_key = refusal(&[start("master", json!({ "interface": "eth1", "key_file": dir.join("none") }))]);
+    assert!(without_key.contains("sync.key_file"), "{without_key}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
