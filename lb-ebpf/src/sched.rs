@@ -19,7 +19,7 @@
 use aya_ebpf::{cty::c_void, helpers::bpf_loop};
 use aya_log_ebpf::debug;
 use lb_common::{
-    FAMILY_IPV4,
+    FAMILY_IPV4, IPPROTO_TCP,
     conn::FlowKey,
     service::{
         HASH_BUCKETS, NO_REAL, SERVICE_MH_FALLBACK, SERVICE_MH_PORT, SERVICE_SH_FALLBACK, SERVICE_SH_PORT,
@@ -31,20 +31,34 @@ use lb_common::{
 use crate::{
     atomic, locality,
     maps::{REAL_LOAD, SCHED_CURSOR, SCHED_RING},
-    parse::Packet,
+    parse::{Packet, TCP_ACK, TCP_RST, TCP_SYN},
 };
 
 /// A real server (its id) for the first packet of a flow. Only a packet that may open
-/// a connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS.
+/// a connection (any UDP datagram, a TCP SYN without RST) gets one, as in IPVS, or one
+/// that [`picks_up`] a connection opened elsewhere.
 #[inline(always)]
 pub fn new_connection(packet: &Packet, service: &Service) -> Result<u32, Reason> {
-    if !packet.opens_connection {
+    if !packet.opens_connection && !picks_up(packet, service) {
         return Err(Reason::NoConnection);
     }
     match lb_schedule(&packet.flow, service) {
         NO_REAL => Err(Reason::NoRealServer),
         real => Ok(real),
     }
+}
+
+/// Whether a TCP segment of a flow this director does not know (another director
+/// opened it, and an ECMP path moved or that director died) takes the scheduler's
+/// choice: mh, sh and dh choose by the flow and the configuration alone, so every
+/// director with the same configuration made the choice the connection opened with,
+/// and it goes on (IPVS's `sloppy_tcp`; Katran's balancer always does). Any other
+/// scheduler would send it to a real server that never saw its SYN. Never a RST.
+#[inline(always)]
+fn picks_up(packet: &Packet, service: &Service) -> bool {
+    packet.flow.protocol == IPPROTO_TCP
+        && packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
+        && matches!(Scheduler::from_u8(service.scheduler), Some(Scheduler::Mh | Scheduler::Sh | Scheduler::Dh))
 }
 
 /// The scheduler's choice for a new connection of `flow` to `service`, `NO_REAL` for

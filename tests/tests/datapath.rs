@@ -458,6 +458,26 @@ fn only_a_syn_opens_a_tcp_connection() {
 }
 
 #[test]
+fn mh_sh_and_dh_pick_up_a_connection_another_director_opened() {
+    for scheduler in ["mh", "sh", "dh"] {
+        let services = web([1, 1, 1]).replace("wrr", scheduler);
+        // Two directors with the same configuration: one saw the SYN, the other only
+        // what follows (an ECMP path moved).
+        let (opened_on, moved_to) = (Bed::new(&services), Bed::new(&services));
+        for port in 47000..47020 {
+            let flow = |flags, payload: &[u8]| packet::tcp_frame(client(VIP4, port), sock(VIP4, 80), flags, payload);
+            let real = opened_on.real_of(&flow(TCP_SYN, b""));
+            let data = flow(TCP_ACK, b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!(moved_to.real_of(&data), real, "{scheduler} port {port}: the same real server");
+            assert_eq!(moved_to.real_of(&flow(TCP_ACK | TCP_FIN, b"")), real, "{scheduler}: and it stays there");
+        }
+        assert_eq!(moved_to.status("web4").stats.conns, 20, "{scheduler}: each picked up once");
+        let reset = packet::tcp_frame(client(VIP4, 48000), sock(VIP4, 80), TCP_RST, b"");
+        assert_eq!(moved_to.run(&reset).0, XDP_DROP, "{scheduler}: a RST opens nothing");
+    }
+}
+
+#[test]
 fn a_frame_for_another_host_passes_and_is_not_remembered() {
     let bed = Bed::new(&web([1, 1, 1]));
     let syn = packet::tcp_frame(client(VIP4, 46000), sock(VIP4, 80), TCP_SYN, b"");
