@@ -238,18 +238,7 @@ impl Lab {
 
     /// Starts real server `i`'s nginx (again).
     pub fn start_nginx(&self, i: usize) -> Result<()> {
-        let real = &self.reals[i];
-        let log =
-            fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{}-nginx.log", real.name)))?;
-        let child = real
-            .netns
-            .command("nginx")
-            .args(["-p", &self.dir.to_string_lossy(), "-c", &self.nginx_conf_of(i).to_string_lossy()])
-            .args(["-e", &self.dir.join(format!("{}-error.log", real.name)).to_string_lossy()])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting nginx (is nginx-light installed? run `cargo xtask setup`)")?;
+        let child = spawn_nginx(&self.reals[i], &self.nginx_conf_of(i), &self.dir)?;
         let mut nginx = self.nginx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let len = nginx.len().max(i + 1);
         nginx.resize_with(len, || None);
@@ -267,14 +256,7 @@ impl Lab {
     }
 
     fn wait_for_servers(&self) -> Result<()> {
-        for real in &self.reals {
-            let url = format!("http://{}:{MAPPED_HTTP_PORT}/", real.ipv4);
-            wait_until(Duration::from_secs(10), &format!("{} to serve HTTP", real.name), || {
-                let served = real.netns.command("curl").args(["--silent", "--max-time", "2", &url]).output()?;
-                Ok(served.stdout == real.name.as_bytes())
-            })?;
-        }
-        Ok(())
+        self.reals.iter().try_for_each(wait_for_http)
     }
 
     /// `count` HTTP GETs of `url` from the client, each on a connection of its own (so
@@ -324,12 +306,7 @@ impl Lab {
 
     /// A TCP connection from the client to `address`, held open by the caller.
     pub fn connect(&self, address: SocketAddr) -> Result<KeptAlive> {
-        let stream = self.client.netns.within(|| {
-            TcpStream::connect_timeout(&address, Duration::from_secs(5))
-                .with_context(|| format!("connecting to {address}"))
-        })?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(KeptAlive { reader: BufReader::new(stream) })
+        self.client.netns.within(|| KeptAlive::connect(address))
     }
 
     /// The standard configuration: an IPv4 and an IPv6 web service (TCP) and DNS-like
@@ -482,38 +459,9 @@ impl Lab {
         with_pin_line(yaml, &format!("pin_path: {}", self.pin_path().display()))
     }
 
-    /// Starts `agent` (an lb-agent binary) on the director with the configuration file
-    /// `config`, and waits until it answers on `socket`. It logs to `config` with the
-    /// extension `log` (appending: each agent's own part is its [`Agent::log_text`]).
-    /// The returned agent takes the director out of service (`--detach`) when dropped.
+    /// [`run_agent`] on the director.
     pub fn run_agent(&self, agent: &Path, config: &Path, socket: &Path, args: &[&str]) -> Result<Agent> {
-        let log_path = config.with_extension("log");
-        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let before = fs::metadata(&log_path)?.len() as usize;
-        let child = self
-            .director
-            .netns
-            .command(&agent.to_string_lossy())
-            .args(["--config", &config.to_string_lossy()])
-            .args(args)
-            .env("RUST_LOG", "info,netlink_packet_route=error")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting lb-agent")?;
-        let detach = Some(self.director.netns.command(&agent.to_string_lossy()));
-        let text = fs::read_to_string(config)?;
-        let pin_path = text.lines().find(|line| line.starts_with("pin_path:")).map(str::to_owned);
-        let mut agent = Agent { child, config: config.to_owned(), log: log_path, log_start: before, detach, pin_path };
-        wait_until(Duration::from_secs(15), "lb-agent to answer on its socket", || {
-            if let Some(status) = agent.child.try_wait()? {
-                agent.detach = None;
-                bail!("lb-agent exited ({status}):\n{}", agent.log_text());
-            }
-            Ok(lb_api::call(socket, &lb_api::Request::List).is_ok())
-        })?;
-        Ok(agent)
+        run_agent(&self.director.netns, agent, config, socket, args)
     }
 
     /// Runs a command on the director (metrics with curl, lbctl, ...); returns stdout.
@@ -535,6 +483,38 @@ impl Lab {
     }
 }
 
+/// Starts `agent` (an lb-agent binary) in `netns` with the configuration file `config`,
+/// and waits until it answers on `socket`. It logs to `config` with the extension `log`
+/// (appending: each agent's own part is its [`Agent::log_text`]). The returned agent
+/// takes that director out of service (`--detach`) when dropped.
+pub fn run_agent(netns: &Netns, agent: &Path, config: &Path, socket: &Path, args: &[&str]) -> Result<Agent> {
+    let log_path = config.with_extension("log");
+    let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let before = fs::metadata(&log_path)?.len() as usize;
+    let child = netns
+        .command(&agent.to_string_lossy())
+        .args(["--config", &config.to_string_lossy()])
+        .args(args)
+        .env("RUST_LOG", "info,netlink_packet_route=error")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting lb-agent")?;
+    let detach = Some(netns.command(&agent.to_string_lossy()));
+    let text = fs::read_to_string(config)?;
+    let pin_path = text.lines().find(|line| line.starts_with("pin_path:")).map(str::to_owned);
+    let mut agent = Agent { child, config: config.to_owned(), log: log_path, log_start: before, detach, pin_path };
+    wait_until(Duration::from_secs(15), "lb-agent to answer on its socket", || {
+        if let Some(status) = agent.child.try_wait()? {
+            agent.detach = None;
+            bail!("lb-agent exited ({status}):\n{}", agent.log_text());
+        }
+        Ok(lb_api::call(socket, &lb_api::Request::List).is_ok())
+    })?;
+    Ok(agent)
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let nginx = self.nginx.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -552,6 +532,19 @@ pub struct KeptAlive {
 }
 
 impl KeptAlive {
+    /// Connects to `address` from the calling thread's namespace.
+    pub fn connect(address: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Self { reader: BufReader::new(stream) })
+    }
+
+    /// The client's port of this connection.
+    pub fn local_port(&self) -> Result<u16> {
+        Ok(self.reader.get_ref().local_addr()?.port())
+    }
+
     /// One GET on this connection; returns the body (the real server's name).
     pub fn get(&mut self) -> Result<String> {
         self.reader.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
@@ -670,13 +663,13 @@ impl Drop for Agent {
 
 /// An Ethernet segment of the lab: a bridge of the switch, and its subnets
 /// 198.18.SUBNET.0/24 and 2001:db8:SUBNET::/64.
-struct Segment {
-    bridge: &'static str,
-    subnet: u8,
+pub struct Segment {
+    pub bridge: &'static str,
+    pub subnet: u8,
 }
 
 /// A host namespace with `eth0` plugged into `segment`.
-fn plug(switch: &Netns, prefix: &str, name: &str, segment: &Segment, last: u8) -> Result<Host> {
+pub fn plug(switch: &Netns, prefix: &str, name: &str, segment: &Segment, last: u8) -> Result<Host> {
     let netns = Netns::create(format!("{prefix}-{name}"))?;
     create_port(switch, &netns, "eth0", name, segment)?;
     host_on_eth0(netns, name, segment.subnet, last)
@@ -684,7 +677,7 @@ fn plug(switch: &Netns, prefix: &str, name: &str, segment: &Segment, last: u8) -
 
 /// An interface `device` of `netns` on `segment` (its switch-side end named
 /// `switch_port`), not addressed yet.
-fn create_port(switch: &Netns, netns: &Netns, device: &str, switch_port: &str, segment: &Segment) -> Result<()> {
+pub fn create_port(switch: &Netns, netns: &Netns, device: &str, switch_port: &str, segment: &Segment) -> Result<()> {
     Command::new("ip")
         .args(["link", "add", device, "netns", netns.name(), "type", "veth", "peer", "name", switch_port])
         .args(["netns", switch.name()])
@@ -707,7 +700,7 @@ pub fn host_on_eth0(netns: Netns, name: &str, subnet: u8, last: u8) -> Result<Ho
 
 /// Addresses `device` of `netns` with 198.18.`subnet`.`last`/24 and
 /// 2001:db8:`subnet`::`last`/64, brings it up, and has it compute its checksums in full.
-fn address(netns: &Netns, device: &str, subnet: u8, last: u8) -> Result<(Ipv4Addr, Ipv6Addr)> {
+pub fn address(netns: &Netns, device: &str, subnet: u8, last: u8) -> Result<(Ipv4Addr, Ipv6Addr)> {
     let ipv4 = Ipv4Addr::new(198, 18, subnet, last);
     // 2001:db8:1::11 beside 198.18.1.11: the groups read as the IPv4 bytes do.
     let group = |byte: u8| u16::from_str_radix(&byte.to_string(), 16).expect("decimal digits are hex digits");
@@ -751,7 +744,7 @@ pub fn big_file() -> Vec<u8> {
 
 /// `xdp_pass` on the switch side of `port`: without an XDP program there, the kernel
 /// drops what the director sends with `XDP_TX`.
-fn attach_veth_helper(switch: &Netns, port: &str) -> Result<Ebpf> {
+pub fn attach_veth_helper(switch: &Netns, port: &str) -> Result<Ebpf> {
     let mut ebpf = Ebpf::load(lb_agent::dataplane::TESTBED_OBJECT).context("loading the test bed object")?;
     let program: &mut Xdp = ebpf.program_mut("xdp_pass").context("no xdp_pass in the test bed object")?.try_into()?;
     program.load()?;
@@ -762,7 +755,32 @@ fn attach_veth_helper(switch: &Netns, port: &str) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-fn nginx_conf(name: &str, dir: &Path) -> String {
+/// Starts nginx on `real` with the configuration file `conf` (from [`nginx_conf`]),
+/// logging into `dir`.
+pub fn spawn_nginx(real: &Host, conf: &Path, dir: &Path) -> Result<Child> {
+    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}-nginx.log", real.name)))?;
+    real.netns
+        .command("nginx")
+        .args(["-p", &dir.to_string_lossy(), "-c", &conf.to_string_lossy()])
+        .args(["-e", &dir.join(format!("{}-error.log", real.name)).to_string_lossy()])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting nginx (is nginx-light installed? run `cargo xtask setup`)")
+}
+
+/// Waits until `real`'s nginx answers with its name (asked on its own address).
+pub fn wait_for_http(real: &Host) -> Result<()> {
+    let url = format!("http://{}:{MAPPED_HTTP_PORT}/", real.ipv4);
+    wait_until(Duration::from_secs(10), &format!("{} to serve HTTP", real.name), || {
+        let served = real.netns.command("curl").args(["--silent", "--max-time", "2", &url]).output()?;
+        Ok(served.stdout == real.name.as_bytes())
+    })
+}
+
+/// nginx's configuration for a real server called `name` whose files are in `dir`: it
+/// answers `/` with its name.
+pub fn nginx_conf(name: &str, dir: &Path) -> String {
     let dir = dir.display();
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/{name}-nginx.pid;\n\
@@ -824,7 +842,7 @@ fn with_pin_line(yaml: &str, line: &str) -> String {
 }
 
 /// Mounts a BPF file system of the lab's own at `dir/bpffs` (for the agent's pins).
-fn mount_bpf_fs(dir: &Path) -> Result<()> {
+pub fn mount_bpf_fs(dir: &Path) -> Result<()> {
     let mount_point = dir.join("bpffs");
     fs::create_dir_all(&mount_point)?;
     netns::run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&mount_point))
@@ -834,7 +852,7 @@ fn mount_bpf_fs(dir: &Path) -> Result<()> {
 
 /// Removes a lab's scratch folder: its BPF file system (with any pins left in it),
 /// the agent's state saved for those pins, and the folder.
-fn remove_scratch(dir: &Path) {
+pub fn remove_scratch(dir: &Path) {
     let _ = Command::new("umount").arg("--lazy").arg(dir.join("bpffs")).stderr(Stdio::null()).status();
     let _ = fs::remove_dir_all(Path::new("/run/lb/state").join(dir.strip_prefix("/").unwrap_or(dir)));
     let _ = fs::remove_dir_all(dir);

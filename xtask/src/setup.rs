@@ -13,7 +13,9 @@ const NIGHTLY_LLVM_MAJOR: &str = "22";
 /// bpftool (inspecting maps), openssl (certificates for https checks), prometheus (its
 /// promtool checks deploy/'s scrape configuration and alert rules; on a host where
 /// systemd runs, the package also starts a Prometheus server of its own on port 9090),
-/// systemd (systemd-analyze verifies the unit).
+/// systemd (systemd-analyze verifies the unit), keepalived (VRRP between an
+/// active/standby pair of directors in the high-availability lab, `deploy/keepalived/`)
+/// and bird2 (BGP from active-active directors to an ECMP router there, `deploy/bird/`).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -26,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "openssl",
     "systemd",
+    "keepalived",
+    "bird2",
 ];
 
 pub fn ensure() -> Result<()> {
