@@ -186,19 +186,28 @@ impl Daemon {
                 }
                 ready = self.events.readable_mut(), if sender.is_some() => {
                     ready.context("waiting for SYNC_EVENTS")?.clear_ready();
-                    let records = self.drain(&directory)?;
-                    self.send(running.as_ref(), &records).await;
+                    match self.drain(&directory) {
+                        Ok(records) => self.send(running.as_ref(), &records).await,
+                        Err(err) => log::warn!("sync: reading the announced connections: {err:#}"),
+                    }
                 }
                 Some(refreshed) = refreshes.recv() => {
                     if sender.is_some() {
-                        let records = self.records_of(&refreshed, &directory)?;
-                        self.send(running.as_ref(), &records).await;
+                        match self.records_of(&refreshed, &directory) {
+                            Ok(records) => self.send(running.as_ref(), &records).await,
+                            Err(err) => log::warn!("sync: refreshing connections: {err:#}"),
+                        }
                     }
                 }
                 received = recv(receiver, &mut buffer) => {
-                    let (length, from) = received.context("receiving sync datagrams")?;
-                    if let Some(running) = &running {
-                        self.receive(running, &buffer[..length], from, &directory, &timeouts)?;
+                    // A daemon that stops on one bad moment would stop the agent: each
+                    // failure is logged, and the next datagram tried.
+                    let done = received.map_err(anyhow::Error::from).and_then(|(length, from)| {
+                        let running = running.as_ref().context("no socket")?;
+                        self.receive(running, &buffer[..length], from, &directory, &timeouts)
+                    });
+                    if let Err(err) = done {
+                        log::warn!("sync: receiving: {err:#}");
                     }
                 }
                 _ = tick.tick() => self.age_pending(&timeouts),

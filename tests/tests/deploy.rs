@@ -161,7 +161,11 @@ fn systemd_accepts_the_unit_and_it_keeps_the_state_of_the_pins_across_stops() ->
 }
 
 fn tempdir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("lb-deploy-test-{}", std::process::id()));
+    // One of its own per call: the tests of this file run at once, and each removes its
+    // directory when done.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("lb-deploy-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
