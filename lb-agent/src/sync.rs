@@ -299,6 +299,12 @@ impl Daemon {
         let now = self.clock.read()?;
         match install::entries(record, now, directory) {
             Ok(Entries::Connection { client, reply }) => {
+                // An entry fresher than the record (this director forwards the
+                // connection now, or heard of it later) stays: with `role: both` a
+                // peer's refresh may echo what it once learnt from here.
+                if self.conns.get(&client.0)?.is_some_and(|held| held.last_seen > client.1.last_seen) {
+                    return Ok(true);
+                }
                 // The reply's entry first, as the data path writes them: a packet
                 // never leaves without what its reply needs.
                 if let Some((key, entry)) = reply {
