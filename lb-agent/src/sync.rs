@@ -179,7 +179,6 @@ impl Daemon {
                         return Ok(());
                     }
                     (directory, timeouts) = (next.directory.clone(), next.timeouts);
-                    orders.borrow_and_update();
                     let announce = u32::from(sender.is_some());
                     self.switch.set(SyncSettings { announce, quiet: refresh::quiet(&timeouts) })?;
                     self.bind_pending(&directory, &timeouts);

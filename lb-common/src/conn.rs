@@ -86,6 +86,27 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A client entry with nothing rewritten (direct routing, tunnels; NAT and Full-NAT
+    /// add theirs), in `state`, `packets` counted, last seen at `last_seen`: what the
+    /// data path opens a connection with and the sync installer starts from.
+    pub const fn plain(real: u32, service: u32, forwarding: u8, state: u8, packets: u8, last_seen: u32) -> Self {
+        Self {
+            real,
+            service,
+            forwarding,
+            flags: 0,
+            state,
+            packets,
+            last_seen,
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: [0; 2],
+            dst_port: [0; 2],
+            address_delta: 0,
+            port_delta: 0,
+        }
+    }
+
     pub const fn is_reply(&self) -> bool {
         self.flags & CONN_REPLY != 0
     }

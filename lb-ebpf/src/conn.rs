@@ -194,19 +194,5 @@ pub fn now() -> u32 {
 /// `protocol` opening now.
 #[inline(always)]
 pub fn plain(real: u32, service: u32, forwarding: u8, protocol: u8) -> Conn {
-    Conn {
-        real,
-        service,
-        forwarding,
-        flags: 0,
-        state: state::opening(protocol),
-        packets: 1,
-        last_seen: now(),
-        src: [0; 16],
-        dst: [0; 16],
-        src_port: [0; 2],
-        dst_port: [0; 2],
-        address_delta: 0,
-        port_delta: 0,
-    }
+    Conn::plain(real, service, forwarding, state::opening(protocol), 1, now())
 }

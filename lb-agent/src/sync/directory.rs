@@ -59,9 +59,7 @@ impl Directory {
         let ids = self.real_ids.get(&(service, address))?;
         let serving = |id: &&u32| self.reals.get(id).is_some_and(|real| serves_on(real, flow) == port);
         let removed = |id: &&u32| self.reals.get(id).is_some_and(|real| real.flags & REAL_REMOVED != 0);
-        let mut candidates: Vec<_> = ids.iter().filter(serving).collect();
-        candidates.sort_by_key(|id| removed(id));
-        candidates.first().map(|id| **id)
+        ids.iter().filter(serving).min_by_key(removed).copied()
     }
 }
 

@@ -48,23 +48,10 @@ pub fn entries(record: &Record, now: u32, directory: &Directory) -> Result<Entri
         let key = PersistKey::of(&record.client.0, record.family, service.index, service.persist_prefix);
         return Ok(Entries::Template(key, Persist { real, last_used: last_seen }));
     }
-    let mut conn = Conn {
-        real,
-        service: service.index,
-        forwarding: record.forwarding,
-        flags: FLAGS.iter().filter(|(_, wire)| record.flags & wire != 0).fold(0, |flags, (ours, _)| flags | ours),
-        state: record.state,
-        // Announced already: the data path of this director does not announce it again
-        // at its third packet.
-        packets: SYNC_THRESHOLD,
-        last_seen,
-        src: [0; 16],
-        dst: [0; 16],
-        src_port: [0; 2],
-        dst_port: [0; 2],
-        address_delta: 0,
-        port_delta: 0,
-    };
+    // Announced already (`SYNC_THRESHOLD` packets): the data path of this director does
+    // not announce it again at its third packet.
+    let mut conn = Conn::plain(real, service.index, record.forwarding, record.state, SYNC_THRESHOLD, last_seen);
+    conn.flags = FLAGS.iter().filter(|(_, wire)| record.flags & wire != 0).fold(0, |flags, (ours, _)| flags | ours);
     let reply = match Forwarding::from_u8(record.forwarding) {
         Some(Forwarding::Nat | Forwarding::Fnat) => Some(rewrite(&flow, &mut conn, record)),
         _ => None,

@@ -84,21 +84,7 @@ mod tests {
     }
 
     fn established(last_seen: u32) -> Conn {
-        Conn {
-            real: 1,
-            service: 0,
-            forwarding: 0,
-            flags: 0,
-            state: state::ESTABLISHED,
-            packets: 1,
-            last_seen,
-            src: [0; 16],
-            dst: [0; 16],
-            src_port: [0; 2],
-            dst_port: [0; 2],
-            address_delta: 0,
-            port_delta: 0,
-        }
+        Conn::plain(1, 0, 0, state::ESTABLISHED, 1, last_seen)
     }
 
     /// A peer's copy, refreshed by walks every `step` seconds and by the data path
