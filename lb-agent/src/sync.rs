@@ -34,9 +34,9 @@ use lb_common::{
     sync::{SyncEvent, SyncSettings},
 };
 use tokio::{
-    io::{Interest, unix::AsyncFd},
     net::UdpSocket,
     sync::{mpsc, watch},
+    time::MissedTickBehavior,
 };
 
 pub use self::directory::Directory;
@@ -58,6 +58,9 @@ use crate::{
 const MAX_PENDING: usize = 65_536;
 /// How often records kept aside are aged.
 const PENDING_TICK: Duration = Duration::from_secs(1);
+/// How often a master drains `SYNC_EVENTS` (the data path wakes no one): a connection
+/// waits at most this long to be sent, and a busy master's datagrams go out full.
+const DRAIN_PERIOD: Duration = Duration::from_millis(10);
 
 /// What the sync daemon runs by: the running configuration's `sync:`, its timeouts, and
 /// the translation of its ids. Published after every apply.
@@ -89,7 +92,7 @@ pub const RECEIVED: usize = 1;
 pub type Refreshes = mpsc::Receiver<Vec<(FlowKey, Conn)>>;
 
 pub struct Daemon {
-    events: AsyncFd<RingBuf<MapData>>,
+    events: RingBuf<MapData>,
     switch: SyncSwitch,
     conns: ConnTable,
     templates: TemplateTable,
@@ -97,8 +100,8 @@ pub struct Daemon {
     counts: Arc<Counts>,
     replay: Replay,
     pending: VecDeque<(Instant, Record)>,
-    /// The next datagram's number: UNIX microseconds when the daemon started, so a
-    /// restarted master goes on above where it stopped.
+    /// This sender's id, drawn at start, and its next datagram's number.
+    sender: u32,
     sequence: u64,
 }
 
@@ -113,11 +116,6 @@ struct Running {
 impl Daemon {
     pub fn new(dataplane: &Dataplane) -> Result<Self> {
         let (events, switch) = dataplane.sync_events()?;
-        // SAFETY: the ring buffer owns its map's descriptor and keeps it open, the same
-        // one, for as long as it lives, and the AsyncFd owns the ring buffer.
-        let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-            .map_err(std::io::Error::from)
-            .context("watching SYNC_EVENTS")?;
         Ok(Self {
             events,
             switch,
@@ -127,7 +125,10 @@ impl Daemon {
             counts: Arc::default(),
             replay: Replay::default(),
             pending: VecDeque::new(),
-            sequence: unix_ns() / 1000,
+            sender: ring::rand::generate::<[u8; 4]>(&ring::rand::SystemRandom::new())
+                .map(|id| u32::from_be_bytes(id.expose()))
+                .map_err(|_| anyhow::anyhow!("no random number for the sync sender's id"))?,
+            sequence: 0,
         })
     }
 
@@ -167,6 +168,8 @@ impl Daemon {
         let mut directory = current.directory.clone();
         let mut timeouts = current.timeouts;
         let mut tick = tokio::time::interval(PENDING_TICK);
+        let mut drain = tokio::time::interval(DRAIN_PERIOD);
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut buffer = vec![0; 65_536];
         let sender = running.as_ref().and_then(|running| running.sender.as_ref());
         let receiver = running.as_ref().and_then(|running| running.receiver.as_ref());
@@ -183,8 +186,7 @@ impl Daemon {
                     self.switch.set(SyncSettings { announce, quiet: refresh::quiet(&timeouts) })?;
                     self.bind_pending(&directory, &timeouts);
                 }
-                ready = self.events.readable_mut(), if sender.is_some() => {
-                    ready.context("waiting for SYNC_EVENTS")?.clear_ready();
+                _ = drain.tick(), if sender.is_some() => {
                     match self.drain(&directory) {
                         Ok(records) => self.send(running.as_ref(), &records).await,
                         Err(err) => log::warn!("sync: reading the announced connections: {err:#}"),
@@ -217,8 +219,7 @@ impl Daemon {
     /// The records of every connection the data path announced since the last drain.
     fn drain(&mut self, directory: &Directory) -> Result<Vec<Record>> {
         let mut announced = Vec::new();
-        let ring = self.events.get_mut();
-        while let Some(item) = ring.next() {
+        while let Some(item) = self.events.next() {
             announced.extend(announce::event(&item).map(|event: SyncEvent| (event.flow, event.conn)));
         }
         self.records_of(&announced, directory)
@@ -244,7 +245,8 @@ impl Daemon {
             return;
         };
         for batch in records.chunks(MAX_RECORDS) {
-            let header = Header { syncid: running.syncid, sequence: self.sequence, sent_at: unix_ns() };
+            let header =
+                Header { syncid: running.syncid, sender: self.sender, sequence: self.sequence, sent_at: unix_ns() };
             self.sequence += 1;
             if sender.send(&wire::encode(&running.key, &header, batch)).await > 0 {
                 self.counts.datagrams[SENT].fetch_add(1, Relaxed);
@@ -276,7 +278,7 @@ impl Daemon {
             }
         };
         let now = unix_ns();
-        if !self.replay.accept(from.ip(), header.sequence, header.sent_at, now) {
+        if !self.replay.accept(header.sender, header.sequence, header.sent_at, now) {
             refused(&self.counts, Refused::Replayed);
             return Ok(());
         }

@@ -1,8 +1,10 @@
 //! Connection synchronisation: a connection the sync peers must learn of (established,
 //! closing, or a stateless one's third packet) goes into `SYNC_EVENTS` for the agent,
-//! which batches them into authenticated datagrams. Nothing here waits or calls the
-//! kernel beyond the ring's reservation.
+//! which drains it every few milliseconds and batches them into authenticated
+//! datagrams. Nothing here waits, wakes the agent, or calls the kernel beyond the
+//! ring's reservation.
 
+use aya_ebpf::bindings::BPF_RB_NO_WAKEUP;
 use lb_common::{
     conn::{Conn, FlowKey},
     stats::Reason,
@@ -45,6 +47,8 @@ pub extern "C" fn lb_sync_announce(flow: *const FlowKey, conn: *const Conn) -> u
         (*slot).flow = *flow;
         (*slot).conn = *conn;
     }
-    event.submit(0);
+    // The agent drains the ring on its own clock: waking it for every connection would
+    // cost the data path an interrupt's work and give it datagrams of one record.
+    event.submit(u64::from(BPF_RB_NO_WAKEUP));
     0
 }

@@ -2,13 +2,20 @@
 //! (one hop, not looped back to this host), or to each of `peers`; a backup listens on
 //! the group joined on `interface`, or (with `peers`) on its own addresses there.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+};
 
 use anyhow::{Context, Result};
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::{config::sync::Sync, dataplane};
+
+/// Bytes of datagrams a backup's socket may hold: at the kernel's accounting, some
+/// 1,800 full datagrams, 27,000 connections.
+const RECEIVE_QUEUE: usize = 4 << 20;
 
 pub struct Sender {
     socket: UdpSocket,
@@ -60,6 +67,7 @@ pub fn listen(sync: &Sync) -> Result<UdpSocket> {
     let family = sync.peers.first().copied().unwrap_or(sync.group);
     let socket = udp(family, &sync.interface)?;
     socket.set_reuse_address(true)?;
+    deepen_receive_queue(&socket);
     if sync.peers.is_empty() {
         let ifindex = dataplane::ifindex(&sync.interface)?;
         match sync.group {
@@ -72,6 +80,26 @@ pub fn listen(sync: &Sync) -> Result<UdpSocket> {
         socket.bind(&SocketAddr::new(unspecified(family), sync.port).into())?;
     }
     tokio_socket(socket)
+}
+
+/// Room for bursts of datagrams (a master's after a pause, thousands at once), where the
+/// kernel's default holds about a hundred: past `net.core.rmem_max` as the agent may
+/// (CAP_NET_ADMIN), else as far as that allows.
+fn deepen_receive_queue(socket: &Socket) {
+    let size = RECEIVE_QUEUE as libc::c_int;
+    // SAFETY: the option's value is a c_int that outlives the call, its size given.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    if !forced && let Err(err) = socket.set_recv_buffer_size(RECEIVE_QUEUE) {
+        log::warn!("sync: the receive queue stays the kernel's default: {err}");
+    }
 }
 
 fn udp(family: IpAddr, interface: &str) -> Result<Socket> {

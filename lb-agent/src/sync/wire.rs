@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! header (32 bytes)  "LBSY" | version | syncid | records (u16) | length (u16) | 0 (u16)
-//!                    | sequence (u64) | sent at, ns of the sender's UNIX clock (u64) | 0 (u32)
+//!                    | sequence (u64) | sent at, ns of the sender's UNIX clock (u64) | sender (u32)
 //! record (88 bytes)  kind | protocol | family | state | forwarding | flags | 0 (u16)
 //!                    | idle seconds (u32) | client address (16) | client port | virtual port
 //!                    | virtual address (16) | real address (16) | real port | local port
@@ -33,6 +33,9 @@ pub const FLAG_TOA_ACK: u8 = 1 << 3;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub syncid: u8,
+    /// Drawn at random when a sender starts: the receiver keeps its replay window by it,
+    /// not by the source address, which anyone may send from.
+    pub sender: u32,
     /// Raised by one for every datagram a sender sends, from the time it started, so a
     /// receiver refuses one it has seen (see `replay`).
     pub sequence: u64,
@@ -121,7 +124,7 @@ pub fn encode(key: &hmac::Key, header: &Header, records: &[Record]) -> Vec<u8> {
     out.extend_from_slice(&[0; 2]);
     out.extend_from_slice(&header.sequence.to_be_bytes());
     out.extend_from_slice(&header.sent_at.to_be_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&header.sender.to_be_bytes());
     for record in records {
         encode_record(&mut out, record);
     }
@@ -172,7 +175,12 @@ pub fn decode(key: &hmac::Key, syncid: u8, datagram: &[u8]) -> Result<(Header, V
     }
     let (signed, tag) = datagram.split_at(length - TAG);
     hmac::verify(key, signed, tag).map_err(|_| Refused::Unauthenticated)?;
-    let header = Header { syncid: datagram[5], sequence: u64_at(datagram, 12), sent_at: u64_at(datagram, 20) };
+    let header = Header {
+        syncid: datagram[5],
+        sender: u32::from_be_bytes(datagram[28..32].try_into().expect("four bytes")),
+        sequence: u64_at(datagram, 12),
+        sent_at: u64_at(datagram, 20),
+    };
     let records = signed[HEADER..].chunks_exact(RECORD).map(decode_record).collect::<Option<_>>();
     Ok((header, records.ok_or(Refused::Malformed)?))
 }
@@ -242,7 +250,8 @@ mod tests {
         }
     }
 
-    const HEADER_7: Header = Header { syncid: 7, sequence: 1 << 40, sent_at: 1_700_000_000_000_000_000 };
+    const HEADER_7: Header =
+        Header { syncid: 7, sender: 0xdead_beef, sequence: 1 << 40, sent_at: 1_700_000_000_000_000_000 };
 
     #[test]
     fn a_datagram_reads_back_as_it_was_written_and_fits_a_frame() {
