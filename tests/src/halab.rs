@@ -15,12 +15,19 @@
 //!   sync role with lbctl.
 //!
 //! The shipped files are used as they are, but for addresses, interface names and paths.
+//!
+//! Each director's agent serves the VIP's web service (nginx on the real servers) and a
+//! `load` service, whose real servers only complete handshakes once
+//! [`HaLab::listen_for_load`] ran: connections held by the thousand cost them no file.
 
 use std::{
     collections::HashSet,
     fs,
-    net::{Ipv4Addr, SocketAddr},
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    os::{
+        fd::AsRawFd,
+        unix::{fs::PermissionsExt, process::CommandExt},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -34,6 +41,7 @@ use crate::{
         self, Agent, HTTP_PORT, Host, KeptAlive, SCRATCH, Segment, VIP4, attach_veth_helper, binary, wait_until,
         workspace_root,
     },
+    load,
     netns::{self, Netns},
     prometheus::Samples,
 };
@@ -42,6 +50,10 @@ use crate::{
 pub const SYNC_ID: u8 = 7;
 pub const SYNC_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 77, 1);
 pub const SYNC_PORT: u16 = 8848;
+/// The `load` service's port.
+pub const LOAD_PORT: u16 = 9000;
+/// How many connections a real server's `load` listener queues.
+const LOAD_BACKLOG: u16 = 65_535;
 
 /// The segments: the client's side of the router, the directors' (ECMP), and the
 /// VRRP pair's (everything on one).
@@ -62,6 +74,16 @@ const WEIGHTS: [u32; 3] = [1, 2, 3];
 /// How long the lab's daemons may take: BGP sessions to come up and routes to
 /// follow (hold time 3 s), VRRP to elect and to notice a dead master (3 adverts of 1 s).
 const CONVERGENCE: Duration = Duration::from_secs(20);
+
+/// Whether a director's agent syncs its connections, in which role, and how.
+#[derive(Clone, Copy, Debug)]
+pub enum Sync<'a> {
+    Off,
+    /// Over the multicast group (IPVS's way).
+    Group(&'a str),
+    /// Unicast to every other director (`peers:`).
+    Peers(&'a str),
+}
 
 /// What runs a director's high availability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +114,7 @@ pub struct HaLab {
     kind: Kind,
     router_bird: Option<Child>,
     nginx: Vec<Child>,
+    load_listeners: Vec<TcpListener>,
     /// Hold `xdp_pass` on the switch side of the directors' links.
     _veth_helpers: Vec<Ebpf>,
     _switch: Netns,
@@ -169,6 +192,7 @@ impl HaLab {
             kind,
             router_bird: None,
             nginx: Vec::new(),
+            load_listeners: Vec::new(),
             _veth_helpers: veth_helpers,
             _switch: switch,
         };
@@ -195,33 +219,66 @@ impl HaLab {
         Ok(())
     }
 
-    /// The agent's configuration for director `i`: one web service on the VIP over
-    /// every real server, scheduled by `scheduler` with `flags`, forwarded by direct
-    /// routing, with the connection sync's `role` if given. Its own socket, metrics
+    /// The agent's configuration for director `i`: the web and load services on the
+    /// VIP over every real server, scheduled by `scheduler` with `flags`, forwarded by
+    /// direct routing, with connection sync as `sync` says. Its own socket, metrics
     /// address and pins.
-    pub fn agent_config(&self, i: usize, scheduler: &str, flags: &[&str], sync_role: Option<&str>) -> String {
+    pub fn agent_config(&self, i: usize, scheduler: &str, flags: &[&str], sync: Sync) -> String {
         let director = &self.directors[i];
         let mut yaml = format!(
             "interfaces:\n  - name: eth0\n    xdp_mode: native\n\
-             api_socket: {}\nmetrics_listen: {}:9798\npin_path: {}\n\
-             services:\n  - name: web\n    vip: {VIP4}\n    port: {HTTP_PORT}\n    protocol: tcp\n\
-             \x20   scheduler: {scheduler}\n    scheduler_flags: [{}]\n    forwarding: dr\n    reals:\n",
+             api_socket: {}\nmetrics_listen: {}:9798\npin_path: {}\nservices:\n",
             director.socket.display(),
             director.host.ipv4,
             self.dir.join("bpffs").join(&director.host.name).display(),
-            flags.join(", "),
         );
-        for (real, weight) in self.reals.iter().zip(WEIGHTS.iter().cycle()) {
-            yaml += &format!("      - {{ address: {}, weight: {weight} }}\n", real.ipv4);
-        }
-        if let Some(role) = sync_role {
+        for (name, port) in [("web", HTTP_PORT), ("load", LOAD_PORT)] {
             yaml += &format!(
-                "sync:\n  role: {role}\n  interface: eth0\n  syncid: {SYNC_ID}\n  group: {SYNC_GROUP}\n  \
-                 port: {SYNC_PORT}\n  key_file: {}\n",
-                self.sync_key().display()
+                "  - name: {name}\n    vip: {VIP4}\n    port: {port}\n    protocol: tcp\n\
+                 \x20   scheduler: {scheduler}\n    scheduler_flags: [{}]\n    forwarding: dr\n    reals:\n",
+                flags.join(", "),
             );
+            for (real, weight) in self.reals.iter().zip(WEIGHTS.iter().cycle()) {
+                yaml += &format!("      - {{ address: {}, weight: {weight} }}\n", real.ipv4);
+            }
         }
-        yaml
+        let (role, reaches) = match sync {
+            Sync::Off => return yaml,
+            Sync::Group(role) => (role, format!("group: {SYNC_GROUP}")),
+            Sync::Peers(role) => {
+                let others = self.directors.iter().filter(|other| other.host.name != director.host.name);
+                (
+                    role,
+                    format!(
+                        "peers: [{}]",
+                        others.map(|other| other.host.ipv4.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            }
+        };
+        yaml + &format!(
+            "sync:\n  role: {role}\n  interface: eth0\n  syncid: {SYNC_ID}\n  {reaches}\n  port: {SYNC_PORT}\n  \
+             key_file: {}\n",
+            self.sync_key().display()
+        )
+    }
+
+    /// Every real server listens on the load port, with a queue deep enough that the
+    /// kernel completes every handshake of a load; nothing accepts them.
+    pub fn listen_for_load(&mut self) -> Result<()> {
+        for real in &self.reals {
+            real.netns.run(&["sysctl", "-qw", &format!("net.core.somaxconn={LOAD_BACKLOG}")])?;
+            let listener = real.netns.within(|| {
+                let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, LOAD_PORT))?;
+                // Listening again sets the queue's length; std asks for 128.
+                if unsafe { libc::listen(listener.as_raw_fd(), i32::from(LOAD_BACKLOG)) } != 0 {
+                    bail!("listen: {}", std::io::Error::last_os_error());
+                }
+                Ok(listener)
+            })?;
+            self.load_listeners.push(listener);
+        }
+        Ok(())
     }
 
     /// The lab's sync key (hex, mode 0600).
@@ -337,14 +394,18 @@ impl HaLab {
         self.client.netns.within(|| (0..count).map(|_| KeptAlive::connect(vip)).collect())
     }
 
-    /// The client ports of the connections director `i`'s agent holds.
+    /// The client ports of the web connections director `i`'s agent holds.
     pub fn connections(&self, i: usize) -> Result<HashSet<u16>> {
+        Ok(self.connections_to(i, HTTP_PORT)?.into_iter().map(|conn| conn.source.port()).collect())
+    }
+
+    /// The client's connections to the VIP's `port` that director `i`'s agent holds.
+    pub fn connections_to(&self, i: usize, port: u16) -> Result<Vec<lb_api::ConnectionStatus>> {
         let socket = &self.directors[i].socket;
         match lb_api::call(socket, &lb_api::Request::Connections)? {
             lb_api::Response::Connections { connections } => Ok(connections
-                .iter()
-                .filter(|conn| conn.source.ip() == self.client.ipv4)
-                .map(|conn| conn.source.port())
+                .into_iter()
+                .filter(|conn| conn.source.ip() == self.client.ipv4 && conn.virtual_address.port() == port)
                 .collect()),
             other => bail!("asked for connections, {} answered {other:?}", self.directors[i].host.name),
         }
@@ -513,7 +574,8 @@ fn prepare_director(director: &Host, kind: Kind) -> Result<()> {
 }
 
 /// The client's way to the VIP (through the router, or on its segment), keeping each
-/// TCP flow's hash (hence its ECMP path) across retransmissions.
+/// TCP flow's hash (hence its ECMP path) across retransmissions; its low ports kept
+/// for loads.
 fn prepare_client(client: &Host, kind: Kind) -> Result<()> {
     let netns = &client.netns;
     match kind {
@@ -526,7 +588,7 @@ fn prepare_client(client: &Host, kind: Kind) -> Result<()> {
         }
     }
     netns.run(&["sysctl", "-qw", "net.core.txrehash=0"])?;
-    Ok(())
+    load::reserve_ports(netns)
 }
 
 /// A key for the directors' sync datagrams, as an operator makes one.
