@@ -101,6 +101,8 @@ pub struct Director {
     /// BIRD or keepalived, in a process group of its own, so that a crash kills all of
     /// its processes at once (keepalived's VRRP child among them).
     daemon: Option<Child>,
+    /// `lb-announce watch`, once started, in a process group of its own.
+    watcher: Option<Child>,
 }
 
 pub struct HaLab {
@@ -177,7 +179,7 @@ impl HaLab {
             veth_helpers.push(attach_veth_helper(&switch, &name)?);
             prepare_director(&director, kind)?;
             let socket = dir.join(format!("{name}.sock"));
-            lab_directors.push(Director { host: director, socket, agent: None, daemon: None });
+            lab_directors.push(Director { host: director, socket, agent: None, daemon: None, watcher: None });
         }
         let reals: Vec<Host> =
             (0..reals).map(|i| host(&format!("rs{}", i + 1), &inside, FIRST_REAL + i as u8)).collect::<Result<_>>()?;
@@ -220,8 +222,8 @@ impl HaLab {
     }
 
     /// The agent's configuration for director `i`: the web and load services on the
-    /// VIP over every real server, scheduled by `scheduler` with `flags`, forwarded by
-    /// direct routing, with connection sync as `sync` says. Its own socket, metrics
+    /// VIP over every real server (checked on nginx's port), scheduled by `scheduler`
+    /// with `flags`, forwarded by direct routing, with connection sync as `sync` says. Its own socket, metrics
     /// address and pins.
     pub fn agent_config(&self, i: usize, scheduler: &str, flags: &[&str], sync: Sync) -> String {
         let director = &self.directors[i];
@@ -235,7 +237,9 @@ impl HaLab {
         for (name, port) in [("web", HTTP_PORT), ("load", LOAD_PORT)] {
             yaml += &format!(
                 "  - name: {name}\n    vip: {VIP4}\n    port: {port}\n    protocol: tcp\n\
-                 \x20   scheduler: {scheduler}\n    scheduler_flags: [{}]\n    forwarding: dr\n    reals:\n",
+                 \x20   scheduler: {scheduler}\n    scheduler_flags: [{}]\n    forwarding: dr\n\
+                 \x20   check: {{ type: tcp, port: {HTTP_PORT}, interval: 1s, timeout: 1s, rise: 1, fall: 2 }}\n\
+                 \x20   reals:\n",
                 flags.join(", "),
             );
             for (real, weight) in self.reals.iter().zip(WEIGHTS.iter().cycle()) {
@@ -311,6 +315,37 @@ impl HaLab {
             self.lb_announce(i, "up")?;
         }
         self.wait_for_paths(self.directors.len())
+    }
+
+    /// `deploy/bird/lb-announce watch 1` on every director, as
+    /// `deploy/bird/lb-announce-watch.service` runs it: each announces while its agent
+    /// serves.
+    pub fn watch_announcements(&mut self) -> Result<()> {
+        let script = workspace_root().join("deploy/bird/lb-announce");
+        for i in 0..self.directors.len() {
+            let director = &self.directors[i];
+            let mut watch = director.host.netns.command(&script.to_string_lossy());
+            watch.args(["watch", "1"]).env("BIRD_SOCKET", self.bird_socket(i)).env("LB_SOCKET", &director.socket);
+            self.directors[i].watcher = Some(self.spawn_daemon(i, "lb-announce", &mut watch)?);
+        }
+        Ok(())
+    }
+
+    /// Stops director `i`'s agent (SIGTERM; its data path stays).
+    pub fn stop_agent(&mut self, i: usize) -> Result<()> {
+        let agent = self.directors[i].agent.take().context("that director's agent is not running")?;
+        agent.stop()?;
+        Ok(())
+    }
+
+    /// Cuts director `i` off the real servers (a route that refuses them: its health
+    /// checks fail as over a broken link), or (`cut` false) mends it.
+    pub fn cut_from_reals(&self, i: usize, cut: bool) -> Result<()> {
+        let netns = &self.directors[i].host.netns;
+        for real in &self.reals {
+            netns.run(&["ip", "route", if cut { "add" } else { "del" }, "prohibit", &format!("{}/32", real.ipv4)])?;
+        }
+        Ok(())
     }
 
     /// Runs `deploy/bird/lb-announce ACTION` on director `i`; returns its output.
@@ -488,14 +523,10 @@ impl HaLab {
         let path = self.dir.join(format!("{name}-keepalived.conf"));
         fs::write(&path, conf)?;
         let pid = |what: &str| self.dir.join(format!("{name}-{what}.pid"));
-        let log = fs::File::create(self.daemon_log(i, "keepalived"))?;
-        let bin_dir = binary("lbctl")?.parent().map(PathBuf::from).unwrap_or_default();
-        let child = director
-            .host
-            .netns
-            .command("keepalived")
-            // In the foreground, logging to the console, with files of its own: several
-            // run on this host.
+        let mut keepalived = director.host.netns.command("keepalived");
+        // In the foreground, logging to the console, with files of its own: several run
+        // on this host.
+        keepalived
             .args(["--dont-fork", "--log-console", "--log-detail", "--use-file"])
             .arg(&path)
             .arg("--pid")
@@ -503,16 +534,25 @@ impl HaLab {
             .arg("--vrrp_pid")
             .arg(pid("vrrp"))
             .arg("--checkers_pid")
-            .arg(pid("checkers"))
+            .arg(pid("checkers"));
+        self.directors[i].daemon = Some(self.spawn_daemon(i, "keepalived", &mut keepalived)?);
+        Ok(())
+    }
+
+    /// Starts `what` (`command`) for director `i`: lbctl on its PATH (the shipped
+    /// scripts find it there), its output in the director's log of `what`, in a process
+    /// group of its own (a crash kills all of it).
+    fn spawn_daemon(&self, i: usize, what: &str, command: &mut Command) -> Result<Child> {
+        let log = fs::File::create(self.daemon_log(i, what))?;
+        let bin_dir = binary("lbctl")?.parent().map(PathBuf::from).unwrap_or_default();
+        command
             .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0)
             .spawn()
-            .context("starting keepalived (run `cargo xtask setup`)")?;
-        self.directors[i].daemon = Some(child);
-        Ok(())
+            .with_context(|| format!("starting {what} (run `cargo xtask setup`)"))
     }
 
     fn daemon_log(&self, i: usize, daemon: &str) -> PathBuf {
@@ -526,6 +566,10 @@ impl Drop for HaLab {
         // the pins in the scratch directory.
         for director in &mut self.directors {
             director.agent.take();
+        }
+        let watchers = self.directors.iter_mut().filter_map(|director| director.watcher.as_mut());
+        for watcher in watchers {
+            let _ = kill_group(watcher);
         }
         let daemons = self.directors.iter_mut().filter_map(|director| director.daemon.as_mut());
         for daemon in daemons.chain(self.router_bird.as_mut()) {

@@ -149,14 +149,27 @@ fn systemd_accepts_the_unit_and_it_keeps_the_state_of_the_pins_across_stops() ->
         assert!(unit.lines().any(|line| line == kept), "the unit has {kept}");
     }
     assert!(!unit.contains("ExecStop"), "stopping must leave the data path forwarding: no ExecStop");
+    verify_unit("lb-agent.service", &unit.replace("/usr/local/sbin/lb-agent", "/bin/true"))
+}
+
+/// The BGP watcher of `deploy/bird/`, the same way.
+#[test]
+fn systemd_accepts_the_announcing_watcher() -> Result<()> {
+    let unit = std::fs::read_to_string(deploy::path("deploy/bird/lb-announce-watch.service"))?;
+    assert!(unit.contains("ExecStopPost=/usr/local/sbin/lb-announce down"), "a stopped watcher withdraws");
+    verify_unit("lb-announce-watch.service", &unit.replace("/usr/local/sbin/lb-announce", "/bin/true"))
+}
+
+/// `systemd-analyze verify` of `unit`, written to a file `name`: silent and successful.
+fn verify_unit(name: &str, unit: &str) -> Result<()> {
     let dir = tempdir()?;
-    let path = dir.join("lb-agent.service");
-    std::fs::write(&path, unit.replace("/usr/local/sbin/lb-agent", "/bin/true"))?;
+    let path = dir.join(name);
+    std::fs::write(&path, unit)?;
     let out = Command::new("systemd-analyze").arg("verify").arg(&path).output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = out.context("running systemd-analyze (Debian's systemd package)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify:\n{text}");
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify of {name}:\n{text}");
     Ok(())
 }
 

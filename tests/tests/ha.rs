@@ -59,23 +59,38 @@ fn ecmp_directors_with_mh_lose_no_connection_when_one_dies() -> Result<()> {
     survives_a_director_crash_behind_ecmp(&mut lab, false)
 }
 
-/// `deploy/bird/lb-announce down` (what systemd runs when a director's agent stops)
-/// withdraws the director: the router sends it no new connection; `up` brings it back.
+/// `deploy/bird/lb-announce watch` (lb-announce-watch.service) announces a director's
+/// VIPs while its agent serves: one that can reach no real server (its health checks
+/// fail) is withdrawn and gets no new connection, and comes back once they pass; one
+/// whose agent stops is withdrawn too.
 #[test]
-fn a_director_that_stops_announcing_gets_no_new_connections() -> Result<()> {
+fn a_director_is_withdrawn_while_it_cannot_serve() -> Result<()> {
     let _one = one_lab();
     let mut lab = HaLab::ecmp(3, 3)?;
     lab.start_agents(|lab, i| lab.agent_config(i, "mh", &["mh-port"], Sync::Off))?;
-    lab.announce()?;
-    let withdrawn = lab.lb_announce(0, "down")?;
-    lab.wait_for_paths(2)?;
-    println!("d1: {withdrawn}");
+    lab.watch_announcements()?;
+    lab.wait_for_paths(3)?;
+
+    lab.cut_from_reals(0, true)?;
+    withdrawn(&lab, 0)?;
     let held = Held::open(&lab, NEW)?;
     let on_d1 = lab.connections(0)?;
     let reached_d1 = held.ports.iter().filter(|port| on_d1.contains(port)).count();
-    ensure!(reached_d1 == 0, "{reached_d1} of {NEW} new connections reached the withdrawn d1");
-    lab.lb_announce(0, "up")?;
-    lab.wait_for_paths(3)
+    ensure!(reached_d1 == 0, "{reached_d1} of {NEW} new connections reached d1, which reaches no real server");
+    lab.cut_from_reals(0, false)?;
+    lab.wait_for_paths(3)?;
+
+    lab.stop_agent(1)?;
+    withdrawn(&lab, 1)
+}
+
+/// Waits until the router routes the VIP through every director but `i`.
+fn withdrawn(lab: &HaLab, i: usize) -> Result<()> {
+    lab.wait_for_paths(lab.directors.len() - 1)?;
+    let paths = lab.router_paths()?;
+    ensure!(!paths.contains(&lab.directors[i].host.ipv4), "d{} is still a path: {paths:?}", i + 1);
+    println!("the router withdrew d{}: paths {paths:?}", i + 1);
+    Ok(())
 }
 
 /// The same with weighted round robin, whose choice no other director could repeat:
