@@ -4,7 +4,8 @@
 //! - [`HaLab::ecmp`]: active-active. A client behind a router (198.18.50.0/24); the
 //!   router, the directors and the real servers on one segment (198.18.51.0/24). Each
 //!   director runs `lb-agent` (XDP, `dr`) and BIRD with `deploy/bird/bird.conf`,
-//!   announcing the VIP by BGP once `deploy/bird/lb-announce up` ran; the router runs
+//!   announcing the VIP by BGP while `deploy/bird/lb-announce watch` finds its agent
+//!   serving (from [`HaLab::announce`] on); the router runs
 //!   BIRD with `deploy/bird/router.conf` and installs one multipath route through every
 //!   director that announces, hashed by addresses and ports. Real servers answer the
 //!   client through the router.
@@ -308,19 +309,10 @@ impl HaLab {
         self.directors[i].agent.as_ref().context("that director's agent is not running")
     }
 
-    /// `deploy/bird/lb-announce up` on every director, as the agent's systemd hook runs
-    /// it once the agent serves; waits until the router routes the VIP through all.
-    pub fn announce(&self) -> Result<()> {
-        for i in 0..self.directors.len() {
-            self.lb_announce(i, "up")?;
-        }
-        self.wait_for_paths(self.directors.len())
-    }
-
     /// `deploy/bird/lb-announce watch 1` on every director, as
-    /// `deploy/bird/lb-announce-watch.service` runs it: each announces while its agent
-    /// serves.
-    pub fn watch_announcements(&mut self) -> Result<()> {
+    /// `deploy/bird/lb-announce-watch.service` runs it, each announcing while its agent
+    /// serves; waits until the router routes the VIP through all.
+    pub fn announce(&mut self) -> Result<()> {
         let script = workspace_root().join("deploy/bird/lb-announce");
         for i in 0..self.directors.len() {
             let director = &self.directors[i];
@@ -328,7 +320,7 @@ impl HaLab {
             watch.args(["watch", "1"]).env("BIRD_SOCKET", self.bird_socket(i)).env("LB_SOCKET", &director.socket);
             self.directors[i].watcher = Some(self.spawn_daemon(i, "lb-announce", &mut watch)?);
         }
-        Ok(())
+        self.wait_for_paths(self.directors.len())
     }
 
     /// Stops director `i`'s agent (SIGTERM; its data path stays).
@@ -346,16 +338,6 @@ impl HaLab {
             netns.run(&["ip", "route", if cut { "add" } else { "del" }, "prohibit", &format!("{}/32", real.ipv4)])?;
         }
         Ok(())
-    }
-
-    /// Runs `deploy/bird/lb-announce ACTION` on director `i`; returns its output.
-    pub fn lb_announce(&self, i: usize, action: &str) -> Result<String> {
-        let director = &self.directors[i];
-        let script = workspace_root().join("deploy/bird/lb-announce");
-        let output = netns::run(
-            director.host.netns.command(&script.to_string_lossy()).arg(action).env("BIRD_SOCKET", self.bird_socket(i)),
-        )?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// The directors the router sends the VIP's flows to, by their addresses.

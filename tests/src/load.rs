@@ -114,10 +114,11 @@ impl Load {
         established.iter().filter(|(_, at)| *at < moment).map(|(port, _)| *port).collect()
     }
 
-    /// When the last connection was established (`monotonic_ns`).
-    pub fn last_established(&self) -> Option<u64> {
+    /// When the first and the last connection were established (`monotonic_ns`).
+    pub fn established_span(&self) -> Option<(u64, u64)> {
         let established = self.established.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        established.iter().map(|(_, at)| *at).max()
+        let times = established.iter().map(|(_, at)| *at);
+        Some((times.clone().min()?, times.max()?))
     }
 
     /// Waits until every connection asked for is established or has failed.
@@ -149,8 +150,10 @@ impl Drop for Load {
     }
 }
 
-/// Follows one process's lines (see [`client`]).
+/// Follows one process's lines (see [`client`]); one that ends without its report
+/// reports that, so that no one waits for it.
 fn read(stdout: ChildStdout, established: &Established, report: &mpsc::Sender<Result<Opening>>) {
+    let mut reported = false;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -169,12 +172,15 @@ fn read(stdout: ChildStdout, established: &Established, report: &mpsc::Sender<Re
                         asking_ns: asking_ns.parse()?,
                     })
                 })();
-                let _ = report.send(opening);
+                reported = report.send(opening).is_ok();
             }
             _ => {
-                let _ = report.send(Err(anyhow!("lb-load said: {line}")));
+                reported = report.send(Err(anyhow!("lb-load said: {line}"))).is_ok();
             }
         }
+    }
+    if !reported {
+        let _ = report.send(Err(anyhow!("an lb-load process ended before it reported")));
     }
 }
 

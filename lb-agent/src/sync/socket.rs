@@ -13,8 +13,8 @@ use tokio::net::UdpSocket;
 
 use crate::{config::sync::Sync, dataplane};
 
-/// Bytes of datagrams a backup's socket may hold: at the kernel's accounting, some
-/// 1,800 full datagrams, 27,000 connections.
+/// The queue asked for a backup's socket, in bytes; the kernel doubles it for its
+/// accounting, and holds some 3,600 full datagrams (54,000 connections) in it.
 const RECEIVE_QUEUE: usize = 4 << 20;
 
 pub struct Sender {
@@ -97,8 +97,17 @@ fn deepen_receive_queue(socket: &Socket) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     } == 0;
-    if !forced && let Err(err) = socket.set_recv_buffer_size(RECEIVE_QUEUE) {
-        log::warn!("sync: the receive queue stays the kernel's default: {err}");
+    if !forced {
+        // Without the capability the kernel caps the size at `rmem_max`, silently.
+        let got = socket.set_recv_buffer_size(RECEIVE_QUEUE).and_then(|()| socket.recv_buffer_size());
+        match got {
+            Ok(size) if size >= RECEIVE_QUEUE => {}
+            Ok(size) => log::warn!(
+                "sync: the receive queue holds {size} bytes, not {RECEIVE_QUEUE} (net.core.rmem_max, or run with \
+                 CAP_NET_ADMIN): a burst of datagrams may be lost"
+            ),
+            Err(err) => log::warn!("sync: the receive queue stays the kernel's default: {err}"),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The sync datagram, version 1: a header, connection and template records, and an
+//! The sync datagram, version 2: a header, connection and template records, and an
 //! HMAC-SHA256 tag over both under the directors' shared key. Every field is in network
 //! order and at a fixed place, so a datagram is checked whole before anything in it is
 //! believed: its length, its version, its syncid, then its tag.
@@ -15,7 +15,9 @@
 
 use ring::hmac;
 
-pub const VERSION: u8 = 1;
+/// 2: the header's last word is the sender's id (1 had it zero, and numbered datagrams
+/// from the sender's start time, each receiver keeping its window by address).
+pub const VERSION: u8 = 2;
 const MAGIC: [u8; 4] = *b"LBSY";
 const HEADER: usize = 32;
 const RECORD: usize = 88;
@@ -271,7 +273,7 @@ mod tests {
         assert_eq!(decode(&key, 8, &datagram), Err(Refused::Syncid));
         assert_eq!(decode(&super::key(&[2; 32]), 7, &datagram), Err(Refused::Unauthenticated));
         let mut other_version = datagram.clone();
-        other_version[4] = 2;
+        other_version[4] = VERSION + 1;
         assert_eq!(decode(&key, 7, &other_version), Err(Refused::Version));
         assert_eq!(decode(&key, 7, &datagram[..datagram.len() - 1]), Err(Refused::Malformed));
         assert_eq!(decode(&key, 7, b"LBSY"), Err(Refused::Malformed));
