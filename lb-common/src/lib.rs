@@ -41,8 +41,11 @@ pub const MAX_REALS: u32 = 16384;
 pub const SCHED_RING_SLOTS: u32 = 1 << 22;
 /// Longest wrr cycle of one service; longer ones are scaled down.
 pub const MAX_SEQUENCE_LEN: u32 = 1 << 16;
-/// Default size of the connection table; the agent may resize it before loading.
-pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Default size of the connection table; the agent may resize it before loading. Twice
+/// the million connections a director is sized for: a full LRU table makes every new
+/// connection evict one (a live one, too), which costs a new flow half as much again.
+/// About 160 bytes of kernel memory an entry, some 340 MB.
+pub const CONN_TABLE_SIZE: u32 = 1 << 21;
 /// Full-NAT local addresses of one service, per family.
 pub const MAX_LOCAL_ADDRESSES: u32 = 16;
 /// Slots of `LOCAL_ADDRESSES`: two banks per service, so a changed list is written

@@ -396,9 +396,10 @@ fn ipvsadm_command_lines_build_the_configuration_and_are_written_back() -> Resul
     let web4 = url(IpAddr::V4(VIP4));
     assert_eq!(spread(&lab, &answered_by(&lab.http_get(&web4, 60)?)), vec![10, 20, 30]);
     let list = lbctl(&["-L", "-n"])?;
-    let mut expected = String::from(
-        "IP Virtual Server version 1.2.1 (size=1048576)\nProt LocalAddress:Port Scheduler Flags\n  -> \
+    let mut expected = format!(
+        "IP Virtual Server version 1.2.1 (size={})\nProt LocalAddress:Port Scheduler Flags\n  -> \
          RemoteAddress:Port           Forward Weight ActiveConn InActConn\nTCP  203.0.113.10:80 wrr\n",
+        lb_common::CONN_TABLE_SIZE
     );
     for (real, weight) in lab.reals.iter().zip(WEIGHTS) {
         let name = format!("{}:80", real.ipv4);
