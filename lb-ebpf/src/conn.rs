@@ -41,7 +41,8 @@ pub fn touch(conn: &mut Conn, packet: &Packet) {
     // An established connection's plain segments leave it established in every
     // table: decided without looking.
     let steady = conn.state == ESTABLISHED && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK;
-    if packet.flow.protocol == IPPROTO_UDP && conn.packets < SYNC_THRESHOLD {
+    // A reply's entry keeps its client entry's first count: only clients' packets count.
+    if packet.flow.protocol == IPPROTO_UDP && conn.packets < SYNC_THRESHOLD && !conn.is_reply() {
         count_packet(conn, &packet.flow);
     }
     if packet.flow.protocol != IPPROTO_TCP || steady {
@@ -96,9 +97,6 @@ fn announce(flow: &FlowKey, conn: &Conn, state: u8) {
 /// A function of its own: it runs on a connection's first packets only.
 #[inline(never)]
 fn count_packet(conn: &mut Conn, flow: &FlowKey) {
-    if conn.is_reply() {
-        return;
-    }
     conn.packets += 1;
     if conn.packets == SYNC_THRESHOLD {
         lb_sync_announce(flow, conn);

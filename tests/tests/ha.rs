@@ -108,12 +108,7 @@ fn ecmp_directors_with_wrr_and_sync_lose_no_connection_when_one_dies() -> Result
 #[test]
 fn vrrp_pair_with_wrr_and_sync_loses_no_connection_when_the_master_dies() -> Result<()> {
     let _one = one_lab();
-    let mut lab = HaLab::vrrp(3)?;
-    // Both listen until keepalived's hooks make the holder of the VIP the sync master.
-    lab.start_agents(|lab, i| lab.agent_config(i, "wrr", &[], Sync::Group("backup")))?;
-    lab.start_keepalived()?;
-    ensure!(!lab.holds_vip(1)?, "the backup holds the VIP too:\n{}", lab.keepalived_log(1));
-
+    let mut lab = keepalived_pair_with_wrr()?;
     let mut held = Held::open(&lab, HELD)?;
     let on_master = lab.connections(0)?;
     ensure!(held.ports.iter().all(|port| on_master.contains(port)), "the master carries every connection");
@@ -136,12 +131,20 @@ fn vrrp_pair_with_wrr_and_sync_loses_no_connection_when_the_master_dies() -> Res
 #[test]
 fn a_vrrp_backup_keeps_up_with_10000_connections_a_second_and_ignores_forged_datagrams() -> Result<()> {
     let _one = one_lab();
-    let mut lab = HaLab::vrrp(3)?;
-    lab.start_agents(|lab, i| lab.agent_config(i, "wrr", &[], Sync::Group("backup")))?;
-    lab.start_keepalived()?;
+    let mut lab = keepalived_pair_with_wrr()?;
     lab.listen_for_load()?;
     forgeries_change_nothing(&lab)?;
     keeps_up_under_load(&lab)
+}
+
+/// The keepalived lab with weighted round robin, d1 holding the VIP: both agents
+/// listen for sync until keepalived's hooks make the holder of the VIP the master.
+fn keepalived_pair_with_wrr() -> Result<HaLab> {
+    let mut lab = HaLab::vrrp(3)?;
+    lab.start_agents(|lab, i| lab.agent_config(i, "wrr", &[], Sync::Group("backup")))?;
+    lab.start_keepalived()?;
+    ensure!(!lab.holds_vip(1)?, "the backup holds the VIP too:\n{}", lab.keepalived_log(1));
+    Ok(lab)
 }
 
 /// Captures one of the master's datagrams on the segment, then sends the backup
