@@ -23,7 +23,7 @@ use aya_log::{EbpfLogger, Level};
 use lb_common::{
     LAYOUT, TAIL_CALL_TOA,
     conn::{Conn, FlowKey},
-    interface::{Interface, InterfaceKey},
+    interface::{Interface, InterfaceKey, InterfaceSlot},
     locality::{Locality, LocalityKey},
     names,
     persist::{Persist, PersistKey},
@@ -95,6 +95,7 @@ pub struct Dataplane {
 
 struct Maps {
     interfaces: HashMap<MapData, InterfaceKey, Interface>,
+    interface_slots: Array<MapData, InterfaceSlot>,
     services: HashMap<MapData, ServiceKey, Service>,
     reals: Array<MapData, RealServer>,
     sched_ring: Array<MapData, u32>,
@@ -224,6 +225,7 @@ impl Dataplane {
         load_tail_calls(&mut ebpf)?;
         let maps = Maps {
             interfaces: typed(&mut ebpf, names::INTERFACES)?,
+            interface_slots: typed(&mut ebpf, names::INTERFACE_SLOTS)?,
             services: typed(&mut ebpf, names::SERVICES)?,
             reals: typed(&mut ebpf, names::REALS)?,
             sched_ring: typed(&mut ebpf, names::SCHED_RING)?,
@@ -439,12 +441,34 @@ impl Dataplane {
         self.attached.values().map(|attachment| attachment.ifindex).collect()
     }
 
+    /// Writes the device `key` into `INTERFACES`, and into its slot of `INTERFACE_SLOTS`
+    /// unless another device holds it.
     pub fn set_interface(&mut self, key: &InterfaceKey, interface: &Interface) -> Result<()> {
-        self.maps.interfaces.insert(key, interface, 0).context("writing INTERFACES")
+        self.maps.interfaces.insert(key, interface, 0).context("writing INTERFACES")?;
+        let held = self.interface_slot(key)?;
+        if held.key.ifindex != 0 && held.key != *key {
+            return Ok(());
+        }
+        // The MAC first, under a key no device has, then the key: a packet never reads
+        // one device's key with another's MAC (the kernel copies a value in place).
+        let unkeyed = InterfaceKey { ifindex: 0, ..*key };
+        self.write_interface_slot(key, &InterfaceSlot { key: unkeyed, interface: *interface })?;
+        self.write_interface_slot(key, &InterfaceSlot { key: *key, interface: *interface })
     }
 
     pub fn remove_interface(&mut self, key: &InterfaceKey) -> Result<()> {
+        if self.interface_slot(key)?.key == *key {
+            self.write_interface_slot(key, &InterfaceSlot::default())?;
+        }
         self.maps.interfaces.remove(key).context("removing from INTERFACES")
+    }
+
+    fn interface_slot(&self, key: &InterfaceKey) -> Result<InterfaceSlot> {
+        self.maps.interface_slots.get(&key.slot(), 0).context("reading INTERFACE_SLOTS")
+    }
+
+    fn write_interface_slot(&mut self, key: &InterfaceKey, slot: &InterfaceSlot) -> Result<()> {
+        self.maps.interface_slots.set(key.slot(), slot, 0).context("writing INTERFACE_SLOTS")
     }
 
     pub fn set_service(&mut self, key: &ServiceKey, service: &Service) -> Result<()> {

@@ -3,7 +3,7 @@
 /// A device of the director that clients reach it on: an attached interface, or a VLAN
 /// over one.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InterfaceKey {
     /// The attached interface's ifindex.
     pub ifindex: u32,
@@ -14,7 +14,7 @@ pub struct InterfaceKey {
 
 /// The value of a device in `INTERFACES`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Interface {
     /// Frames addressed to another MAC (flooded by a switch, or seen by a backup
     /// director) are not the director's to forward.
@@ -22,6 +22,30 @@ pub struct Interface {
     pub _pad: [u8; 2],
 }
 
+/// Slots of `INTERFACE_SLOTS`, the array in front of `INTERFACES`: a device is looked
+/// for in its slot first (an array read), and in the hash map only when another device
+/// holds the slot. A hash lookup there cost a new flow some 50 ns.
+pub const SLOTS: u32 = 1 << SLOT_BITS;
+const SLOT_BITS: u32 = 8;
+
+/// A device in its slot of `INTERFACE_SLOTS`. A free slot has ifindex 0, which no
+/// device has.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceSlot {
+    pub key: InterfaceKey,
+    pub interface: Interface,
+}
+
+impl InterfaceKey {
+    /// The device's slot of `INTERFACE_SLOTS`: the top bits of a Fibonacci hash, as
+    /// ifindexes and VLAN ids are small numbers that often differ only in low bits.
+    pub fn slot(&self) -> u32 {
+        (self.ifindex ^ u32::from(self.vlan) << 16).wrapping_mul(0x9e37_79b1) >> (32 - SLOT_BITS)
+    }
+}
+
 // The layout is the contract: no implicit padding, the same size on both sides.
 const _: () = assert!(core::mem::size_of::<Interface>() == 8);
 const _: () = assert!(core::mem::size_of::<InterfaceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<InterfaceSlot>() == 16);

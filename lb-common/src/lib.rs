@@ -61,7 +61,7 @@ pub const TAIL_CALL_TOA: u32 = 0;
 /// `lb_ingress` and `lb_toa` pass each other. An agent adopts only maps pinned by an
 /// agent of the same layout (they live under `pin_path`, in `layout-LAYOUT`), so a
 /// change to any of them must raise it.
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
 
 /// Names of the maps and programs in the object, shared so neither side spells them twice.
 pub mod names {
@@ -69,6 +69,7 @@ pub mod names {
     pub const TOA_PROGRAM: &str = "lb_toa";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
     pub const INTERFACES: &str = "INTERFACES";
+    pub const INTERFACE_SLOTS: &str = "INTERFACE_SLOTS";
     pub const SERVICES: &str = "SERVICES";
     pub const REALS: &str = "REALS";
     pub const SCHED_RING: &str = "SCHED_RING";
@@ -91,9 +92,10 @@ pub mod names {
     /// Every map of `lb_ingress` and `lb_toa`: all are pinned, so that a restarted
     /// agent's program shares every one with the program it replaces (the old
     /// `lb_ingress` tail-calls the new `lb_toa` for a moment: `TOA_WORK` too).
-    pub const PINNED: [&str; 20] = [
+    pub const PINNED: [&str; 21] = [
         TAIL_CALLS,
         INTERFACES,
+        INTERFACE_SLOTS,
         SERVICES,
         REALS,
         SCHED_RING,

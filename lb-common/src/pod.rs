@@ -6,7 +6,7 @@
 use crate::{
     conn::{Conn, FlowKey},
     decap::{AddressKey, Traffic},
-    interface::{Interface, InterfaceKey},
+    interface::{Interface, InterfaceKey, InterfaceSlot},
     locality::{Locality, LocalityKey},
     persist::{Persist, PersistKey},
     real::RealServer,
@@ -24,6 +24,7 @@ unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for SchedCursor {}
 unsafe impl aya::Pod for Interface {}
 unsafe impl aya::Pod for InterfaceKey {}
+unsafe impl aya::Pod for InterfaceSlot {}
 unsafe impl aya::Pod for AddressKey {}
 unsafe impl aya::Pod for Traffic {}
 unsafe impl aya::Pod for PersistKey {}

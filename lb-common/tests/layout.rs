@@ -23,7 +23,7 @@ const SOURCES: [&str; 11] = [
 ];
 
 /// `LAYOUT` and the fingerprint of `SOURCES` it was weighed for.
-const RECORDED: (u32, u64) = (2, 0x1c45e2a2ae79a604);
+const RECORDED: (u32, u64) = (3, 0xe83363f621b51910);
 
 /// FNV-1a over each file's code lines, trimmed.
 fn fingerprint() -> u64 {

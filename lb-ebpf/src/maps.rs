@@ -9,7 +9,7 @@ use lb_common::{
     CONN_TABLE_SIZE, LOCAL_ADDRESS_SLOTS, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS, TAIL_CALLS_LEN,
     conn::{Conn, FlowKey},
     fragment::{FRAGMENT_TABLE_SIZE, FirstFragment, FragmentKey},
-    interface::{Interface, InterfaceKey},
+    interface::{self, Interface, InterfaceKey, InterfaceSlot},
     locality::{LOCALITY_TABLE_SIZE, Locality, LocalityKey},
     persist::{PERSIST_TABLE_SIZE, Persist, PersistKey},
     real::{RealLoad, RealServer},
@@ -22,6 +22,11 @@ use lb_common::{
 /// director's to forward is addressed to.
 #[map]
 pub static INTERFACES: HashMap<InterfaceKey, Interface> = HashMap::with_max_entries(MAX_INTERFACES, BPF_F_NO_PREALLOC);
+
+/// The devices of `INTERFACES` again, each in its slot (`InterfaceKey::slot`) unless
+/// another holds it: what the data path reads first.
+#[map]
+pub static INTERFACE_SLOTS: Array<InterfaceSlot> = Array::with_max_entries(interface::SLOTS, 0);
 
 /// Virtual services by (VIP, port, protocol). Not preallocated, so a replaced value is
 /// freed only after every packet that may still read it is done. Room for twice the

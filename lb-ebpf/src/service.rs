@@ -12,7 +12,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     header::header,
-    maps::{INTERFACES, SERVICES},
+    maps::{INTERFACE_SLOTS, INTERFACES, SERVICES},
     parse::Packet,
 };
 
@@ -51,5 +51,19 @@ pub fn addressed_to_director(ctx: &XdpContext, vlan: u16) -> bool {
     let Some(eth) = header::<EthHdr>(ctx, 0) else { return false };
     let destination = unsafe { (*eth).dst_addr };
     let key = InterfaceKey { ifindex: ctx.ingress_ifindex() as u32, vlan, _pad: [0; 2] };
-    INTERFACES.get_ptr(key).is_some_and(|interface| destination == unsafe { (*interface).mac })
+    device_mac(&key).is_some_and(|mac| destination == mac)
+}
+
+/// The MAC of the director's device `key`: from its slot, or from `INTERFACES` when
+/// another device holds the slot.
+#[inline(always)]
+fn device_mac(key: &InterfaceKey) -> Option<[u8; 6]> {
+    if let Some(slot) = INTERFACE_SLOTS.get(key.slot())
+        && slot.key.ifindex == key.ifindex
+        && slot.key.vlan == key.vlan
+    {
+        return Some(slot.interface.mac);
+    }
+    // SAFETY: a map value, valid for the whole run (RCU).
+    INTERFACES.get_ptr(key).map(|interface| unsafe { (*interface).mac })
 }

@@ -13,7 +13,7 @@ use lb_agent::{
     dataplane::{Dataplane, EbpfLogLevel},
     director::Director,
 };
-use lb_common::{SCHED_RING_SLOTS, stats::Reason};
+use lb_common::{SCHED_RING_SLOTS, interface::InterfaceKey, stats::Reason};
 use lb_tests::{
     bed::{self, INGRESS, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac, service},
     packet::{self, DIRECTOR_MAC, L3, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -217,6 +217,31 @@ fn a_port_zero_service_takes_every_port_the_exact_one_does_not() {
     assert_eq!(bed.real_of(&syn), REALS4[1]);
     let udp = packet::udp_frame(client(VIP4, 33000), sock(VIP4, 80), b"");
     assert_eq!(bed.run(&udp), (XDP_PASS, udp.clone()), "the port-0 service is TCP only");
+}
+
+/// A VLAN whose device shares `INTERFACE_SLOTS`'s slot with the untagged ingress
+/// interface's.
+const SLOT_SHARING_VLAN: u16 = 284;
+
+#[test]
+fn devices_that_share_a_slot_are_both_the_director_s_and_one_removed_is_not() {
+    let untagged = InterfaceKey { ifindex: INGRESS, vlan: 0, _pad: [0; 2] };
+    let tagged = InterfaceKey { vlan: SLOT_SHARING_VLAN, ..untagged };
+    assert_eq!(untagged.slot(), tagged.slot(), "pick another VLAN that shares the untagged device's slot");
+    let mut bed = Bed::with_links(&web([1, 1, 1]), |_| Some((INGRESS, SLOT_SHARING_VLAN)));
+    let syn = |port| packet::tcp_frame(client(VIP4, port), sock(VIP4, 80), TCP_SYN, b"");
+    // Whichever device took the slot, the other is found in `INTERFACES`.
+    let on_vlan = packet::vlan_tagged(&syn(34500), SLOT_SHARING_VLAN);
+    assert_eq!(bed.run(&on_vlan).0, XDP_TX);
+    let off_vlan = syn(34501);
+    assert_eq!(bed.run(&off_vlan), (XDP_DROP, off_vlan.clone()), "the director's device, but no real server there");
+    assert_eq!((bed.reason(Reason::VlanMismatch), bed.reason(Reason::OtherHost)), (1, 0));
+    // The real servers move off the VLAN: its device goes, from its slot too.
+    bed.reconfigure(&web([1, 1, 1]));
+    let on_vlan = packet::vlan_tagged(&syn(34502), SLOT_SHARING_VLAN);
+    assert_eq!(bed.run(&on_vlan), (XDP_PASS, on_vlan.clone()));
+    assert_eq!(bed.reason(Reason::OtherHost), 1);
+    assert_eq!(bed.run(&syn(34503)).0, XDP_TX);
 }
 
 #[test]
