@@ -51,19 +51,19 @@ pub fn addressed_to_director(ctx: &XdpContext, vlan: u16) -> bool {
     let Some(eth) = header::<EthHdr>(ctx, 0) else { return false };
     let destination = unsafe { (*eth).dst_addr };
     let key = InterfaceKey { ifindex: ctx.ingress_ifindex() as u32, vlan, _pad: [0; 2] };
-    device_mac(&key).is_some_and(|mac| destination == mac)
+    is_device_mac(&key, destination)
 }
 
-/// The MAC of the director's device `key`: from its slot, or from `INTERFACES` when
-/// another device holds the slot.
+/// Whether `mac` is the director's device `key`'s: as its slot says, or `INTERFACES`
+/// when another device holds the slot.
 #[inline(always)]
-fn device_mac(key: &InterfaceKey) -> Option<[u8; 6]> {
+fn is_device_mac(key: &InterfaceKey, mac: [u8; 6]) -> bool {
     if let Some(slot) = INTERFACE_SLOTS.get(key.slot())
         && slot.key.ifindex == key.ifindex
         && slot.key.vlan == key.vlan
     {
-        return Some(slot.interface.mac);
+        return slot.interface.mac == mac;
     }
     // SAFETY: a map value, valid for the whole run (RCU).
-    INTERFACES.get_ptr(key).map(|interface| unsafe { (*interface).mac })
+    INTERFACES.get_ptr(key).is_some_and(|interface| unsafe { (*interface).mac } == mac)
 }
