@@ -152,7 +152,13 @@ impl Dataplane {
     /// Loads `lb_ingress` and its maps into the kernel, with room for `conn_table_size`
     /// connections and the program's own log at `log_level`; nothing is attached yet.
     pub fn load(conn_table_size: u32, log_level: EbpfLogLevel) -> Result<Self> {
-        Self::load_with(None, conn_table_size, log_level)
+        Self::load_with(None, LB_OBJECT, conn_table_size, log_level)
+    }
+
+    /// Like [`Dataplane::load`], from another build of the eBPF object, one with the
+    /// same maps: what `cargo xtask bench` compares the built-in program with.
+    pub fn load_object(object: &[u8], conn_table_size: u32, log_level: EbpfLogLevel) -> Result<Self> {
+        Self::load_with(None, object, conn_table_size, log_level)
     }
 
     /// Like [`Dataplane::load`], with every map pinned under `pin_path` (see `pins`):
@@ -190,7 +196,7 @@ impl Dataplane {
         };
         pins.check_layout(LB_OBJECT)?;
         let dir = pins.dir().to_owned();
-        let mut dataplane = Self::load_with(Some(pins), conn_table_size, log_level)?;
+        let mut dataplane = Self::load_with(Some(pins), LB_OBJECT, conn_table_size, log_level)?;
         let Some(saved) = saved else {
             log::info!("maps pinned at {} (layout {LAYOUT})", dir.display());
             return Ok((dataplane, None));
@@ -207,7 +213,7 @@ impl Dataplane {
         Ok((dataplane, Some(saved.director)))
     }
 
-    fn load_with(pins: Option<Pins>, conn_table_size: u32, log_level: EbpfLogLevel) -> Result<Self> {
+    fn load_with(pins: Option<Pins>, object: &[u8], conn_table_size: u32, log_level: EbpfLogLevel) -> Result<Self> {
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNS, conn_table_size).override_global(aya_log::LEVEL, &level, true);
@@ -216,7 +222,7 @@ impl Dataplane {
                 loader.map_pin_path(name, pins.map(name));
             }
         }
-        let mut ebpf = loader.load(LB_OBJECT).context("loading the eBPF object")?;
+        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
         let program: &mut Xdp = ebpf
             .program_mut(names::INGRESS_PROGRAM)
             .ok_or_else(|| anyhow!("the object has no program {}", names::INGRESS_PROGRAM))?

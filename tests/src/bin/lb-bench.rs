@@ -12,11 +12,21 @@
 //!
 //! For profiling (e.g. under `perf record`), `LB_BENCH_ONLY` keeps the rows whose name
 //! contains it and `LB_BENCH_ROUNDS` sets the rounds (20 by default).
+//!
+//! To weigh a change to the eBPF code, `LB_BENCH_VARIANT` names another build of the
+//! object (with the same maps), loaded beside the built-in one: each row then runs
+//! both, and the baseline, round by round, and prints the difference of their ratios
+//! within each round (the VM's memory latency drifts between runs by more than most
+//! changes weigh). The table-size rows are left out then.
 
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use aya::{Ebpf, programs::Xdp};
+use lb_agent::{
+    dataplane::{Dataplane, EbpfLogLevel},
+    director::Director,
+};
 use lb_tests::{
     bed::{self, Routes, XDP_REDIRECT, XDP_TX},
     packet::{self, TCP_ACK, TCP_SYN},
@@ -118,10 +128,26 @@ fn bench() -> Result<()> {
     let baseline: &mut Xdp = testbed.program_mut("xdp_baseline").context("no xdp_baseline")?.try_into()?;
     baseline.load()?;
 
+    // Compared, each object is loaded twice, in the order this, variant, variant, this:
+    // the same object measured up to 1x cheaper per new flow in a director loaded
+    // later (its table's memory), and the two places of each cancel that out.
+    let compared = match std::env::var_os("LB_BENCH_VARIANT") {
+        Some(path) => {
+            let variants = [variant_director(&path, &services)?, variant_director(&path, &services)?];
+            Some((variants, bed::director(&services, lb_common::CONN_TABLE_SIZE, bed::on_ingress)?))
+        }
+        None => None,
+    };
+    let compared = compared.as_ref().map(|([first, second], again)| {
+        ([lb, again.dataplane().program()], [first.dataplane().program(), second.dataplane().program()])
+    });
     let cases = cases();
     for case in &cases {
         if let Some(syn) = &case.opening {
-            ensure!(bed::run(lb, syn)?.verdict == XDP_TX, "{}: the opening SYN was not forwarded", case.name);
+            let others = compared.iter().flat_map(|(ours, theirs)| [ours[1], theirs[0], theirs[1]]);
+            for program in [lb].into_iter().chain(others) {
+                ensure!(bed::run(program, syn)?.verdict == XDP_TX, "{}: the opening SYN was not forwarded", case.name);
+            }
         }
     }
     let base_frames: Vec<Vec<u8>> = cases[0].frames.clone();
@@ -146,6 +172,13 @@ fn bench() -> Result<()> {
         Ok(rounds) => rounds.parse().context("LB_BENCH_ROUNDS: expected a number of rounds")?,
         Err(_) => ROUNDS,
     };
+    if let Some((ours, theirs)) = compared {
+        println!("\n{:<48} {:>11} {:>13} {:>10}", "packet", "this", "variant", "this-variant");
+        for case in cases.iter().filter(|case| case.name.contains(&only)) {
+            print_comparison(ours, theirs, baseline, case, &base_frames, rounds)?;
+        }
+        return Ok(());
+    }
     for case in cases.iter().filter(|case| case.name.contains(&only)) {
         print_row(lb, baseline, case, &base_frames, rounds)?;
     }
@@ -191,6 +224,53 @@ fn print_row(lb: &Xdp, baseline: &Xdp, case: &Case, base_frames: &[Vec<u8>], rou
     }
     let (lb_ns, base_ns, ratio) = (middle(lb_ns), middle(base_ns), middle(ratios));
     println!("{:<48} {:>11.1} {:>13.1} {:>6.2}x", case.name, lb_ns, base_ns, ratio);
+    Ok(())
+}
+
+/// The director of `LB_BENCH_VARIANT`'s object, holding `services` as the built-in one does.
+fn variant_director(path: &std::ffi::OsStr, services: &str) -> Result<Director> {
+    let object = std::fs::read(path).with_context(|| format!("LB_BENCH_VARIANT: reading {}", path.display()))?;
+    let dataplane =
+        Dataplane::load_object(&object, lb_common::CONN_TABLE_SIZE, EbpfLogLevel::Off).with_context(|| {
+            format!("LB_BENCH_VARIANT: loading {} (an lb-ebpf object with these maps?)", path.display())
+        })?;
+    bed::director_on(dataplane, services, bed::on_ingress)
+}
+
+/// One row for both objects, each loaded twice: the four and the baseline round by
+/// round, in the order `ours[0]`, `theirs[0]`, baseline, `theirs[1]`, `ours[1]` and
+/// back again in the next round; the ratios' medians (each object's two copies
+/// averaged), and the median of their difference within a round.
+fn print_comparison(
+    ours: [&Xdp; 2],
+    theirs: [&Xdp; 2],
+    baseline: &Xdp,
+    case: &Case,
+    base_frames: &[Vec<u8>],
+    rounds: usize,
+) -> Result<()> {
+    let (mut our_ratios, mut their_ratios, mut differences) = (Vec::new(), Vec::new(), Vec::new());
+    // Each copy opens its own new flows: the four tables see the same ones.
+    let mut frames: [_; 4] = std::array::from_fn(|_| case.frames.iter().cycle());
+    let mut base_cycle = base_frames.iter().cycle();
+    let programs = [ours[0], theirs[0], theirs[1], ours[1]];
+    for round in 0..rounds {
+        let mut ns = [0.0; 4];
+        let mut base = 0.0;
+        let order: [usize; 5] = if round % 2 == 0 { [0, 1, 4, 2, 3] } else { [3, 2, 4, 1, 0] };
+        for at in order {
+            match at {
+                4 => base = median(baseline, &mut base_cycle, XDP_TX)?,
+                at => ns[at] = median(programs[at], &mut frames[at], case.verdict)?,
+            }
+        }
+        let (this, other) = ((ns[0] + ns[3]) / 2.0, (ns[1] + ns[2]) / 2.0);
+        our_ratios.push(this / base);
+        their_ratios.push(other / base);
+        differences.push((this - other) / base);
+    }
+    let (ours, theirs, difference) = (middle(our_ratios), middle(their_ratios), middle(differences));
+    println!("{:<48} {:>10.2}x {:>12.2}x {:>+9.2}x", case.name, ours, theirs, difference);
     Ok(())
 }
 
