@@ -24,7 +24,7 @@ pub struct Interface {
 
 /// Slots of `INTERFACE_SLOTS`, the array in front of `INTERFACES`: a device is looked
 /// for in its slot first (an array read), and in the hash map only when another device
-/// holds the slot. A hash lookup there cost a new flow some 50 ns.
+/// holds the slot. The hash lookup it spares is some 20 ns of a new flow's time.
 pub const SLOTS: u32 = 1 << SLOT_BITS;
 const SLOT_BITS: u32 = 8;
 
