@@ -14,8 +14,8 @@
 //! contains it and `LB_BENCH_ROUNDS` sets the rounds (20 by default).
 //!
 //! To weigh a change to the eBPF code, `LB_BENCH_VARIANT` names another build of the
-//! object (with the same maps), loaded beside the built-in one: each row then runs
-//! both, and the baseline, round by round, and prints the difference of their ratios
+//! object (with the same maps). Each object is loaded twice, and each row runs the four
+//! and the baseline round by round, printing the difference of the objects' ratios
 //! within each round (the VM's memory latency drifts between runs by more than most
 //! changes weigh). The table-size rows are left out then.
 
@@ -132,13 +132,14 @@ fn bench() -> Result<()> {
     // the same object measured up to 1x cheaper per new flow in a director loaded
     // later (its table's memory), and the two places of each cancel that out.
     let compared = match std::env::var_os("LB_BENCH_VARIANT") {
-        Some(path) => {
-            let variants = [variant_director(&path, &services)?, variant_director(&path, &services)?];
-            Some((variants, bed::director(&services, lb_common::CONN_TABLE_SIZE, bed::on_ingress)?))
-        }
+        Some(path) => Some([
+            variant_director(&path, &services)?,
+            variant_director(&path, &services)?,
+            bed::director(&services, lb_common::CONN_TABLE_SIZE, bed::on_ingress)?,
+        ]),
         None => None,
     };
-    let compared = compared.as_ref().map(|([first, second], again)| {
+    let compared = compared.as_ref().map(|[first, second, again]| {
         ([lb, again.dataplane().program()], [first.dataplane().program(), second.dataplane().program()])
     });
     let cases = cases();
@@ -254,14 +255,18 @@ fn print_comparison(
     let mut frames: [_; 4] = std::array::from_fn(|_| case.frames.iter().cycle());
     let mut base_cycle = base_frames.iter().cycle();
     let programs = [ours[0], theirs[0], theirs[1], ours[1]];
+    // The baseline (`None`) in the middle.
+    let forth = [Some(0), Some(1), None, Some(2), Some(3)];
     for round in 0..rounds {
-        let mut ns = [0.0; 4];
-        let mut base = 0.0;
-        let order: [usize; 5] = if round % 2 == 0 { [0, 1, 4, 2, 3] } else { [3, 2, 4, 1, 0] };
+        let (mut ns, mut base) = ([0.0; 4], 0.0);
+        let mut order = forth;
+        if round % 2 == 1 {
+            order.reverse();
+        }
         for at in order {
             match at {
-                4 => base = median(baseline, &mut base_cycle, XDP_TX)?,
-                at => ns[at] = median(programs[at], &mut frames[at], case.verdict)?,
+                Some(at) => ns[at] = median(programs[at], &mut frames[at], case.verdict)?,
+                None => base = median(baseline, &mut base_cycle, XDP_TX)?,
             }
         }
         let (this, other) = ((ns[0] + ns[3]) / 2.0, (ns[1] + ns[2]) / 2.0);
