@@ -43,7 +43,7 @@ pub struct Config {
     /// The group that may use the control socket besides root (its mode is 0660).
     #[serde(default = "default_api_group", skip_serializing_if = "is_default_api_group")]
     pub api_group: String,
-    /// Connections the director remembers; the least recently used give way beyond.
+    /// Connection entries the director remembers; the oldest give way beyond.
     /// Read at start only.
     #[serde(default = "default_connection_table_size", skip_serializing_if = "is_default_connection_table_size")]
     pub connection_table_size: u32,

@@ -22,7 +22,7 @@ use aya::{
 use aya_log::{EbpfLogger, Level};
 use lb_common::{
     LAYOUT, TAIL_CALL_TOA,
-    conn::{Conn, FlowKey},
+    conn::{Conn, FlowKey, table::ConnTableInfo},
     interface::{Interface, InterfaceKey, InterfaceSlot},
     locality::{Locality, LocalityKey},
     names,
@@ -37,8 +37,11 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{config::XdpMode, offload, sched::Slots};
 
+mod conn_table;
+mod mapped;
 mod pins;
 mod real_load;
+pub use conn_table::ConnTable;
 pub use pins::detach;
 use pins::{Pins, Saved, SavedAttachment};
 pub use real_load::{Limits, RealLoads};
@@ -85,8 +88,9 @@ pub struct Dataplane {
     maps: Maps,
     real_loads: Arc<RealLoads>,
     attached: StdHashMap<String, Attachment>,
-    /// The connection table's size, as it was loaded (a reload does not change it).
-    conn_table_capacity: u32,
+    /// The connection table, mapped (its size is the one it was loaded with: a reload
+    /// does not change it).
+    conns: ConnTable,
     /// Where the maps and links are pinned (the agent's); none in test beds.
     pins: Option<Pins>,
     /// How far `CLOCK` runs behind the kernel's clock (see [`Clock`]).
@@ -100,7 +104,6 @@ struct Maps {
     reals: Array<MapData, RealServer>,
     sched_ring: Array<MapData, u32>,
     sched_cursor: Array<MapData, SchedCursor>,
-    conns: HashMap<MapData, FlowKey, Conn>,
     templates: HashMap<MapData, PersistKey, Persist>,
     localities: HashMap<MapData, LocalityKey, Locality>,
     local_addresses: Array<MapData, [u8; 16]>,
@@ -203,11 +206,11 @@ impl Dataplane {
         };
         dataplane.adopt(saved.attachments)?;
         log::info!("adopted the maps pinned at {}", dir.display());
-        if dataplane.conn_table_capacity != conn_table_size {
+        if dataplane.conns.capacity() != ConnTableInfo::sized(conn_table_size, 0).entries {
             log::warn!(
                 "connection_table_size {conn_table_size}: the pinned table holds {} and is kept (a new size takes \
                  a director taken out of service: lb-agent --detach)",
-                dataplane.conn_table_capacity
+                dataplane.conns.capacity()
             );
         }
         Ok((dataplane, Some(saved.director)))
@@ -216,7 +219,11 @@ impl Dataplane {
     fn load_with(pins: Option<Pins>, object: &[u8], conn_table_size: u32, log_level: EbpfLogLevel) -> Result<Self> {
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::CONNS, conn_table_size).override_global(aya_log::LEVEL, &level, true);
+        let geometry = ConnTableInfo::sized(conn_table_size, 0);
+        loader
+            .map_max_entries(names::CONNS, geometry.entries)
+            .map_max_entries(names::CONN_INDEX, geometry.buckets)
+            .override_global(aya_log::LEVEL, &level, true);
         if let Some(pins) = &pins {
             for name in names::PINNED {
                 loader.map_pin_path(name, pins.map(name));
@@ -236,7 +243,6 @@ impl Dataplane {
             reals: typed(&mut ebpf, names::REALS)?,
             sched_ring: typed(&mut ebpf, names::SCHED_RING)?,
             sched_cursor: typed(&mut ebpf, names::SCHED_CURSOR)?,
-            conns: typed(&mut ebpf, names::CONNS)?,
             templates: typed(&mut ebpf, names::PERSIST)?,
             localities: typed(&mut ebpf, names::LOCALITY)?,
             local_addresses: typed(&mut ebpf, names::LOCAL_ADDRESSES)?,
@@ -245,10 +251,16 @@ impl Dataplane {
             verdict_stats: typed(&mut ebpf, names::VERDICT_STATS)?,
         };
         let real_loads = Arc::new(RealLoads::map(array_data(&ebpf, names::REAL_LOAD)?)?);
-        // A pinned table keeps the size it was made with.
-        let conn_table_capacity = maps.conns.map().info().context("reading CONNS's size")?.max_entries();
-        let mut dataplane =
-            Self { ebpf, maps, real_loads, attached: StdHashMap::new(), conn_table_capacity, pins, clock_behind: 0 };
+        // A pinned table keeps the size and hash key it was made with.
+        let mut info = typed(&mut ebpf, names::CONN_TABLE_INFO)?;
+        let table = conn_table::TableMaps {
+            pool: array_data(&ebpf, names::CONNS)?,
+            index: array_data(&ebpf, names::CONN_INDEX)?,
+            chunks: array_data(&ebpf, names::CONN_CHUNKS)?,
+            info: &mut info,
+        };
+        let conns = ConnTable::map(table, conn_table_size)?;
+        let mut dataplane = Self { ebpf, maps, real_loads, attached: StdHashMap::new(), conns, pins, clock_behind: 0 };
         // An adopted clock goes on from where it stopped: the entries the data path
         // stamped while no agent ran were stamped then, and the time without an agent
         // must not count as idle time (a long stop would age them all at once).
@@ -440,7 +452,7 @@ impl Dataplane {
 
     /// How many entries the connection table holds at most.
     pub fn conn_table_capacity(&self) -> u32 {
-        self.conn_table_capacity
+        self.conns.capacity()
     }
 
     pub fn attached_ifindexes(&self) -> Vec<u32> {
@@ -565,14 +577,14 @@ impl Dataplane {
 
     /// Calls `visit` with every entry of the connection table.
     pub fn walk_conns(&self, visit: impl FnMut(&FlowKey, &Conn)) -> Result<u64> {
-        walk(&self.maps.conns, names::CONNS, visit)
+        self.conns.walk(visit)
     }
 
     /// The real-server ids and service indexes that some connection entry, template
     /// or lblc or lblcr entry still points at.
     pub fn conn_references(&self) -> Result<ConnReferences> {
         let mut references = ConnReferences::default();
-        walk(&self.maps.conns, names::CONNS, |_, conn| {
+        self.conns.walk(|_, conn| {
             references.reals.insert(conn.real);
             references.services.insert(conn.service);
         })?;
@@ -593,8 +605,8 @@ impl Dataplane {
 
     /// A handle of its own on the connection table, for ageing it without holding
     /// the director.
-    pub fn conn_table(&self) -> Result<ConnTable> {
-        Table::of(self.maps.conns.map(), names::CONNS)
+    pub fn conn_table(&self) -> ConnTable {
+        self.conns.clone()
     }
 
     /// A handle of its own on the persistence templates, for ageing them.
@@ -663,8 +675,6 @@ pub struct Table<K, V> {
 /// `bpf(2)`'s `BPF_EXIST`: an update that only replaces an entry, never adds one.
 const BPF_EXIST: u64 = 2;
 
-/// The connection table (`CONNS`).
-pub type ConnTable = Table<FlowKey, Conn>;
 /// The persistence templates (`PERSIST`).
 pub type TemplateTable = Table<PersistKey, Persist>;
 /// lblc's and lblcr's entries (`LOCALITY`).

@@ -134,7 +134,7 @@ impl Expiry {
     /// entries, with handles of its own.
     pub fn new(dataplane: &Dataplane) -> Result<Self> {
         Ok(Self {
-            table: dataplane.conn_table()?,
+            table: dataplane.conn_table(),
             templates: dataplane.template_table()?,
             localities: dataplane.locality_table()?,
             clock: dataplane.clock()?,

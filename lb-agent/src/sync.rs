@@ -119,7 +119,7 @@ impl Daemon {
         Ok(Self {
             events,
             switch,
-            conns: dataplane.conn_table()?,
+            conns: dataplane.conn_table(),
             templates: dataplane.template_table()?,
             clock: dataplane.clock()?,
             counts: Arc::default(),

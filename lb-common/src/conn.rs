@@ -1,6 +1,8 @@
 //! The connection table: one entry per flow and direction, so a connection stays on its
 //! real server, and a NAT or Full-NAT reply finds what to rewrite back.
 
+pub mod table;
+
 use crate::real::Forwarding;
 
 /// A flow's 5-tuple as its packets carry it; either family, unused address bytes zero.

@@ -41,10 +41,11 @@ pub const MAX_REALS: u32 = 16384;
 pub const SCHED_RING_SLOTS: u32 = 1 << 22;
 /// Longest wrr cycle of one service; longer ones are scaled down.
 pub const MAX_SEQUENCE_LEN: u32 = 1 << 16;
-/// Default size of the connection table; the agent may resize it before loading. Twice
-/// the million connections a director is sized for: a full LRU table makes every new
-/// connection evict one (a live one, too), which costs a new flow half as much again.
-/// About 160 bytes of kernel memory an entry, some 340 MB.
+/// Default size of the connection table, in entries (a NAT or Full-NAT connection takes
+/// two); the agent may resize it before loading. Twice the million connections a
+/// director is sized for: in a full table every new connection makes one give way (a
+/// live one, too). 128 bytes of kernel memory an entry (its own 96 and four index
+/// slots), 256 MiB.
 pub const CONN_TABLE_SIZE: u32 = 1 << 21;
 /// Full-NAT local addresses of one service, per family.
 pub const MAX_LOCAL_ADDRESSES: u32 = 16;
@@ -61,7 +62,7 @@ pub const TAIL_CALL_TOA: u32 = 0;
 /// `lb_ingress` and `lb_toa` pass each other. An agent adopts only maps pinned by an
 /// agent of the same layout (they live under `pin_path`, in `layout-LAYOUT`), so a
 /// change to any of them must raise it.
-pub const LAYOUT: u32 = 3;
+pub const LAYOUT: u32 = 4;
 
 /// Names of the maps and programs in the object, shared so neither side spells them twice.
 pub mod names {
@@ -75,6 +76,10 @@ pub mod names {
     pub const SCHED_RING: &str = "SCHED_RING";
     pub const SCHED_CURSOR: &str = "SCHED_CURSOR";
     pub const CONNS: &str = "CONNS";
+    pub const CONN_INDEX: &str = "CONN_INDEX";
+    pub const CONN_TABLE_INFO: &str = "CONN_TABLE_INFO";
+    pub const CONN_CHUNKS: &str = "CONN_CHUNKS";
+    pub const CONN_CURSOR: &str = "CONN_CURSOR";
     pub const PERSIST: &str = "PERSIST";
     pub const LOCALITY: &str = "LOCALITY";
     pub const REAL_LOAD: &str = "REAL_LOAD";
@@ -92,7 +97,7 @@ pub mod names {
     /// Every map of `lb_ingress` and `lb_toa`: all are pinned, so that a restarted
     /// agent's program shares every one with the program it replaces (the old
     /// `lb_ingress` tail-calls the new `lb_toa` for a moment: `TOA_WORK` too).
-    pub const PINNED: [&str; 21] = [
+    pub const PINNED: [&str; 25] = [
         TAIL_CALLS,
         INTERFACES,
         INTERFACE_SLOTS,
@@ -101,6 +106,10 @@ pub mod names {
         SCHED_RING,
         SCHED_CURSOR,
         CONNS,
+        CONN_INDEX,
+        CONN_TABLE_INFO,
+        CONN_CHUNKS,
+        CONN_CURSOR,
         PERSIST,
         LOCALITY,
         REAL_LOAD,

@@ -20,6 +20,7 @@ unsafe impl aya::Pod for Service {}
 unsafe impl aya::Pod for RealServer {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Conn {}
+unsafe impl aya::Pod for crate::conn::table::ConnTableInfo {}
 unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for SchedCursor {}
 unsafe impl aya::Pod for Interface {}

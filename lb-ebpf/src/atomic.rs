@@ -1,10 +1,10 @@
-//! Counters shared by all CPUs. Rust's bpf target has no `AtomicU64::fetch_add` (it
-//! lacks compare-and-swap), but the instruction set has atomic adds.
+//! Words shared by all CPUs (and the agent). Rust's bpf target has no atomics, but the
+//! instruction set has atomic adds and compare-and-swap.
 
-/// `*counter += 1` atomically, returning the old value (BPF_ATOMIC | BPF_FETCH | BPF_ADD).
+/// `*counter += value` atomically, returning the old value (BPF_ATOMIC | BPF_FETCH |
+/// BPF_ADD).
 #[inline(always)]
-pub fn fetch_add_one(counter: *mut u64) -> u64 {
-    let mut value: u64 = 1;
+pub fn fetch_add(counter: *mut u64, mut value: u64) -> u64 {
     unsafe {
         core::arch::asm!(
             "{value} = atomic_fetch_add((u64 *)({counter} + 0), {value})",
@@ -25,4 +25,36 @@ pub fn add(counter: *mut i64, value: i64) {
             value = in(reg) value,
         );
     }
+}
+
+/// `*word = new` if it holds `current`, atomically (BPF_ATOMIC | BPF_CMPXCHG), with a
+/// full barrier; answers whether it did.
+#[inline(always)]
+pub fn compare_exchange64(word: *mut u64, current: u64, new: u64) -> bool {
+    let seen: u64;
+    // The instruction compares with r0 and leaves the old value there.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64(r1 + 0, r0, r2)",
+            inout("r0") current => seen,
+            in("r1") word,
+            in("r2") new,
+        );
+    }
+    seen == current
+}
+
+/// [`compare_exchange64`] of a 32-bit word.
+#[inline(always)]
+pub fn compare_exchange32(word: *mut u32, current: u32, new: u32) -> bool {
+    let seen: u64;
+    unsafe {
+        core::arch::asm!(
+            "w0 = cmpxchg32_32(r1 + 0, w0, w2)",
+            inout("r0") u64::from(current) => seen,
+            in("r1") word,
+            in("r2") u64::from(new),
+        );
+    }
+    seen as u32 == current
 }

@@ -1,31 +1,26 @@
 //! The connection table: a known flow keeps its real server (and its rewrite); a new
 //! one is remembered before its first packet leaves. Each connection follows IPVS's
 //! TCP states, and each real server's active and inactive connections are counted as
-//! they open and change state.
+//! they open and change state, and no longer once they go.
+
+mod table;
+
+pub use table::{insert, lookup, remove};
 
 use lb_common::{
     IPPROTO_TCP, IPPROTO_UDP,
     conn::{Conn, FlowKey, client_key, reply_key},
     real::{Forwarding, RealLoad},
     state::{self, Direction, ESTABLISHED},
-    stats::Reason,
     sync::{SYNC_THRESHOLD, announces},
 };
 
 use crate::{
     atomic,
-    maps::{CLOCK, CONNS, REAL_LOAD},
+    maps::{CLOCK, REAL_LOAD},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     sync::{self, lb_sync_announce},
 };
-
-/// The entry of a known flow, in the map (its packets refresh it in place).
-#[inline(always)]
-pub fn lookup(flow: &FlowKey) -> Option<&'static mut Conn> {
-    // SAFETY: a map value stays valid for the whole run of the program (RCU), and only
-    // this packet's run writes these fields through this reference.
-    CONNS.get_ptr_mut(flow).map(|conn| unsafe { &mut *conn })
-}
 
 /// Notes that `packet` was forwarded: when, and what it did to the connection's TCP
 /// state. Each field is written only when it changes, so a busy flow does not keep
@@ -151,17 +146,12 @@ fn count(counts: *mut RealLoad, active: i64, inactive: i64) {
     }
 }
 
-/// Remembers a flow. `only_new` refuses a key that is already there (a Full-NAT local
-/// port in use).
+/// A connection that is no longer in the table: its real server no longer counts it.
 #[inline(always)]
-pub fn insert(flow: &FlowKey, conn: &Conn, only_new: bool) -> Result<(), Reason> {
-    let flags = if only_new { aya_ebpf::bindings::BPF_NOEXIST } else { aya_ebpf::bindings::BPF_ANY };
-    CONNS.insert(flow, conn, u64::from(flags)).map_err(|_| Reason::ConnInsertFailed)
-}
-
-#[inline(always)]
-pub fn remove(flow: &FlowKey) {
-    let _ = CONNS.remove(flow);
+fn uncount(real: u32, active: bool) {
+    if let Some(load) = REAL_LOAD.get_ptr_mut(real) {
+        if active { count(load, -1, 0) } else { count(load, 0, -1) }
+    }
 }
 
 /// Ends the connection of the client's `flow` now: its entries go, the client's first
@@ -169,11 +159,8 @@ pub fn remove(flow: &FlowKey) {
 /// client entry still forwards with it), and its real server no longer counts it.
 #[inline(never)]
 pub fn expire(flow: &FlowKey, conn: &Conn) {
-    let active = state::is_active(flow.protocol, conn.state);
-    if let Some(load) = REAL_LOAD.get_ptr_mut(conn.real) {
-        if active { count(load, -1, 0) } else { count(load, 0, -1) }
-    }
-    // Read before the entry goes: a removed LRU entry may be reused at once.
+    uncount(conn.real, state::is_active(flow.protocol, conn.state));
+    // Read before the entry goes: a removed entry may be reused at once.
     let reply = reply_key(flow, conn);
     remove(flow);
     if let Some(reply) = reply {

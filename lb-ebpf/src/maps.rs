@@ -7,7 +7,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     CONN_TABLE_SIZE, LOCAL_ADDRESS_SLOTS, MAX_INTERFACES, MAX_REALS, MAX_SERVICES, SCHED_RING_SLOTS, TAIL_CALLS_LEN,
-    conn::{Conn, FlowKey},
+    conn::{
+        Conn, FlowKey,
+        table::{ConnEntry, ConnTableInfo, IndexBucket, PoolCursor},
+    },
     fragment::{FRAGMENT_TABLE_SIZE, FirstFragment, FragmentKey},
     interface::{self, Interface, InterfaceKey, InterfaceSlot},
     locality::{LOCALITY_TABLE_SIZE, Locality, LocalityKey},
@@ -47,11 +50,31 @@ pub static SCHED_RING: Array<u32> = Array::with_max_entries(SCHED_RING_SLOTS, 0)
 #[map]
 pub static SCHED_CURSOR: Array<SchedCursor> = Array::with_max_entries(MAX_SERVICES, 0);
 
-/// Flows and the real server each was scheduled to; for NAT and Full-NAT also the
-/// reply direction. One LRU list for all CPUs, so the whole table serves whichever CPUs
-/// the flows land on.
+/// The connection table's pool (`lb_common::conn::table`): flows and the real server
+/// each was scheduled to; for NAT and Full-NAT also the reply direction. One pool for
+/// all CPUs, so the whole table serves whichever CPUs the flows land on; mapped into
+/// the agent's memory, which ages it in place. The agent sizes it before loading.
 #[map]
-pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+pub static CONNS: Array<ConnEntry> = Array::with_max_entries(CONN_TABLE_SIZE, BPF_F_MMAPABLE);
+
+/// The connection table's index: per bucket, the signatures and entry numbers of its
+/// flows. Sized with `CONNS`.
+#[map]
+pub static CONN_INDEX: Array<IndexBucket> =
+    Array::with_max_entries(ConnTableInfo::sized(CONN_TABLE_SIZE, 0).buckets, BPF_F_MMAPABLE);
+
+/// The connection table's geometry and hash key, written before the program runs.
+#[map]
+pub static CONN_TABLE_INFO: Array<ConnTableInfo> = Array::with_max_entries(1, 0);
+
+/// Chunks of `CONNS` handed out so far, times their size: where the next chunk starts
+/// (shared by all CPUs and the agent).
+#[map]
+pub static CONN_CHUNKS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Per CPU, its place in its chunk of `CONNS`.
+#[map]
+pub static CONN_CURSOR: PerCpuArray<PoolCursor> = PerCpuArray::with_max_entries(1, 0);
 
 /// Persistence templates: (service, client network) to real server. The agent expires
 /// them by the service's timeout once no connection they sent is left.

@@ -101,7 +101,7 @@ fn next_in_sequence(service: &Service) -> Result<u32, Reason> {
     }
     let cursor = SCHED_CURSOR.get_ptr_mut(service.index).ok_or(Reason::NoRealServer)?;
     let turn = unsafe { &raw mut (*cursor).turn };
-    let at = (atomic::fetch_add_one(turn) % u64::from(service.sequence_len)) as u32;
+    let at = (atomic::fetch_add(turn, 1) % u64::from(service.sequence_len)) as u32;
     let real = SCHED_RING.get(service.sequence_start + at).copied().ok_or(Reason::NoRealServer)?;
     if !overloaded(service, real) {
         return Ok(real);

@@ -228,7 +228,7 @@ fn direct_routing_follows_ipvs_input_only_table_and_counts_survive_eviction() {
 
     // What the data path counted but the table no longer holds (an eviction tells
     // nobody) is taken back by the next walk.
-    let mut table = bed.director.dataplane().conn_table().unwrap();
+    let mut table = bed.director.dataplane().conn_table();
     assert!(table.remove(&bed::tcp_flow_key(sock(client, 52002), sock(VIP4, 80))).unwrap());
     assert_eq!(states(&bed).1[&web], (2, 2), "not yet seen");
     assert_eq!(bed.expire(), Sweep { entries: 4, expired: 0, templates_expired: 0, ..Sweep::default() });

@@ -799,7 +799,7 @@ impl Churn {
 
     /// Some held connections go (as if expired); the ager's walk frees them.
     fn expire_some(&mut self, director: &Director) {
-        let mut table = director.dataplane().conn_table().unwrap();
+        let mut table = director.dataplane().conn_table();
         for _ in 0..(self.clients.next() % self.going).min(self.held.len() as u32) {
             let conn = self.held.swap_remove(self.clients.next() as usize % self.held.len());
             assert!(table.remove(&bed::tcp_flow_key(conn.client, conn.vip)).unwrap());
@@ -1242,7 +1242,7 @@ impl AgedCache {
         assert_eq!(got, expected, "{client} -> {destination}: {:?}", self.dests);
         let real = got.expect("a real server");
         bind(&mut self.dests[real]);
-        let conns = self.bed.director.dataplane().conn_table().unwrap();
+        let conns = self.bed.director.dataplane().conn_table();
         let conn = conns.get(&bed::tcp_flow_key(client, destination)).unwrap().expect("its connection");
         self.reals.insert(conn.real, real);
         real

@@ -180,7 +180,11 @@ impl Pins {
                 (
                     "size",
                     info.max_entries(),
-                    if name == names::CONNS { info.max_entries() } else { defined.max_entries() },
+                    if [names::CONNS, names::CONN_INDEX].contains(&name) {
+                        info.max_entries()
+                    } else {
+                        defined.max_entries()
+                    },
                 ),
             ];
             differences.extend(

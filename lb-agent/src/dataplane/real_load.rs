@@ -3,25 +3,17 @@
 //! thresholds the agent sets for it. The agent changes them the same way, word by word
 //! (a map update would overwrite what a CPU adds meanwhile).
 
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
-    sync::atomic::{AtomicI64, AtomicU32, Ordering},
-};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use aya::maps::MapData;
-use lb_common::{MAX_REALS, real::RealLoad};
+use lb_common::{MAX_REALS, names, real::RealLoad};
+
+use super::mapped::Mapped;
 
 pub struct RealLoads {
-    loads: NonNull<RealLoad>,
+    loads: Mapped<RealLoad>,
 }
-
-// SAFETY: the mapping is shared memory used only through atomics.
-unsafe impl Send for RealLoads {}
-unsafe impl Sync for RealLoads {}
-
-const BYTES: usize = MAX_REALS as usize * size_of::<RealLoad>();
 
 /// What the agent sets for a real server: its weight and thresholds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,30 +36,14 @@ struct Entry<'a> {
 impl RealLoads {
     /// Maps `data`, an array of `MAX_REALS` [`RealLoad`] made with `BPF_F_MMAPABLE`.
     pub fn map(data: &MapData) -> Result<Self> {
-        // SAFETY: a shared mapping of the map's own memory, of its size; the kernel
-        // refuses one the map does not allow.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            bail!("mapping REAL_LOAD into memory: {}", std::io::Error::last_os_error());
-        }
-        Ok(Self { loads: NonNull::new(address.cast()).expect("mmap answered a mapping") })
+        Ok(Self { loads: Mapped::map(data, names::REAL_LOAD, MAX_REALS as usize)? })
     }
 
     fn entry(&self, id: u32) -> Entry<'_> {
-        assert!(id < MAX_REALS, "real server id {id} out of range");
+        let load = self.loads.at(id as usize);
         // SAFETY: within the mapping, aligned (the kernel maps pages; the fields are
         // naturally aligned), shared only through atomic operations.
         unsafe {
-            let load = self.loads.as_ptr().add(id as usize);
             Entry {
                 active: AtomicI64::from_ptr(&raw mut (*load).active),
                 inactive: AtomicI64::from_ptr(&raw mut (*load).inactive),
@@ -123,12 +99,5 @@ impl RealLoads {
         entry.weight.store(limits.weight, Ordering::Relaxed);
         entry.upper_threshold.store(limits.upper_threshold, Ordering::Relaxed);
         entry.lower_threshold.store(limits.lower_threshold, Ordering::Relaxed);
-    }
-}
-
-impl Drop for RealLoads {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, not used after this.
-        unsafe { libc::munmap(self.loads.as_ptr().cast(), BYTES) };
     }
 }

@@ -49,7 +49,7 @@ pub(super) fn connection_table(
     );
     single(encoder, entries, expiry.entries())?;
     let capacity_help =
-        "Entries the connection table holds at most (connection_table_size); beyond, the least recently used give way.";
+        "Entries the connection table holds at most (connection_table_size); beyond, the oldest give way.";
     single(encoder, ("lb_connection_table_capacity", capacity_help, MetricType::Gauge), u64::from(capacity))
 }
 

@@ -43,9 +43,10 @@ use network_types::{
 };
 
 use crate::{
+    conn,
     csum::Delta,
     header::{header, store_words},
-    maps::{CONNS, TAIL_CALLS, TOA_WORK, ToaWork},
+    maps::{TAIL_CALLS, TOA_WORK, ToaWork},
     parse::{Packet, TCP_ACK, TCP_RST, TCP_SYN},
     stats,
 };
@@ -124,9 +125,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(work) = TOA_WORK.get(0) else { return XDP_DROP };
     let work = *work;
     // The connection's entry (gone only if the table evicted it since `lb_ingress`).
-    let Some(conn) = CONNS.get_ptr_mut(work.flow) else { return work.action };
-    // SAFETY: a map value stays valid for the whole run of the program (RCU).
-    let conn = unsafe { &mut *conn };
+    let Some(conn) = conn::lookup(&work.flow) else { return work.action };
     match insert(ctx, &work, conn) {
         Ok(Inserted::Yes { data }) => conn.flags |= if data { CONN_TOA_DONE } else { CONN_TOA_ACK },
         Ok(Inserted::NotNeeded) => {}
