@@ -186,7 +186,7 @@ pub fn publish<M: TableMemory>(
     write(entry, flow, conn);
     let (slot, was) = match own {
         Some((slot, word, _)) => (slot, word),
-        None => vacancy(memory, &place),
+        None => vacancy::<M>(&place),
     };
     let tagged = u64::from(place.signature) << 32 | u64::from(number + 1);
     // SAFETY: `slot` is below INDEX_SLOTS, within the bucket.
@@ -260,7 +260,7 @@ fn find_in<M: TableMemory>(memory: &M, place: &Place, flow: &FlowKey) -> Option<
 /// An empty slot of the bucket, else one whose connection gives way (by the
 /// signature's top bits, so not always the same one): the slot and what it holds.
 #[inline(always)]
-fn vacancy<M: TableMemory>(_: &M, place: &Place) -> (usize, u64) {
+fn vacancy<M: TableMemory>(place: &Place) -> (usize, u64) {
     for slot in 0..INDEX_SLOTS {
         // SAFETY: within the bucket.
         let word = unsafe { M::load64(&raw const (*place.bucket)[slot]) };
