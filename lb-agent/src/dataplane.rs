@@ -28,7 +28,7 @@ use lb_common::{
     names,
     persist::{Persist, PersistKey},
     real::{RealLoad, RealServer},
-    service::{NO_REAL, SchedCursor, Service, ServiceKey},
+    service::{NO_REAL, SchedCursor, Service, ServiceKey, ServiceSlot},
     stats::{Counters, Reason},
     sync::SyncSettings,
 };
@@ -101,6 +101,7 @@ struct Maps {
     interfaces: HashMap<MapData, InterfaceKey, Interface>,
     interface_slots: Array<MapData, InterfaceSlot>,
     services: HashMap<MapData, ServiceKey, Service>,
+    service_slots: Array<MapData, ServiceSlot>,
     reals: Array<MapData, RealServer>,
     sched_ring: Array<MapData, u32>,
     sched_cursor: Array<MapData, SchedCursor>,
@@ -239,6 +240,7 @@ impl Dataplane {
         let maps = Maps {
             interfaces: typed(&mut ebpf, names::INTERFACES)?,
             interface_slots: typed(&mut ebpf, names::INTERFACE_SLOTS)?,
+            service_slots: typed(&mut ebpf, names::SERVICE_SLOTS)?,
             services: typed(&mut ebpf, names::SERVICES)?,
             reals: typed(&mut ebpf, names::REALS)?,
             sched_ring: typed(&mut ebpf, names::SCHED_RING)?,
@@ -489,12 +491,51 @@ impl Dataplane {
         self.maps.interface_slots.set(key.slot(), slot, 0).context("writing INTERFACE_SLOTS")
     }
 
+    /// Writes the service `key` into `SERVICES`, and into its slot of `SERVICE_SLOTS`
+    /// unless another service holds it.
     pub fn set_service(&mut self, key: &ServiceKey, service: &Service) -> Result<()> {
-        self.maps.services.insert(key, service, 0).context("writing SERVICES")
+        self.maps.services.insert(key, service, 0).context("writing SERVICES")?;
+        let held = self.service_slot(key.slot())?;
+        if held.key.family != 0 && held.key != *key {
+            return Ok(());
+        }
+        self.write_service_slot(key.slot(), key, service)
     }
 
+    /// Removes the service `key`, from its slot first (packets then find it in
+    /// `SERVICES` until it goes from there too); a service that shares the slot takes it.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        self.maps.services.remove(key).context("removing from SERVICES")
+        let slot = key.slot();
+        let held = self.service_slot(slot)?;
+        if held.key == *key {
+            self.write_service_slot(slot, &ServiceKey::default(), &Service::default())?;
+        }
+        self.maps.services.remove(key).context("removing from SERVICES")?;
+        if held.key != *key {
+            return Ok(());
+        }
+        let sharing = self.maps.services.iter().filter_map(Result::ok).find(|(other, _)| other.slot() == slot);
+        match sharing {
+            Some((other, service)) => self.write_service_slot(slot, &other, &service),
+            None => Ok(()),
+        }
+    }
+
+    fn service_slot(&self, slot: u32) -> Result<ServiceSlot> {
+        self.maps.service_slots.get(&slot, 0).context("reading SERVICE_SLOTS")
+    }
+
+    /// Writes `slot` as its sequence lock asks (`ServiceSlot`): its `seq` made odd, then
+    /// the key and value, then `seq` even again, each write changing nothing else (the
+    /// kernel copies a value in place, in no given order).
+    fn write_service_slot(&mut self, slot: u32, key: &ServiceKey, service: &Service) -> Result<()> {
+        let held = self.service_slot(slot)?;
+        let seq = held.seq | 1;
+        let written = ServiceSlot { seq, key: *key, service: *service, _pad: [0; 8] };
+        for value in [ServiceSlot { seq, ..held }, written, ServiceSlot { seq: seq.wrapping_add(1), ..written }] {
+            self.maps.service_slots.set(slot, value, 0).context("writing SERVICE_SLOTS")?;
+        }
+        Ok(())
     }
 
     pub fn set_real(&mut self, id: u32, real: &RealServer) -> Result<()> {

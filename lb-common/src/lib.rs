@@ -62,7 +62,7 @@ pub const TAIL_CALL_TOA: u32 = 0;
 /// `lb_ingress` and `lb_toa` pass each other. An agent adopts only maps pinned by an
 /// agent of the same layout (they live under `pin_path`, in `layout-LAYOUT`), so a
 /// change to any of them must raise it.
-pub const LAYOUT: u32 = 4;
+pub const LAYOUT: u32 = 5;
 
 /// Names of the maps and programs in the object, shared so neither side spells them twice.
 pub mod names {
@@ -72,6 +72,8 @@ pub mod names {
     pub const INTERFACES: &str = "INTERFACES";
     pub const INTERFACE_SLOTS: &str = "INTERFACE_SLOTS";
     pub const SERVICES: &str = "SERVICES";
+    pub const SERVICE_SLOTS: &str = "SERVICE_SLOTS";
+    pub const SERVICE_COPY: &str = "SERVICE_COPY";
     pub const REALS: &str = "REALS";
     pub const SCHED_RING: &str = "SCHED_RING";
     pub const SCHED_CURSOR: &str = "SCHED_CURSOR";
@@ -97,11 +99,13 @@ pub mod names {
     /// Every map of `lb_ingress` and `lb_toa`: all are pinned, so that a restarted
     /// agent's program shares every one with the program it replaces (the old
     /// `lb_ingress` tail-calls the new `lb_toa` for a moment: `TOA_WORK` too).
-    pub const PINNED: [&str; 25] = [
+    pub const PINNED: [&str; 27] = [
         TAIL_CALLS,
         INTERFACES,
         INTERFACE_SLOTS,
         SERVICES,
+        SERVICE_SLOTS,
+        SERVICE_COPY,
         REALS,
         SCHED_RING,
         SCHED_CURSOR,

@@ -10,7 +10,7 @@ use crate::{
     locality::{Locality, LocalityKey},
     persist::{Persist, PersistKey},
     real::RealServer,
-    service::{SchedCursor, Service, ServiceKey},
+    service::{SchedCursor, Service, ServiceKey, ServiceSlot},
     stats::Counters,
     sync::SyncSettings,
 };
@@ -26,6 +26,7 @@ unsafe impl aya::Pod for SchedCursor {}
 unsafe impl aya::Pod for Interface {}
 unsafe impl aya::Pod for InterfaceKey {}
 unsafe impl aya::Pod for InterfaceSlot {}
+unsafe impl aya::Pod for ServiceSlot {}
 unsafe impl aya::Pod for AddressKey {}
 unsafe impl aya::Pod for Traffic {}
 unsafe impl aya::Pod for PersistKey {}

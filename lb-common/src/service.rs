@@ -1,15 +1,59 @@
 //! Virtual services: what the data path matches a packet against.
 
 /// A virtual service's address: (VIP, port, protocol). Port 0 is the all-ports service
-/// of that VIP and protocol, which the data path falls back to.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// of that VIP and protocol, which the data path falls back to. Aligned to 4, so the
+/// data path compares it a word at a time.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
     pub vip: [u8; 16],
     /// Network byte order, as on the wire.
     pub port: [u8; 2],
     pub protocol: u8,
     pub family: u8,
+}
+
+/// Slots of `SERVICE_SLOTS`, the array in front of `SERVICES`: a service is looked for
+/// in its slot first (an array read the verifier inlines), and in the hash map only
+/// when another service holds the slot. The hash lookup it spares (a call, a hash of
+/// the 20-byte key, a walk) measured some 0.8 times the trivial program's time, on
+/// every new flow.
+pub const SLOTS: u32 = 1 << SLOT_BITS;
+const SLOT_BITS: u32 = 12;
+
+/// A service in its slot of `SERVICE_SLOTS`, written by the agent as a sequence lock:
+/// `seq` is odd while the slot is being written, and changes with every write. A
+/// packet reads `seq`, the key and a copy of the value, then `seq` again, and uses the
+/// copy only if `seq` was even and stayed the same; else it asks `SERVICES`. A free
+/// slot has family 0, which no service has.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSlot {
+    pub seq: u32,
+    pub key: ServiceKey,
+    pub service: Service,
+    pub _pad: [u8; 8],
+}
+
+impl ServiceKey {
+    /// The service's slot of `SERVICE_SLOTS`: the top bits of a multiplicative hash of
+    /// the key's words.
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        let words = self.words();
+        let mut hash = words[4];
+        for word in &words[..4] {
+            hash = (hash ^ word).wrapping_mul(0x9e37_79b1);
+        }
+        hash >> (32 - SLOT_BITS)
+    }
+
+    /// The key as five words, as the data path reads and compares it.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 5] {
+        // SAFETY: 20 bytes without padding, aligned to 4.
+        unsafe { &*(self as *const Self).cast::<[u32; 5]>() }
+    }
 }
 
 /// How a service chooses a real server for a new connection.
@@ -117,7 +161,7 @@ pub const NO_REAL: u32 = u32::MAX;
 /// points at are fully written, so a packet sees either the old ones or the new ones,
 /// never a mix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
     /// Stable index of the service: its slot in `SERVICE_STATS` and `SCHED_CURSOR`.
     pub index: u32,
@@ -159,4 +203,5 @@ pub struct SchedCursor {
 // The layout is the contract: no implicit padding, the same size on both sides.
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Service>() == 32);
+const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<SchedCursor>() == 64);

@@ -16,7 +16,7 @@ use lb_common::{
     locality::{LOCALITY_TABLE_SIZE, Locality, LocalityKey},
     persist::{PERSIST_TABLE_SIZE, Persist, PersistKey},
     real::{RealLoad, RealServer},
-    service::{SchedCursor, Service, ServiceKey},
+    service::{self, SchedCursor, Service, ServiceKey, ServiceSlot},
     stats::{Counters, Reason},
     sync::{SYNC_RING_BYTES, SyncSettings},
 };
@@ -36,6 +36,15 @@ pub static INTERFACE_SLOTS: Array<InterfaceSlot> = Array::with_max_entries(inter
 /// services, as a change adds the new keys before it removes the old.
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(2 * MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// The services of `SERVICES` again, each in its slot (`ServiceKey::slot`) unless
+/// another holds it: what the data path reads first.
+#[map]
+pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(service::SLOTS, 0);
+
+/// Per CPU, the copy of a service read from its slot, for the packet that read it.
+#[map]
+pub static SERVICE_COPY: PerCpuArray<Service> = PerCpuArray::with_max_entries(1, 0);
 
 /// Real servers by stable id.
 #[map]

@@ -13,7 +13,7 @@ use lb_agent::{
     dataplane::{Dataplane, EbpfLogLevel},
     director::Director,
 };
-use lb_common::{SCHED_RING_SLOTS, interface::InterfaceKey, stats::Reason};
+use lb_common::{IPPROTO_TCP, SCHED_RING_SLOTS, interface::InterfaceKey, service::ServiceKey, stats::Reason};
 use lb_tests::{
     bed::{self, INGRESS, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, real_mac, service},
     packet::{self, DIRECTOR_MAC, L3, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -217,6 +217,35 @@ fn a_port_zero_service_takes_every_port_the_exact_one_does_not() {
     assert_eq!(bed.real_of(&syn), REALS4[1]);
     let udp = packet::udp_frame(client(VIP4, 33000), sock(VIP4, 80), b"");
     assert_eq!(bed.run(&udp), (XDP_PASS, udp.clone()), "the port-0 service is TCP only");
+}
+
+/// A port of `VIP4` whose TCP service shares `SERVICE_SLOTS`'s slot with port 80's.
+const SLOT_SHARING_PORT: u16 = 976;
+
+#[test]
+fn services_that_share_a_slot_are_both_found_and_one_removed_leaves_the_other() {
+    let key = |port: u16| {
+        let (vip, family) = lb_agent::director::address_bytes(VIP4.parse().unwrap());
+        ServiceKey { vip, port: port.to_be_bytes(), protocol: IPPROTO_TCP, family }
+    };
+    assert_eq!(key(80).slot(), key(SLOT_SHARING_PORT).slot(), "pick another port that shares port 80's slot");
+    let web = || service("web", VIP4, 80, "tcp", "rr", &[(REALS4[0], 1)]);
+    let other = || service("other", VIP4, SLOT_SHARING_PORT, "tcp", "rr", &[(REALS4[1], 1)]);
+    let syn = |client_port, port| packet::tcp_frame(client(VIP4, client_port), sock(VIP4, port), TCP_SYN, b"");
+    let mut bed = Bed::new(&(web() + &other()));
+    // Whichever took the slot, the other is found in `SERVICES`.
+    assert_eq!(bed.real_of(&syn(35000, 80)), REALS4[0]);
+    assert_eq!(bed.real_of(&syn(35001, SLOT_SHARING_PORT)), REALS4[1]);
+    // Either one removed, the other is found still (it takes the slot), and the
+    // removed one no longer.
+    for (kept, gone, real) in [(other(), 80, REALS4[1]), (web(), SLOT_SHARING_PORT, REALS4[0])] {
+        bed.reconfigure(&(web() + &other()));
+        bed.reconfigure(&kept);
+        let kept_port = if gone == 80 { SLOT_SHARING_PORT } else { 80 };
+        assert_eq!(bed.real_of(&syn(35002, kept_port)), real, "port {kept_port} kept");
+        let to_gone = syn(35003, gone);
+        assert_eq!(bed.run(&to_gone), (XDP_PASS, to_gone.clone()), "port {gone} removed");
+    }
 }
 
 /// A VLAN whose device shares `INTERFACE_SLOTS`'s slot with the untagged ingress
