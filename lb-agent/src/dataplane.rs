@@ -28,7 +28,7 @@ use lb_common::{
     names,
     persist::{Persist, PersistKey},
     real::{RealLoad, RealServer},
-    service::{NO_REAL, SchedCursor, Service, ServiceKey, ServiceSlot},
+    service::{self, NO_REAL, SchedCursor, Service, ServiceKey, ServiceSlot},
     stats::{Counters, Reason},
     sync::SyncSettings,
 };
@@ -206,6 +206,8 @@ impl Dataplane {
             return Ok((dataplane, None));
         };
         dataplane.adopt(saved.attachments)?;
+        // An agent that stopped between writing a service and its slot left them apart.
+        dataplane.settle_service_slots()?;
         log::info!("adopted the maps pinned at {}", dir.display());
         if dataplane.conns.capacity() != ConnTableInfo::sized(conn_table_size, 0).entries {
             log::warn!(
@@ -499,37 +501,51 @@ impl Dataplane {
         if held.key.family != 0 && held.key != *key {
             return Ok(());
         }
-        self.write_service_slot(key.slot(), key, service)
+        self.write_service_slot(key.slot(), &held, key, service)
     }
 
     /// Removes the service `key`, from its slot first (packets then find it in
-    /// `SERVICES` until it goes from there too); a service that shares the slot takes it.
+    /// `SERVICES` until it goes from there too). A service that shares the slot takes
+    /// it at [`Dataplane::settle_service_slots`].
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        let slot = key.slot();
-        let held = self.service_slot(slot)?;
+        let held = self.service_slot(key.slot())?;
         if held.key == *key {
-            self.write_service_slot(slot, &ServiceKey::default(), &Service::default())?;
+            self.write_service_slot(key.slot(), &held, &ServiceKey::default(), &Service::default())?;
         }
-        self.maps.services.remove(key).context("removing from SERVICES")?;
-        if held.key != *key {
-            return Ok(());
-        }
-        let sharing = self.maps.services.iter().filter_map(Result::ok).find(|(other, _)| other.slot() == slot);
-        match sharing {
-            Some((other, service)) => self.write_service_slot(slot, &other, &service),
-            None => Ok(()),
-        }
+        self.maps.services.remove(key).context("removing from SERVICES")
     }
 
-    fn service_slot(&self, slot: u32) -> Result<ServiceSlot> {
+    /// Makes `SERVICE_SLOTS` agree with `SERVICES`: each slot holds a service of
+    /// `SERVICES` with its value (the one there already, if it still is), or is free
+    /// when none has that slot. After removals (a slot whose holder went is taken by a
+    /// service that shares it), and after adopting pinned maps.
+    pub fn settle_service_slots(&mut self) -> Result<()> {
+        let services = self.services()?;
+        let mut sharing: StdHashMap<u32, (ServiceKey, Service)> = StdHashMap::new();
+        for (key, service) in &services {
+            sharing.entry(key.slot()).or_insert((*key, *service));
+        }
+        for slot in 0..service::SLOTS {
+            let held = self.service_slot(slot)?;
+            let kept = services.get(&held.key).filter(|_| held.key.family != 0).map(|service| (held.key, *service));
+            let (key, service) = kept.or_else(|| sharing.get(&slot).copied()).unwrap_or_default();
+            if held.seq & 1 != 0 || held.key != key || held.service != service {
+                self.write_service_slot(slot, &held, &key, &service)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What slot `slot` of `SERVICE_SLOTS` holds.
+    pub fn service_slot(&self, slot: u32) -> Result<ServiceSlot> {
         self.maps.service_slots.get(&slot, 0).context("reading SERVICE_SLOTS")
     }
 
-    /// Writes `slot` as its sequence lock asks (`ServiceSlot`): its `seq` made odd, then
-    /// the key and value, then `seq` even again, each write changing nothing else (the
-    /// kernel copies a value in place, in no given order).
-    fn write_service_slot(&mut self, slot: u32, key: &ServiceKey, service: &Service) -> Result<()> {
-        let held = self.service_slot(slot)?;
+    /// Writes `slot`, which holds `held`, as its sequence lock asks (`ServiceSlot`): its
+    /// `seq` made odd, then the key and value, then `seq` even again, each write
+    /// changing nothing else (the kernel copies a value in place, in no given order).
+    fn write_service_slot(&mut self, slot: u32, held: &ServiceSlot, key: &ServiceKey, service: &Service) -> Result<()> {
+        let held = *held;
         let seq = held.seq | 1;
         let written = ServiceSlot { seq, key: *key, service: *service, _pad: [0; 8] };
         for value in [ServiceSlot { seq, ..held }, written, ServiceSlot { seq: seq.wrapping_add(1), ..written }] {

@@ -504,7 +504,12 @@ impl Director {
             // a service's real servers change.
             dataplane.reset_cursor(service.index)
         })?;
-        remove_unwanted(&mut self.written.services, services, |key| dataplane.remove_service(key))
+        let before = self.written.services.len();
+        remove_unwanted(&mut self.written.services, services, |key| dataplane.remove_service(key))?;
+        if self.written.services.len() < before {
+            dataplane.settle_service_slots()?;
+        }
+        Ok(())
     }
 
     fn add_interfaces(&mut self, interfaces: &HashMap<InterfaceKey, Interface>) -> Result<()> {

@@ -37,13 +37,12 @@ pub struct ServiceSlot {
 
 impl ServiceKey {
     /// The service's slot of `SERVICE_SLOTS`: the top bits of a multiplicative hash of
-    /// the key's words.
+    /// the key's words (FxHash's), each word mixed before the next comes in.
     #[inline(always)]
     pub fn slot(&self) -> u32 {
-        let words = self.words();
-        let mut hash = words[4];
-        for word in &words[..4] {
-            hash = (hash ^ word).wrapping_mul(0x9e37_79b1);
+        let mut hash: u32 = 0;
+        for word in self.words() {
+            hash = (hash.rotate_left(5) ^ word).wrapping_mul(0x9e37_79b1);
         }
         hash >> (32 - SLOT_BITS)
     }

@@ -24,7 +24,7 @@ const SOURCES: [&str; 12] = [
 ];
 
 /// `LAYOUT` and the fingerprint of `SOURCES` it was weighed for.
-const RECORDED: (u32, u64) = (5, 0xe9d42109043b6b75);
+const RECORDED: (u32, u64) = (6, 0x6bf4a407327388a8);
 
 /// FNV-1a over each file's code lines, trimmed.
 fn fingerprint() -> u64 {

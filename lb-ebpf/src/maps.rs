@@ -38,9 +38,10 @@ pub static INTERFACE_SLOTS: Array<InterfaceSlot> = Array::with_max_entries(inter
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(2 * MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 /// The services of `SERVICES` again, each in its slot (`ServiceKey::slot`) unless
-/// another holds it: what the data path reads first.
+/// another holds it: what the data path reads first. Mappable only so that its values
+/// start on a page, and each slot is one cache line.
 #[map]
-pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(service::SLOTS, 0);
+pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(service::SLOTS, BPF_F_MMAPABLE);
 
 /// Per CPU, the copy of a service read from its slot, for the packet that read it.
 #[map]

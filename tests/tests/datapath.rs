@@ -220,7 +220,7 @@ fn a_port_zero_service_takes_every_port_the_exact_one_does_not() {
 }
 
 /// A port of `VIP4` whose TCP service shares `SERVICE_SLOTS`'s slot with port 80's.
-const SLOT_SHARING_PORT: u16 = 976;
+const SLOT_SHARING_PORT: u16 = 2277;
 
 #[test]
 fn services_that_share_a_slot_are_both_found_and_one_removed_leaves_the_other() {
@@ -233,19 +233,24 @@ fn services_that_share_a_slot_are_both_found_and_one_removed_leaves_the_other() 
     let other = || service("other", VIP4, SLOT_SHARING_PORT, "tcp", "rr", &[(REALS4[1], 1)]);
     let syn = |client_port, port| packet::tcp_frame(client(VIP4, client_port), sock(VIP4, port), TCP_SYN, b"");
     let mut bed = Bed::new(&(web() + &other()));
+    let holder = |bed: &Bed| bed.director.dataplane().service_slot(key(80).slot()).unwrap().key;
+    assert!([key(80), key(SLOT_SHARING_PORT)].contains(&holder(&bed)), "one of them holds the slot");
     // Whichever took the slot, the other is found in `SERVICES`.
     assert_eq!(bed.real_of(&syn(35000, 80)), REALS4[0]);
     assert_eq!(bed.real_of(&syn(35001, SLOT_SHARING_PORT)), REALS4[1]);
-    // Either one removed, the other is found still (it takes the slot), and the
-    // removed one no longer.
+    // Either one removed, the other is found still and holds the slot, and the removed
+    // one is not found.
     for (kept, gone, real) in [(other(), 80, REALS4[1]), (web(), SLOT_SHARING_PORT, REALS4[0])] {
         bed.reconfigure(&(web() + &other()));
         bed.reconfigure(&kept);
         let kept_port = if gone == 80 { SLOT_SHARING_PORT } else { 80 };
+        assert_eq!(holder(&bed), key(kept_port), "port {kept_port} took the slot");
         assert_eq!(bed.real_of(&syn(35002, kept_port)), real, "port {kept_port} kept");
         let to_gone = syn(35003, gone);
         assert_eq!(bed.run(&to_gone), (XDP_PASS, to_gone.clone()), "port {gone} removed");
     }
+    bed.reconfigure(&service("dns", VIP4, 53, "udp", "rr", &[(REALS4[0], 1)]));
+    assert_eq!(holder(&bed), ServiceKey::default(), "a slot no service has is free");
 }
 
 /// A VLAN whose device shares `INTERFACE_SLOTS`'s slot with the untagged ingress

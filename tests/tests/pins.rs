@@ -10,9 +10,15 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use aya::EbpfLoader;
+use aya::{
+    EbpfLoader,
+    maps::{Array, Map, MapData},
+};
 use lb_agent::dataplane::{self, DECAP_OBJECT, Dataplane, EbpfLogLevel};
-use lb_common::{LAYOUT, names};
+use lb_common::{
+    FAMILY_IPV4, IPPROTO_TCP, LAYOUT, names,
+    service::{Service, ServiceKey, ServiceSlot},
+};
 use serde_json::{Value, json};
 
 /// A BPF file system mounted for one test, unmounted (with whatever is pinned in it)
@@ -115,5 +121,38 @@ fn pins_of_another_layout_are_refused_and_left_alone() -> Result<()> {
     let refused = load(&pin_path).err().map(|err| format!("{err:#}")).unwrap_or_default();
     ensure!(refused.contains("REALS's kind is"), "{refused}");
     ensure!(refused.contains("not of this agent's layout"), "{refused}");
+    Ok(())
+}
+
+#[test]
+fn adopted_service_slots_are_made_to_agree_with_services() -> Result<()> {
+    let bpf_fs = BpfFs::mount("slots")?;
+    let pin_path = bpf_fs.pin_path();
+    let (mut first, _) = load(&pin_path)?;
+    let mut vip = [0; 16];
+    vip[..4].copy_from_slice(&[203, 0, 113, 10]);
+    let key = ServiceKey { vip, port: 80u16.to_be_bytes(), protocol: IPPROTO_TCP, family: FAMILY_IPV4 };
+    let gone = ServiceKey { port: 81u16.to_be_bytes(), ..key };
+    ensure!(key.slot() != gone.slot(), "two keys of two slots");
+    let service = Service { index: 7, ..Service::default() };
+    first.set_service(&key, &service)?;
+    first.save_state(json!(null))?;
+    drop(first);
+
+    // An agent that stopped between writing `SERVICES` and the slot: the slot holds
+    // another value, half written; another names a service `SERVICES` does not have.
+    let path = layout_dir(&pin_path).join(names::SERVICE_SLOTS);
+    let mut slots: Array<MapData, ServiceSlot> = Array::try_from(Map::Array(MapData::from_pin(&path)?))?;
+    let stale = Service { index: 3, ..service };
+    slots.set(key.slot(), ServiceSlot { seq: 5, key, service: stale, _pad: [0; 8] }, 0)?;
+    slots.set(gone.slot(), ServiceSlot { seq: 2, key: gone, service, _pad: [0; 8] }, 0)?;
+    drop(slots);
+
+    let (second, saved) = load(&pin_path)?;
+    ensure!(saved.is_some(), "adopted");
+    let held = second.service_slot(key.slot())?;
+    ensure!(held.seq % 2 == 0 && held.key == key && held.service == service, "the slot holds SERVICES's: {held:?}");
+    let freed = second.service_slot(gone.slot())?;
+    ensure!(freed.seq % 2 == 0 && freed.key == ServiceKey::default(), "a slot of no service is free: {freed:?}");
     Ok(())
 }
