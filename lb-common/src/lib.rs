@@ -62,7 +62,7 @@ pub const TAIL_CALL_TOA: u32 = 0;
 /// `lb_ingress` and `lb_toa` pass each other. An agent adopts only maps pinned by an
 /// agent of the same layout (they live under `pin_path`, in `layout-LAYOUT`), so a
 /// change to any of them must raise it.
-pub const LAYOUT: u32 = 6;
+pub const LAYOUT: u32 = 7;
 
 /// Names of the maps and programs in the object, shared so neither side spells them twice.
 pub mod names {

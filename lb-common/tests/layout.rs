@@ -24,7 +24,7 @@ const SOURCES: [&str; 12] = [
 ];
 
 /// `LAYOUT` and the fingerprint of `SOURCES` it was weighed for.
-const RECORDED: (u32, u64) = (6, 0x6bf4a407327388a8);
+const RECORDED: (u32, u64) = (7, 0x33c46a7e474042a2);
 
 /// FNV-1a over each file's code lines, trimmed.
 fn fingerprint() -> u64 {

@@ -30,24 +30,9 @@ pub fn add(counter: *mut i64, value: i64) {
 /// `*word = new` if it holds `current`, atomically (BPF_ATOMIC | BPF_CMPXCHG), with a
 /// full barrier; answers whether it did.
 #[inline(always)]
-pub fn compare_exchange64(word: *mut u64, current: u64, new: u64) -> bool {
-    let seen: u64;
-    // The instruction compares with r0 and leaves the old value there.
-    unsafe {
-        core::arch::asm!(
-            "r0 = cmpxchg_64(r1 + 0, r0, r2)",
-            inout("r0") current => seen,
-            in("r1") word,
-            in("r2") new,
-        );
-    }
-    seen == current
-}
-
-/// [`compare_exchange64`] of a 32-bit word.
-#[inline(always)]
 pub fn compare_exchange32(word: *mut u32, current: u32, new: u32) -> bool {
     let seen: u64;
+    // The instruction compares with w0 and leaves the old value there.
     unsafe {
         core::arch::asm!(
             "w0 = cmpxchg32_32(r1 + 0, w0, w2)",

@@ -143,23 +143,13 @@ impl TableMemory for ConnTable {
         Some(&raw mut self.cursor)
     }
 
-    unsafe fn load64(word: *const u64) -> u64 {
-        // SAFETY: a word of the mapping, aligned, which both sides change atomically.
-        unsafe { AtomicU64::from_ptr(word.cast_mut()) }.load(Ordering::Acquire)
-    }
-
     unsafe fn load32(word: *const u32) -> u32 {
-        // SAFETY: as `load64`.
+        // SAFETY: a word of the mapping, aligned, which both sides change atomically.
         unsafe { AtomicU32::from_ptr(word.cast_mut()) }.load(Ordering::Acquire)
     }
 
-    unsafe fn compare_exchange64(word: *mut u64, current: u64, new: u64) -> bool {
-        // SAFETY: as `load64`.
-        unsafe { AtomicU64::from_ptr(word) }.compare_exchange(current, new, Ordering::SeqCst, Ordering::Relaxed).is_ok()
-    }
-
     unsafe fn compare_exchange32(word: *mut u32, current: u32, new: u32) -> bool {
-        // SAFETY: as `load64`.
+        // SAFETY: as `load32`.
         unsafe { AtomicU32::from_ptr(word) }.compare_exchange(current, new, Ordering::SeqCst, Ordering::Relaxed).is_ok()
     }
 

@@ -20,13 +20,17 @@
 use super::{Conn, FlowKey};
 
 /// Slots of an index bucket: one cache line.
-pub const INDEX_SLOTS: usize = 8;
-/// An index bucket: per slot, `signature << 32 | entry number + 1`, or 0 when empty.
-pub type IndexBucket = [u64; INDEX_SLOTS];
-/// Index slots per entry of the pool: an index half full with a full pool, so that a
-/// bucket overflows (and a connection gives way) about once in 4,000 inserts then, and
-/// practically never below.
-const SLOTS_PER_ENTRY: u32 = 4;
+pub const INDEX_SLOTS: usize = 16;
+/// An index bucket: per slot, the flow's signature in the high bits and its entry
+/// number + 1 in the low bits ([`ConnTableInfo::number_mask`]), or 0 when empty.
+pub type IndexBucket = [u32; INDEX_SLOTS];
+/// Index slots per entry of the pool: a full pool fills the index, so that a bucket
+/// overflows (and a connection gives way) once in some hundreds of inserts then, and
+/// practically never at the half-full table the agent's size is meant for. Few slots
+/// keep the index small (8 bytes an entry): one random line of it is a new flow's
+/// dearest read, and it costs the less the more of the index the caches and the TLB
+/// hold.
+const SLOTS_PER_ENTRY: u32 = 2;
 /// Entries a CPU (or the agent) takes from the pool at a time: one shared counter
 /// moves once per chunk, not once per flow.
 pub const POOL_CHUNK: u32 = 64;
@@ -64,6 +68,10 @@ pub struct ConnTableInfo {
     pub buckets: u32,
     /// Entries of `CONNS`, a multiple of [`POOL_CHUNK`].
     pub entries: u32,
+    /// The low bits of a slot that hold an entry's number + 1 (enough for `entries`),
+    /// set; the signature has the others.
+    pub number_mask: u32,
+    pub _pad: u32,
 }
 
 /// A CPU's (or an agent handle's) place in the pool: the next entry of its chunk, and
@@ -80,7 +88,11 @@ impl ConnTableInfo {
     pub const fn sized(entries: u32, seed: u64) -> Self {
         let entries = entries.div_ceil(POOL_CHUNK) * POOL_CHUNK;
         let buckets = (entries / INDEX_SLOTS as u32) * SLOTS_PER_ENTRY;
-        Self { seed, buckets, entries }
+        let number_mask = match u32::MAX.checked_shr(entries.leading_zeros()) {
+            Some(mask) => mask,
+            None => 0,
+        };
+        Self { seed, buckets, entries, number_mask, _pad: 0 }
     }
 }
 
@@ -96,17 +108,11 @@ pub trait TableMemory {
     /// This side's cursor in the pool.
     fn cursor(&mut self) -> Option<*mut PoolCursor>;
     /// # Safety
-    /// `word` is a slot of a bucket this side answered.
-    unsafe fn load64(word: *const u64) -> u64;
-    /// # Safety
-    /// `word` is the state word of an entry this side answered.
+    /// `word` is a slot of a bucket, or the state word of an entry, this side answered.
     unsafe fn load32(word: *const u32) -> u32;
     /// `*word = new` if it holds `current`, atomically, with a full barrier; answers
     /// whether it did.
     ///
-    /// # Safety
-    /// As [`TableMemory::load64`].
-    unsafe fn compare_exchange64(word: *mut u64, current: u64, new: u64) -> bool;
     /// # Safety
     /// As [`TableMemory::load32`].
     unsafe fn compare_exchange32(word: *mut u32, current: u32, new: u32) -> bool;
@@ -188,14 +194,14 @@ pub fn publish<M: TableMemory>(
         Some((slot, word, _)) => (slot, word),
         None => vacancy::<M>(&place),
     };
-    let tagged = u64::from(place.signature) << 32 | u64::from(number + 1);
+    let tagged = place.named(number);
     // SAFETY: `slot` is below INDEX_SLOTS, within the bucket.
-    if !unsafe { M::compare_exchange64(&raw mut (*place.bucket)[slot], was, tagged) } {
+    if !unsafe { M::compare_exchange32(&raw mut (*place.bucket)[slot % INDEX_SLOTS], was, tagged) } {
         release::<M>(entry, state_word(flow));
         return Err(InsertError::Busy);
     }
     if was != 0 {
-        drop_entry(memory, (was as u32).wrapping_sub(1));
+        drop_entry(memory, place.number(was));
     }
     Ok(())
 }
@@ -207,7 +213,7 @@ pub fn remove<M: TableMemory>(memory: &M, flow: &FlowKey) -> bool {
     let Some(place) = place(memory, flow) else { return false };
     let Some((slot, word, number)) = find_in(memory, &place, flow) else { return false };
     // SAFETY: `slot` is below INDEX_SLOTS, within the bucket.
-    if !unsafe { M::compare_exchange64(&raw mut (*place.bucket)[slot], word, 0) } {
+    if !unsafe { M::compare_exchange32(&raw mut (*place.bucket)[slot % INDEX_SLOTS], word, 0) } {
         return false;
     }
     if let Some(entry) = memory.entry(number) {
@@ -222,10 +228,26 @@ pub fn holds_flow(key: &FlowKey) -> bool {
     !matches!(state_word(key), FREE | CLAIMED)
 }
 
-/// A flow's bucket and signature.
+/// A flow's bucket and signature (the high bits of a slot), and which bits of a slot
+/// hold an entry's number.
 struct Place {
     bucket: *mut IndexBucket,
     signature: u32,
+    number_mask: u32,
+}
+
+impl Place {
+    /// What a slot holds that names entry `number` for the flow.
+    #[inline(always)]
+    fn named(&self, number: u32) -> u32 {
+        self.signature | (number + 1)
+    }
+
+    /// The entry a slot's `word` names.
+    #[inline(always)]
+    fn number(&self, word: u32) -> u32 {
+        (word & self.number_mask).wrapping_sub(1)
+    }
 }
 
 #[inline(always)]
@@ -234,19 +256,20 @@ fn place<M: TableMemory>(memory: &M, flow: &FlowKey) -> Option<Place> {
     let hash = flow_hash(flow, info.seed);
     // Lemire's multiply-shift: any number of buckets, no division.
     let index = ((hash >> 32) * u64::from(info.buckets)) >> 32;
-    Some(Place { bucket: memory.bucket(index as u32)?, signature: hash as u32 })
+    let number_mask = info.number_mask;
+    Some(Place { bucket: memory.bucket(index as u32)?, signature: hash as u32 & !number_mask, number_mask })
 }
 
 /// The slot that names `flow`'s entry: its number, and what the slot holds.
 #[inline(always)]
-fn find_in<M: TableMemory>(memory: &M, place: &Place, flow: &FlowKey) -> Option<(usize, u64, u32)> {
+fn find_in<M: TableMemory>(memory: &M, place: &Place, flow: &FlowKey) -> Option<(usize, u32, u32)> {
     for slot in 0..INDEX_SLOTS {
         // SAFETY: within the bucket.
-        let word = unsafe { M::load64(&raw const (*place.bucket)[slot]) };
-        if (word >> 32) as u32 != place.signature || word == 0 {
+        let word = unsafe { M::load32(&raw const (*place.bucket)[slot]) };
+        if word & !place.number_mask != place.signature || word == 0 {
             continue;
         }
-        let number = (word as u32).wrapping_sub(1);
+        let number = place.number(word);
         let Some(entry) = memory.entry(number) else { continue };
         // SAFETY: an entry of the pool; a concurrent writer makes it another flow's or
         // claimed, which the comparison tells.
@@ -260,17 +283,17 @@ fn find_in<M: TableMemory>(memory: &M, place: &Place, flow: &FlowKey) -> Option<
 /// An empty slot of the bucket, else one whose connection gives way (by the
 /// signature's top bits, so not always the same one): the slot and what it holds.
 #[inline(always)]
-fn vacancy<M: TableMemory>(place: &Place) -> (usize, u64) {
+fn vacancy<M: TableMemory>(place: &Place) -> (usize, u32) {
     for slot in 0..INDEX_SLOTS {
         // SAFETY: within the bucket.
-        let word = unsafe { M::load64(&raw const (*place.bucket)[slot]) };
+        let word = unsafe { M::load32(&raw const (*place.bucket)[slot]) };
         if word == 0 {
             return (slot, 0);
         }
     }
-    let slot = (place.signature >> 29) as usize % INDEX_SLOTS;
+    let slot = (place.signature >> 28) as usize % INDEX_SLOTS;
     // SAFETY: within the bucket.
-    (slot, unsafe { M::load64(&raw const (*place.bucket)[slot]) })
+    (slot, unsafe { M::load32(&raw const (*place.bucket)[slot]) })
 }
 
 /// Claims an entry for a new flow: the first free one of the next few the cursor
@@ -334,14 +357,14 @@ fn evict<M: TableMemory>(memory: &M, number: u32) -> bool {
         return false;
     }
     if let Some(place) = place {
-        let tagged = u64::from(place.signature) << 32 | u64::from(number + 1);
+        let tagged = place.named(number);
         for slot in 0..INDEX_SLOTS {
             // SAFETY: within the bucket.
             let slot = unsafe { &raw mut (*place.bucket)[slot] };
             // SAFETY: a slot of the bucket.
             unsafe {
-                if M::load64(slot) == tagged {
-                    M::compare_exchange64(slot, tagged, 0);
+                if M::load32(slot) == tagged {
+                    M::compare_exchange32(slot, tagged, 0);
                 }
             }
         }
@@ -426,5 +449,5 @@ pub unsafe fn state_word_ptr(entry: *mut ConnEntry) -> *mut u32 {
 }
 
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 96);
-const _: () = assert!(core::mem::size_of::<ConnTableInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnTableInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<IndexBucket>() == 64);

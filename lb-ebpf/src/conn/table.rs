@@ -123,20 +123,9 @@ impl TableMemory for DataPath {
     }
 
     #[inline(always)]
-    unsafe fn load64(word: *const u64) -> u64 {
-        // SAFETY: a word of a map value.
-        unsafe { core::ptr::read_volatile(word) }
-    }
-
-    #[inline(always)]
     unsafe fn load32(word: *const u32) -> u32 {
         // SAFETY: a word of a map value.
         unsafe { core::ptr::read_volatile(word) }
-    }
-
-    #[inline(always)]
-    unsafe fn compare_exchange64(word: *mut u64, current: u64, new: u64) -> bool {
-        atomic::compare_exchange64(word, current, new)
     }
 
     #[inline(always)]
