@@ -44,8 +44,8 @@ pub const MAX_SEQUENCE_LEN: u32 = 1 << 16;
 /// Default size of the connection table, in entries (a NAT or Full-NAT connection takes
 /// two); the agent may resize it before loading. Twice the million connections a
 /// director is sized for: in a full table every new connection makes one give way (a
-/// live one, too). 128 bytes of kernel memory an entry (its own 96 and four index
-/// slots), 256 MiB.
+/// live one, too). 104 bytes of kernel memory an entry (its own 96 and two 4-byte
+/// index slots), 208 MiB.
 pub const CONN_TABLE_SIZE: u32 = 1 << 21;
 /// Full-NAT local addresses of one service, per family.
 pub const MAX_LOCAL_ADDRESSES: u32 = 16;
